@@ -1,0 +1,56 @@
+"""The pre-registered analysis block (`hypotheses:`) of a study spec."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SITES = ("weight", "signal")
+
+
+class Comparison(BaseModel):
+    """One pre-registered paired comparison: policy `a` vs policy `b` at one site, within each condition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    site: Literal["weight", "signal"]
+    a: str
+    b: str
+    role: Literal["primary", "positive_control", "secondary"] = "primary"
+
+    @property
+    def label(self) -> str:
+        return f"{self.site}: {self.a} vs {self.b}"
+
+
+def _default_comparisons() -> list[Comparison]:
+    return [
+        Comparison(site="weight", a="exact", b="ste"),
+        Comparison(site="signal", a="exact", b="ste"),
+        Comparison(site="weight", a="zero", b="ste", role="positive_control"),
+        Comparison(site="signal", a="zero", b="ste", role="positive_control"),
+    ]
+
+
+class Hypotheses(BaseModel):
+    """Pre-registered analysis: comparisons, primary metric, equivalence margin, alpha, correction.
+
+    `margin` is in the metric's units (accuracies are percent, so 0.5 = 0.5 percentage points).
+    Comparisons whose policies are absent from a study are skipped by the statistics stage.
+    The multiple-comparison family is all rows of the comparisons with the same `role`
+    (`family: role`), all rows of each comparison separately (`per_comparison`), or every row (`all`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "test_acc"
+    margin: float = Field(0.5, gt=0)
+    alpha: float = Field(0.05, gt=0, lt=1)
+    correction: Literal["holm", "bonferroni", "fdr_bh", "none"] = "holm"
+    family: Literal["role", "per_comparison", "all"] = "role"
+    comparisons: list[Comparison] = Field(default_factory=_default_comparisons)
+    diverged: Literal["include", "exclude"] = "include"
+    normality_alpha: float = Field(0.05, gt=0, lt=1)
+    bootstrap_resamples: int = Field(9999, ge=100)
+    bootstrap_seed: int = 0
