@@ -1,0 +1,209 @@
+"""AnalogLinear: AnalogVNN's analog layer order, with a gradient policy per site.
+
+    signal in -> [norm, precision, noise] -> linear(W', b') -> [noise, norm, precision] -> (activation)
+    W', b'   = [norm, precision, noise](W, b)
+
+The normalization's backward at the weight site and at the signal site follows its own policy;
+precision and noise are straight-through everywhere. Consecutive straight-through stages are fused
+into one autograd node (same values and gradients, less overhead).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analog.noise import NOISE_CLASSES, make_noise
+from analog.normalize import check_normalization, normalization_fn, saturation_mask
+from analog.policies import check_policy, get_policy, straight_through
+from analog.precision import PRECISION_CLASSES, check_divide, check_precision, precision_fn
+
+Stage = tuple[str, Callable[[Tensor], Tensor], str]  # (kind: "norm"|"precision"|"noise", fn, policy)
+
+
+@dataclass(frozen=True)
+class AnalogConfig:
+    """Analog effects of a layer. ``precision=None`` is full precision; ``noise="none"`` is noise-free.
+
+    Noise strength follows AnalogVNN: `leakage` at `noise_precision` levels (default: `precision`).
+    """
+
+    weight_norm: str = "clamp"
+    weight_policy: str = "ste"
+    signal_norm: str = "clamp"
+    signal_policy: str = "exact"
+    precision_class: str = "reduce"
+    precision: int | None = 16
+    divide: float = 0.5
+    noise: str = "gaussian"
+    leakage: float | None = 0.5
+    noise_precision: int | None = None
+
+    def __post_init__(self) -> None:
+        check_normalization(self.weight_norm, "weight_norm")
+        check_normalization(self.signal_norm, "signal_norm")
+        check_policy(self.weight_policy, "weight_policy")
+        check_policy(self.signal_policy, "signal_policy")
+        if self.precision_class not in PRECISION_CLASSES:
+            raise ValueError(
+                f"precision_class: unknown {self.precision_class!r}; allowed: {', '.join(PRECISION_CLASSES)}"
+            )
+        if self.precision is not None:
+            check_precision(self.precision, "precision")
+        check_divide(self.divide)
+        if self.noise not in NOISE_CLASSES:
+            raise ValueError(f"noise: unknown {self.noise!r}; allowed: {', '.join(NOISE_CLASSES)}")
+        if self.noise != "none":
+            if self.leakage is None:
+                raise ValueError("leakage: required when noise is not 'none' (a value in (0, 1))")
+            if self.effective_noise_precision is None:
+                raise ValueError(
+                    "noise_precision: required when precision is None (full precision) and noise is on"
+                )
+            make_noise(self.noise, self.leakage, self.effective_noise_precision)  # validates leakage
+
+    @property
+    def effective_noise_precision(self) -> int | None:
+        return self.noise_precision if self.noise_precision is not None else self.precision
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AnalogLinear(nn.Module):
+    """A fully connected layer with AnalogVNN's analog signal and weight pipelines."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, config: AnalogConfig | None = None
+    ) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.config = config or AnalogConfig()
+        self.weight_policy = self.config.weight_policy
+        self.signal_policy = self.config.signal_policy
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.noise_enabled = True
+        self.saturation: dict[str, Tensor] | None = None  # set to {} to record saturation fractions
+        c = self.config
+        self._precision = (
+            None if c.precision is None else precision_fn(c.precision_class, c.precision, c.divide)
+        )
+        self._noise = (
+            None if c.noise == "none" else make_noise(c.noise, c.leakage, c.effective_noise_precision)
+        )
+        self._wnorm = normalization_fn(c.weight_norm)
+        self._snorm = normalization_fn(c.signal_norm)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """AnalogVNN's Linear init: Xavier-uniform weight, bias U(±1/sqrt(fan_in))."""
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    # -- pipelines -----------------------------------------------------------------------------------
+
+    def _stages(
+        self, order: tuple[str, ...], norm: Callable[[Tensor], Tensor], norm_kind: str, policy: str
+    ) -> list[Stage]:
+        stages: list[Stage] = []
+        for step in order:
+            if step == "norm" and norm_kind != "none":
+                stages.append(("norm", norm, policy))
+            elif step == "precision" and self._precision is not None:
+                stages.append(("precision", self._precision, "ste"))
+            elif step == "noise" and self._noise is not None and self.noise_enabled:
+                stages.append(("noise", self._noise.sample, "ste"))
+        return stages
+
+    def _apply(self, stages: list[Stage], x: Tensor, site: str, norm_kind: str) -> Tensor:
+        tracking = self.saturation is not None
+        i = 0
+        while i < len(stages):
+            kind, fn, policy = stages[i]
+            if tracking and kind == "norm":
+                self.saturation[site] = saturation_mask(x.detach(), norm_kind).float().mean()
+            if policy == "ste" and not tracking:
+                fns = [fn]
+                while i + 1 < len(stages) and stages[i + 1][2] == "ste":
+                    i += 1
+                    fns.append(stages[i][1])
+                x = straight_through(_compose(fns), x)
+            else:
+                x = get_policy(policy)(fn, x)
+            i += 1
+        return x
+
+    def transformed_parameters(self) -> tuple[Tensor, Tensor | None]:
+        """W' and b' as the hardware sees them (normalized, quantised, noisy)."""
+        c = self.config
+        stages = self._stages(("norm", "precision", "noise"), self._wnorm, c.weight_norm, self.weight_policy)
+        w = self._apply(stages, self.weight, "weight", c.weight_norm)
+        b = None if self.bias is None else self._apply(stages, self.bias, "bias", c.weight_norm)
+        return w, b
+
+    def forward(self, x: Tensor) -> Tensor:
+        c = self.config
+        x = self._apply(
+            self._stages(("norm", "precision", "noise"), self._snorm, c.signal_norm, self.signal_policy),
+            x,
+            "signal_in",
+            c.signal_norm,
+        )
+        w, b = self.transformed_parameters()
+        y = F.linear(x, w, b)
+        return self._apply(
+            self._stages(("noise", "norm", "precision"), self._snorm, c.signal_norm, self.signal_policy),
+            y,
+            "signal_out",
+            c.signal_norm,
+        )
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"weight={c.weight_norm}/{self.weight_policy}, signal={c.signal_norm}/{self.signal_policy}, "
+            f"precision={c.precision_class}:{c.precision}, noise={c.noise}:{c.leakage}"
+        )
+
+
+def _compose(fns: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
+    if len(fns) == 1:
+        return fns[0]
+
+    def composed(x: Tensor) -> Tensor:
+        for fn in fns:
+            x = fn(x)
+        return x
+
+    return composed
+
+
+def analog_layers(model: nn.Module) -> list[AnalogLinear]:
+    """The AnalogLinear layers of `model`, in order."""
+    return [m for m in model.modules() if isinstance(m, AnalogLinear)]
+
+
+def set_policies(
+    model: nn.Module, weight_policy: str | None = None, signal_policy: str | None = None
+) -> None:
+    """Switch the gradient policies of every AnalogLinear in `model` (forward values are unchanged)."""
+    for layer in analog_layers(model):
+        if weight_policy is not None:
+            layer.weight_policy = check_policy(weight_policy, "weight_policy")
+        if signal_policy is not None:
+            layer.signal_policy = check_policy(signal_policy, "signal_policy")
+
+
+def set_noise(model: nn.Module, enabled: bool) -> None:
+    """Turn the analog noise of every AnalogLinear in `model` on or off."""
+    for layer in analog_layers(model):
+        layer.noise_enabled = enabled

@@ -1,0 +1,111 @@
+"""Normalizations with AnalogVNN 1.0.8's forward (``analogvnn.nn.normalize``), and their saturation masks.
+
+The backward is not defined here: :func:`normalize` applies a registered gradient policy
+(:mod:`analog.policies`) around the forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from analog.policies import get_policy
+
+_NORM_FLOOR = 1e-4  # AnalogVNN clamps Lp norms below at 1e-4
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def _clamp(x: Tensor) -> Tensor:
+    return torch.clamp(x, min=-1, max=1)
+
+
+def _clamp01(x: Tensor) -> Tensor:
+    return torch.clamp(x, min=0, max=1)
+
+
+def _max_1(x: Tensor) -> Tensor:
+    return torch.div(x, torch.max(torch.abs(x)))
+
+
+def _rowwise(p: int, make_max_1: bool) -> Callable[[Tensor], Tensor]:
+    """Row-wise Lp norm (rows = first dimension; a 1-D tensor is one row), as AnalogVNN's LPNorm."""
+
+    def fn(x: Tensor) -> Tensor:
+        flat = torch.flatten(x, start_dim=1) if x.dim() > 1 else x
+        norm = torch.clamp(torch.norm(flat, p, -1), min=_NORM_FLOOR)
+        y = torch.div(x, norm.reshape(norm.shape + (1,) * (x.dim() - norm.dim())))
+        return _max_1(y) if make_max_1 else y
+
+    return fn
+
+
+def _whole(p: int, make_max_1: bool) -> Callable[[Tensor], Tensor]:
+    """Whole-tensor Lp norm, as AnalogVNN's LPNormW."""
+
+    def fn(x: Tensor) -> Tensor:
+        y = torch.div(x, torch.clamp(torch.norm(x, p), min=_NORM_FLOOR))
+        return _max_1(y) if make_max_1 else y
+
+    return fn
+
+
+_FORWARD: dict[str, Callable[[Tensor], Tensor]] = {
+    "none": _identity,
+    "clamp": _clamp,
+    "clamp01": _clamp01,
+    "l1norm": _rowwise(1, False),
+    "l2norm": _rowwise(2, False),
+    "l1norm_m": _rowwise(1, True),
+    "l2norm_m": _rowwise(2, True),
+    "l1norm_w": _whole(1, False),
+    "l2norm_w": _whole(2, False),
+    "l1norm_wm": _whole(1, True),
+    "l2norm_wm": _whole(2, True),
+}
+
+NORMALIZATIONS: tuple[str, ...] = tuple(_FORWARD)
+"""Names of the normalizations, in AnalogVNN's order (``none`` is the identity)."""
+
+CLAMPS: tuple[str, ...] = ("clamp", "clamp01")
+
+
+def check_normalization(kind: str, field: str = "normalization") -> str:
+    """Validate a normalization name for the field `field` (used in error messages)."""
+    if kind not in _FORWARD:
+        raise ValueError(f"{field}: unknown normalization {kind!r}; allowed: {', '.join(NORMALIZATIONS)}")
+    return kind
+
+
+def normalization_fn(kind: str) -> Callable[[Tensor], Tensor]:
+    """The forward function of normalization `kind`."""
+    return _FORWARD[check_normalization(kind)]
+
+
+def normalize(x: Tensor, kind: str, policy: str = "exact") -> Tensor:
+    """Normalize `x` with AnalogVNN's forward for `kind`; the backward follows gradient `policy`."""
+    fn = normalization_fn(kind)
+    if kind == "none":
+        return x
+    return get_policy(policy)(fn, x)
+
+
+def saturation_mask(x: Tensor, kind: str) -> Tensor:
+    """Elements whose normalization's true derivative is not the identity.
+
+    For clamps these are the clipped elements; for Lp norms, every element the division changes
+    (all of them unless the norm is exactly 1). Used by the gradient diagnostics.
+    """
+    check_normalization(kind)
+    if kind == "none":
+        return torch.zeros_like(x, dtype=torch.bool)
+    if kind == "clamp":
+        return (x < -1) | (x > 1)
+    if kind == "clamp01":
+        return (x < 0) | (x > 1)
+    with torch.no_grad():
+        return _FORWARD[kind](x) != x

@@ -1,0 +1,151 @@
+"""The registry of normalization-gradient policies, and every straight-through function in one place.
+
+A policy decides what the backward pass of a normalization is. It is a callable
+``(forward_fn, x) -> y`` whose forward value is always ``forward_fn(x)``; only the gradient differs:
+
+* ``exact`` — the true derivative (autograd through ``forward_fn``);
+* ``ste``   — straight-through: the upstream gradient is passed to ``x`` unchanged;
+* ``zero``  — no gradient reaches ``x``.
+
+Users add their own with :func:`register_policy`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+ForwardFn = Callable[[Tensor], Tensor]
+Policy = Callable[[ForwardFn, Tensor], Tensor]
+
+_POLICIES: dict[str, Policy] = {}
+
+
+def register_policy(name: str) -> Callable[[Policy], Policy]:
+    """Decorator registering ``fn(forward_fn, x) -> y`` as the gradient policy called `name`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("policy name must be a non-empty string")
+
+    def decorator(fn: Policy) -> Policy:
+        _POLICIES[name] = fn
+        return fn
+
+    return decorator
+
+
+def available_policies() -> list[str]:
+    """Names of the registered gradient policies, in registration order."""
+    return list(_POLICIES)
+
+
+def get_policy(name: str) -> Policy:
+    """The policy registered as `name`; `ValueError` naming the registered ones otherwise."""
+    try:
+        return _POLICIES[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown gradient policy {name!r}; registered policies: {', '.join(available_policies())}"
+        ) from None
+
+
+def check_policy(name: str, field: str = "policy") -> str:
+    """Validate a policy name for the field `field` (used in error messages)."""
+    if name not in _POLICIES:
+        raise ValueError(
+            f"{field}: unknown gradient policy {name!r}; allowed: {', '.join(available_policies())}"
+        )
+    return name
+
+
+class _StraightThrough(torch.autograd.Function):
+    """y = fn(x) forward; dL/dx = dL/dy backward. Works under torch.func.vmap (generated rule)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, fn: ForwardFn) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        return grad, None
+
+
+class _Blocked(torch.autograd.Function):
+    """y = fn(x) forward; dL/dx = 0 backward."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, fn: ForwardFn) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        return torch.zeros_like(grad), None
+
+
+def straight_through(fn: ForwardFn, x: Tensor) -> Tensor:
+    """Apply `fn` forward and pass the gradient straight through (used by precision and noise too)."""
+    if not x.requires_grad:
+        return fn(x)
+    return _StraightThrough.apply(x, fn)
+
+
+@register_policy("exact")
+def exact(forward_fn: ForwardFn, x: Tensor) -> Tensor:
+    """The true derivative of the normalization, by autograd through its forward."""
+    return forward_fn(x)
+
+
+@register_policy("ste")
+def ste(forward_fn: ForwardFn, x: Tensor) -> Tensor:
+    """Straight-through estimator: the upstream gradient reaches `x` unchanged (bit for bit)."""
+    return straight_through(forward_fn, x)
+
+
+@register_policy("zero")
+def zero(forward_fn: ForwardFn, x: Tensor) -> Tensor:
+    """No gradient flows to `x` (the positive control: training must suffer)."""
+    if not x.requires_grad:
+        return forward_fn(x)
+    return _Blocked.apply(x, forward_fn)
+
+
+# --- presets: named (weight policy, signal policy) choices -----------------------------------------
+
+_CLAMP_NORMS = ("clamp", "clamp01", "none")
+
+
+def _analogvnn_preset(weight_norm: str, signal_norm: str) -> tuple[str, str]:
+    """AnalogVNN 1.0.8: weights straight-through (PseudoParameter); signal clamps exact, Lp norms identity."""
+    return "ste", ("exact" if signal_norm in _CLAMP_NORMS else "ste")
+
+
+PRESETS: dict[str, Callable[[str, str], tuple[str, str]]] = {"analogvnn": _analogvnn_preset}
+
+
+def resolve_preset(name: str, weight_norm: str, signal_norm: str) -> tuple[str, str]:
+    """(weight_policy, signal_policy) of preset `name` for the given normalizations.
+
+    Besides named presets, ``"<weight>/<signal>"`` (e.g. ``"ste/exact"``) names the pair directly.
+    """
+    if name in PRESETS:
+        return PRESETS[name](weight_norm, signal_norm)
+    if isinstance(name, str) and name.count("/") == 1:
+        w, s = name.split("/")
+        return check_policy(w, "policies (weight part)"), check_policy(s, "policies (signal part)")
+    raise ValueError(
+        f"policies: unknown preset {name!r}; allowed: {', '.join(PRESETS)} or '<weight>/<signal>' with "
+        f"policies from {', '.join(available_policies())}"
+    )
