@@ -1,4 +1,4 @@
-"""Gradient diagnostics: how far a policy's gradients are from another's, and how much normalizations saturate."""
+"""Gradient diagnostics: how far one policy's gradients are from another's, and normalization saturation."""
 
 from __future__ import annotations
 
