@@ -1,0 +1,160 @@
+"""The trial configuration: one typed, validated object whose defaults are AnalogVNN's protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from analog.layers import AnalogConfig
+from analog.models import ACTIVATIONS
+from analog.noise import NOISE_CLASSES
+from analog.normalize import check_normalization
+from analog.policies import check_policy
+from analog.precision import PRECISION_CLASSES, check_precision
+
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "mnist", "fashion_mnist")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names each bad field and its allowed values."""
+
+
+class TrialConfig(BaseModel):
+    """One trial: one network, one configuration, one seed.
+
+    Defaults follow AnalogVNN's sample experiment: 784-256-128-10 GeLU network, clamp on weights and
+    signals, ReducePrecision with 2**4 levels, Gaussian noise of leakage 0.5, Adam (lr 1e-3), batch
+    128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # data
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    n_samples: int | None = Field(None, ge=100)
+    split_seed: int = 0
+    # network
+    hidden: tuple[int, ...] = (256, 128)
+    activation: str = "gelu"
+    final_activation: bool = True
+    digital: bool = False
+    # analog effects and gradient policies
+    weight_norm: str = "clamp"
+    weight_policy: str = "ste"
+    signal_norm: str = "clamp"
+    signal_policy: str = "exact"
+    precision_class: str = "reduce"
+    precision: int | None = 16
+    divide: float = 0.5
+    noise: str = "gaussian"
+    leakage: float | None = 0.5
+    noise_precision: int | None = None
+    noise_at_eval: bool = True
+    # protocol
+    optimizer: Literal["adam"] = "adam"
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=1)
+    seed: int = 0
+    diagnostics: bool = True
+    probe_size: int = Field(256, ge=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, v: str) -> str:
+        if v not in DATASETS:
+            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS)}")
+        return v
+
+    @field_validator("activation")
+    @classmethod
+    def _activation(cls, v: str) -> str:
+        if v not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {v!r}; allowed: {', '.join(ACTIVATIONS)}")
+        return v
+
+    @field_validator("weight_norm", "signal_norm")
+    @classmethod
+    def _norm(cls, v: str) -> str:
+        return check_normalization(v, "value")
+
+    @field_validator("weight_policy", "signal_policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        return check_policy(v, "value")
+
+    @field_validator("precision_class")
+    @classmethod
+    def _precision_class(cls, v: str) -> str:
+        if v not in PRECISION_CLASSES:
+            raise ValueError(f"unknown precision class {v!r}; allowed: {', '.join(PRECISION_CLASSES)}")
+        return v
+
+    @field_validator("precision", "noise_precision")
+    @classmethod
+    def _precision(cls, v: int | None) -> int | None:
+        return None if v is None else check_precision(v, "value")
+
+    @field_validator("noise")
+    @classmethod
+    def _noise(cls, v: str) -> str:
+        if v not in NOISE_CLASSES:
+            raise ValueError(f"unknown noise {v!r}; allowed: {', '.join(NOISE_CLASSES)}")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _hidden(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(h < 1 for h in v):
+            raise ValueError(f"hidden sizes must be >= 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _analog(self) -> TrialConfig:
+        if not self.digital:
+            self.analog_config()  # raises ValueError naming the field
+        return self
+
+    def analog_config(self) -> AnalogConfig:
+        """The analog library's configuration for this trial."""
+        return AnalogConfig(
+            weight_norm=self.weight_norm, weight_policy=self.weight_policy, signal_norm=self.signal_norm,
+            signal_policy=self.signal_policy, precision_class=self.precision_class, precision=self.precision,
+            divide=self.divide, noise=self.noise, leakage=self.leakage, noise_precision=self.noise_precision,
+        )
+
+    def canonical(self) -> dict[str, Any]:
+        """JSON-ready dict of every field (the trial's identity)."""
+        return json.loads(self.model_dump_json())
+
+    @property
+    def run_id(self) -> str:
+        """16-hex hash of the canonical configuration (seed included)."""
+        blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> TrialConfig:
+        """Validate `data`, reporting every bad field at once as a `ConfigError`."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(format_validation_error(err, cls)) from None
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """One line per error: the field, the bad value and what is allowed."""
+    lines = []
+    for e in err.errors():
+        field = prefix + ".".join(str(p) for p in e["loc"]) if e["loc"] else prefix.rstrip(".") or "config"
+        if e["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields)
+            lines.append(f"{field}: unknown field; allowed fields: {allowed}")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{field}: {msg} (got {e.get('input')!r})")
+    return "invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,97 @@
+"""AnalogClassifier: the LightningModule that trains one analog network from a TrialConfig."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from analog import build_classifier, gradient_mismatch, set_noise
+from study.config import TrialConfig
+
+STAGES = ("train", "val", "test")
+
+
+class AnalogClassifier(L.LightningModule):
+    """Cross-entropy classifier over an `analog` network; Adam; accuracy per split with torchmetrics.
+
+    Validation runs two dataloaders each epoch (0 = validation, 1 = test), so the record holds
+    per-epoch test metrics too. Evaluation keeps the analog noise on unless `noise_at_eval` is false.
+    A non-finite training loss stops training and marks the trial diverged.
+    """
+
+    def __init__(self, config: TrialConfig, n_features: int, n_classes: int,
+                 probe: tuple[Tensor, Tensor] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.net = build_classifier(
+            n_features, n_classes, config.hidden, config.activation,
+            None if config.digital else config.analog_config(), config.digital, config.final_activation,
+        )
+        self.acc = torch.nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(n_classes, average="micro") for s in STAGES})
+        self.probe = probe
+        self.diverged = False
+        self.history: list[dict[str, Any]] = []
+        self.diagnostics: list[dict[str, Any]] = []
+        self._loss_sum = {s: 0.0 for s in STAGES}
+        self._loss_n = {s: 0 for s in STAGES}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+    def _accumulate(self, stage: str, logits: Tensor, y: Tensor, loss: Tensor) -> None:
+        self.acc[f"{stage}_acc"].update(logits.detach(), y)
+        self._loss_sum[stage] += float(loss.detach()) * len(y)
+        self._loss_n[stage] += len(y)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            self.diverged = True
+            self.trainer.should_stop = True
+            return None
+        self._accumulate("train", logits, y, loss)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.config.noise_at_eval:
+            set_noise(self.net, False)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits = self(x)
+        self._accumulate("val" if dataloader_idx == 0 else "test", logits, y, F.cross_entropy(logits, y))
+
+    def on_validation_epoch_end(self) -> None:
+        set_noise(self.net, True)
+        if self.trainer.sanity_checking:
+            return
+        row: dict[str, Any] = {"epoch": self.current_epoch + 1}
+        for stage in STAGES:
+            n = self._loss_n[stage]
+            row[f"{stage}_loss"] = self._loss_sum[stage] / n if n else math.nan
+            row[f"{stage}_acc"] = round(100.0 * float(self.acc[f"{stage}_acc"].compute()), 4) if n else math.nan
+            self.acc[f"{stage}_acc"].reset()
+            self._loss_sum[stage], self._loss_n[stage] = 0.0, 0
+        self.history.append(row)
+        if self.logger:
+            self.log_dict({k: v for k, v in row.items() if k != "epoch"}, logger=True, on_epoch=True)
+        if self.config.diagnostics and self.probe is not None and not self.config.digital:
+            self.diagnostics.append({"epoch": row["epoch"], "layers": self._probe_mismatch()})
+
+    def _probe_mismatch(self) -> list[dict[str, float]]:
+        x, y = self.probe
+        with torch.enable_grad():
+            layers = gradient_mismatch(self.net, x, y, (self.config.weight_policy, self.config.signal_policy),
+                                       seed=self.config.seed)
+        return [vars(m) for m in layers]
