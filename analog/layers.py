@@ -123,7 +123,7 @@ class AnalogLinear(nn.Module):
                 stages.append(("noise", self._noise.sample, "ste"))
         return stages
 
-    def _apply(self, stages: list[Stage], x: Tensor, site: str, norm_kind: str) -> Tensor:
+    def _run_stages(self, stages: list[Stage], x: Tensor, site: str, norm_kind: str) -> Tensor:
         tracking = self.saturation is not None
         i = 0
         while i < len(stages):
@@ -145,13 +145,13 @@ class AnalogLinear(nn.Module):
         """W' and b' as the hardware sees them (normalized, quantised, noisy)."""
         c = self.config
         stages = self._stages(("norm", "precision", "noise"), self._wnorm, c.weight_norm, self.weight_policy)
-        w = self._apply(stages, self.weight, "weight", c.weight_norm)
-        b = None if self.bias is None else self._apply(stages, self.bias, "bias", c.weight_norm)
+        w = self._run_stages(stages, self.weight, "weight", c.weight_norm)
+        b = None if self.bias is None else self._run_stages(stages, self.bias, "bias", c.weight_norm)
         return w, b
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
-        x = self._apply(
+        x = self._run_stages(
             self._stages(("norm", "precision", "noise"), self._snorm, c.signal_norm, self.signal_policy),
             x,
             "signal_in",
@@ -159,7 +159,7 @@ class AnalogLinear(nn.Module):
         )
         w, b = self.transformed_parameters()
         y = F.linear(x, w, b)
-        return self._apply(
+        return self._run_stages(
             self._stages(("noise", "norm", "precision"), self._snorm, c.signal_norm, self.signal_policy),
             y,
             "signal_out",

@@ -97,8 +97,6 @@ class _Blocked(torch.autograd.Function):
 
 def straight_through(fn: ForwardFn, x: Tensor) -> Tensor:
     """Apply `fn` forward and pass the gradient straight through (used by precision and noise too)."""
-    if not x.requires_grad:
-        return fn(x)
     return _StraightThrough.apply(x, fn)
 
 
@@ -117,8 +115,6 @@ def ste(forward_fn: ForwardFn, x: Tensor) -> Tensor:
 @register_policy("zero")
 def zero(forward_fn: ForwardFn, x: Tensor) -> Tensor:
     """No gradient flows to `x` (the positive control: training must suffer)."""
-    if not x.requires_grad:
-        return forward_fn(x)
     return _Blocked.apply(x, forward_fn)
 
 

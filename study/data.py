@@ -25,7 +25,7 @@ Split sizes for the pooled datasets are ``test = ceil(0.2 n)``, ``val = ceil(0.1
 mnist/fashion_mnist and is ignored for the others.
 
 Heavy dependencies (numpy file parsing, sklearn, mlxtend, mnist1d) are imported lazily inside the loaders.
-:func:`load_split` is cached per argument tuple and returns shared tensors: do not modify them in place.
+:func:`load_split` is LRU-cached (8 argument tuples) and returns shared tensors: do not modify them in place.
 ``AnalogDataModule`` is defined on first access (module ``__getattr__``), so ``import study.data`` does not
 import Lightning; ``from study.data import AnalogDataModule`` works as usual.
 """

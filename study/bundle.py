@@ -1,0 +1,213 @@
+"""Seed-parallel training: K trials that differ only in seed, trained as one vectorised model.
+
+Each member starts from the weights its seed gives in the sequential path (bit-identical), sees
+the same data order its seed gives sequentially, draws its own noise (``vmap(randomness="different")``)
+and has its own Adam state (Adam over stacked parameters is element-wise; the loss is the sum of the
+members' losses, so each member's gradient is its own). A member whose loss turns non-finite is
+masked out of the summed loss and recorded as diverged; the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from analog import build_classifier, gradient_mismatch, set_noise
+from study.config import TrialConfig
+from study.data import load_split, train_batches
+from study.trial import make_trainer, quiet_lightning, summarize
+
+STAGES = ("train", "val", "test")
+
+
+def check_bundle(configs: list[TrialConfig]) -> None:
+    """All members must share every field but the seed, and seeds must be distinct."""
+    if not configs:
+        raise ValueError("bundle: needs at least one trial configuration")
+    base = configs[0].model_copy(update={"seed": 0})
+    for c in configs[1:]:
+        if c.model_copy(update={"seed": 0}) != base:
+            raise ValueError("bundle: member configurations must differ only in `seed`")
+    seeds = [c.seed for c in configs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"bundle: seeds must be distinct, got {seeds}")
+
+
+def member_model(config: TrialConfig, n_features: int, n_classes: int) -> nn.Module:
+    """The network the sequential path builds for `config` (seeded exactly as run_trial seeds it)."""
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    return build_classifier(
+        n_features, n_classes, config.hidden, config.activation,
+        None if config.digital else config.analog_config(), config.digital, config.final_activation,
+    )
+
+
+class _BundleBatches:
+    """Per step, the members' batches stacked: x (K, B, F), y (K, B); member k follows its own seed."""
+
+    def __init__(self, x: Tensor, y: Tensor, batch_size: int, seeds: list[int]) -> None:
+        self.x, self.y, self.batch_size = x, y, batch_size
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.y) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        orders = [train_batches(len(self.y), self.batch_size, g) for g in self.generators]
+        for step in zip(*orders, strict=True):
+            idx = torch.stack(step)
+            yield self.x[idx], self.y[idx]
+
+
+class BundleClassifier(L.LightningModule):
+    """K copies of one analog network as stacked parameters, trained with one vmapped forward."""
+
+    def __init__(self, configs: list[TrialConfig], n_features: int, n_classes: int,
+                 probe: tuple[Tensor, Tensor] | None = None) -> None:
+        super().__init__()
+        check_bundle(configs)
+        self.configs = configs
+        self.config = configs[0]
+        models = [member_model(c, n_features, n_classes) for c in configs]
+        params, buffers = stack_module_state(models)
+        self.names = list(params)
+        self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self.names])
+        self.buffers_ = buffers
+        self.base = copy.deepcopy(models[0])  # the template called functionally (its own tensors unused)
+        self.k = len(configs)
+        self.n_classes = n_classes
+        self.probe = probe
+        self.alive = torch.ones(self.k, dtype=torch.bool)
+        self.histories: list[list[dict[str, Any]]] = [[] for _ in configs]
+        self.diagnostics: list[list[dict[str, Any]]] = [[] for _ in configs]
+        self._reset_sums()
+
+    # -- vectorised forward --------------------------------------------------------------------------
+
+    def _params(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.stacked, strict=True))
+
+    def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, self.buffers_), (x,))
+
+    def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
+        """Logits (K, B, C); `x` is (K, B, F), or (B, F) shared by all members."""
+        return vmap(self._call, in_dims=(0, None if shared_input else 0), randomness="different")(
+            self._params(), x
+        )
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+
+    # -- metrics -------------------------------------------------------------------------------------
+
+    def _reset_sums(self) -> None:
+        self._loss = {s: torch.zeros(self.k, dtype=torch.float64) for s in STAGES}
+        self._correct = {s: torch.zeros(self.k, dtype=torch.float64) for s in STAGES}
+        self._n = {s: 0 for s in STAGES}
+
+    def _accumulate(self, stage: str, logits: Tensor, y: Tensor, losses: Tensor) -> None:
+        y = y if y.dim() == 2 else y.expand(self.k, -1)
+        self._loss[stage] += losses.detach().double() * y.shape[1]
+        self._correct[stage] += (logits.detach().argmax(-1) == y).sum(1).double()
+        self._n[stage] += y.shape[1]
+
+    @staticmethod
+    def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
+        k, b, c = logits.shape
+        y = y if y.dim() == 2 else y.expand(k, -1)
+        return F.cross_entropy(logits.reshape(k * b, c), y.reshape(-1), reduction="none").reshape(k, b).mean(1)
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor | None:
+        x, y = batch
+        logits = self(x)
+        losses = self._member_losses(logits, y)
+        finite = torch.isfinite(losses.detach())
+        self.alive &= finite
+        if not bool(self.alive.any()):
+            self.trainer.should_stop = True
+            return None
+        self._accumulate("train", logits, y, torch.where(self.alive, losses.detach(), 0.0))
+        return losses[self.alive].sum()
+
+    def on_validation_epoch_start(self) -> None:
+        if not self.config.noise_at_eval:
+            set_noise(self.base, False)
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        logits = self(x, shared_input=True)
+        self._accumulate("val" if dataloader_idx == 0 else "test", logits, y, self._member_losses(logits, y))
+
+    def on_validation_epoch_end(self) -> None:
+        set_noise(self.base, True)
+        if self.trainer.sanity_checking:
+            return
+        epoch = self.current_epoch + 1
+        for k in range(self.k):
+            if not bool(self.alive[k]):
+                continue
+            row: dict[str, Any] = {"epoch": epoch}
+            for s in STAGES:
+                n = self._n[s]
+                row[f"{s}_loss"] = float(self._loss[s][k] / n) if n else math.nan
+                row[f"{s}_acc"] = round(100.0 * float(self._correct[s][k] / n), 4) if n else math.nan
+            self.histories[k].append(row)
+            if self.config.diagnostics and self.probe is not None and not self.config.digital:
+                self.diagnostics[k].append({"epoch": epoch, "layers": self._probe_mismatch(k)})
+        self._reset_sums()
+
+    def member_state(self, k: int) -> dict[str, Tensor]:
+        """Member `k`'s parameters, as a state dict of the plain (unstacked) network."""
+        return {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
+
+    def _probe_mismatch(self, k: int) -> list[dict[str, float]]:
+        net = copy.deepcopy(self.base)
+        net.load_state_dict(self.member_state(k), strict=False)
+        x, y = self.probe
+        cfg = self.configs[k]
+        with torch.enable_grad():
+            layers = gradient_mismatch(net, x, y, (cfg.weight_policy, cfg.signal_policy), seed=cfg.seed)
+        return [vars(m) for m in layers]
+
+
+def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, Any]]:
+    """Train the trials `configs` (identical but for the seed) together; one record per member.
+
+    Each record has the same format as :func:`study.trial.run_trial`'s; `wall_time_s` is the bundle's
+    wall time divided by K, and `bundle_size` / `bundle_wall_time_s` say how it was trained.
+    """
+    configs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
+    check_bundle(configs)
+    quiet_lightning()
+    start = time.perf_counter()
+    c0 = configs[0]
+    data = load_split(c0.dataset, c0.split_seed, c0.data_dir, c0.n_samples)
+    probe = (data.train_x[: c0.probe_size], data.train_y[: c0.probe_size])
+    module = BundleClassifier(configs, data.n_features, data.n_classes, probe)
+    from study.data import AnalogDataModule
+
+    dm = AnalogDataModule(c0.dataset, c0.batch_size, c0.seed, c0.split_seed, c0.data_dir, c0.n_samples)
+    dm.setup("fit")
+    train = _BundleBatches(data.train_x, data.train_y, c0.batch_size, [c.seed for c in configs])
+    trainer = make_trainer(c0.epochs, logger=False)
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    wall = time.perf_counter() - start
+    records = []
+    for k, cfg in enumerate(configs):
+        rec = summarize(cfg, module.histories[k], module.diagnostics[k], not bool(module.alive[k]), wall / len(configs))
+        rec["bundle_size"] = len(configs)
+        rec["bundle_wall_time_s"] = wall
+        records.append(rec)
+    return records
