@@ -14,6 +14,7 @@ TOST p with bounds ±margin is < alpha; else `inconclusive`.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import warnings
@@ -323,14 +324,18 @@ def prob_a_better(d: np.ndarray, higher: bool) -> float:
     return float(np.mean(d > 0 if higher else d < 0))
 
 
+@functools.lru_cache(maxsize=256)
+def _detectable_effect(n: int, alpha: float) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(TTestPower().solve_power(nobs=n, alpha=alpha, power=POWER, alternative="two-sided"))
+
+
 def mde(n: int, sd: float, alpha: float) -> float:
     """Smallest mean difference a two-sided paired t-test detects with 80% power at this n and sd."""
     if n < 2 or not np.isfinite(sd):
         return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        es = TTestPower().solve_power(nobs=n, alpha=alpha, power=POWER, alternative="two-sided")
-    return float(es) * sd
+    return _detectable_effect(int(n), float(alpha)) * sd
 
 
 def seeds_needed(sd: float, margin: float, alpha: float) -> float:

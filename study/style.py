@@ -177,7 +177,8 @@ def combo_styles(weights: list[str], signals: list[str]) -> dict[tuple[str, str]
     for w in weights:
         for s in signals:
             if both:
-                style = {"color": palette[s], "linestyle": w_ls[w], "marker": w_mk[w], "label": combo_label(w, s)}
+                label = combo_label(w, s)
+                style = {"color": palette[s], "linestyle": w_ls[w], "marker": w_mk[w], "label": label}
             elif len(weights) > 1:
                 style = {"color": palette[w], "linestyle": "-", "marker": "o", "label": f"W {w}"}
             else:

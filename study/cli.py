@@ -1,0 +1,187 @@
+"""Command line: python -m study {train,run,collect,stats,figures,verify} ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.config import ConfigError, TrialConfig
+
+TRAIN_HELP = {
+    "dataset": "data set: mnist5k, digits, mnist1d (offline) or mnist, fashion_mnist (IDX files in --data-dir)",
+    "data_dir": "folder holding the IDX files of mnist / fashion_mnist",
+    "n_samples": "total samples generated for mnist1d (multiple of 10)",
+    "split_seed": "seed of the stratified train/val/test split (independent of --seed)",
+    "hidden": "hidden layer sizes, comma separated (e.g. 256,128)",
+    "activation": "activation after each layer: none, relu, leakyrelu, tanh, elu, silu, gelu",
+    "final_activation": "apply the activation after the last layer too (AnalogVNN's sample code does)",
+    "digital": "turn every analog effect off (the digital baseline)",
+    "weight_norm": "normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, ..._m, _w, _wm)",
+    "weight_policy": "gradient policy of the weight normalization (exact, ste, zero, or a registered one)",
+    "signal_norm": "normalization of signals (same choices as --weight-norm)",
+    "signal_policy": "gradient policy of the signal normalization",
+    "precision_class": "reduced precision: reduce (deterministic) or stochastic",
+    "precision": "number of precision levels p (16 = 2**4); 'none' = full precision",
+    "divide": "rounding threshold of deterministic reduced precision, in [0, 1]",
+    "noise": "noise: none, gaussian, poisson, laplacian, uniform",
+    "leakage": "noise leakage in (0, 1) (probability a quantised value changes level)",
+    "noise_precision": "levels the leakage refers to (default: --precision; needed at full precision)",
+    "noise_at_eval": "keep the analog noise on when evaluating (the hardware is noisy at inference)",
+    "optimizer": "optimizer (adam)",
+    "lr": "learning rate",
+    "batch_size": "training batch size",
+    "epochs": "training epochs",
+    "seed": "trial seed: initial weights, data order and noise all follow it",
+    "diagnostics": "log gradient mismatch and saturation on a probe batch each epoch",
+    "probe_size": "probe batch size for the diagnostics",
+}
+
+
+def _parse_value(field: str, text: str) -> Any:
+    if text.lower() in ("none", "null"):
+        return None
+    if field == "hidden":
+        return [int(v) for v in text.split(",") if v.strip()]
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return yaml.safe_load(text)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one trial and print its record",
+                       description="Train one analog network (one configuration, one seed) and print its record.")
+    p.add_argument("--config", type=Path, help="YAML file of configuration fields (options override it)")
+    p.add_argument("--out", type=Path, help="folder for the Lightning CSV log (<out>/<run_id>/metrics.csv)")
+    p.add_argument("--json", action="store_true", help="print the full record as JSON")
+    for name, field in TrialConfig.model_fields.items():
+        default = field.default
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
+                       help=f"{TRAIN_HELP.get(name, name)} (default: {shown})")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from study.trial import run_trial
+
+    data: dict[str, Any] = {}
+    if args.config:
+        data.update(yaml.safe_load(args.config.read_text()) or {})
+    for name in TrialConfig.model_fields:
+        text = getattr(args, name)
+        if text is not None:
+            data[name] = _parse_value(name, text)
+    config = TrialConfig.parse(data)
+    rec = run_trial(config, out_dir=args.out)
+    if args.json:
+        print(json.dumps(rec, indent=1, sort_keys=True, default=str))
+    else:
+        print(f"run_id {rec['run_id']}: test accuracy {rec['test_acc']:.2f}% (loss {rec['test_loss']:.4f}), "
+              f"best val {rec['best_val_acc']:.2f}% at epoch {rec['best_epoch']} "
+              f"(test {rec['test_acc_at_best_val']:.2f}%), {rec['epochs_run']} epochs, "
+              f"{'DIVERGED, ' if rec['diverged'] else ''}{rec['wall_time_s']:.1f} s")
+    return 0
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    from study.runner import DEFAULT_BUNDLE
+
+    p = sub.add_parser("run", help="run (or resume) every trial of a study spec")
+    p.add_argument("spec", help="spec file, or the name of one in study/specs/ (e.g. smoke)")
+    p.add_argument("--out", default="runs", help="output folder; the study goes to OUT/<name>/ (default: runs)")
+    p.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
+    p.add_argument("--executor", default="local", choices=("local", "dask"))
+    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786); default: a loopback LocalCluster")
+    p.add_argument("--tls-ca", help="CA file for a TLS Dask scheduler (with --tls-cert/--tls-key)")
+    p.add_argument("--tls-cert", help="client certificate for a TLS Dask scheduler")
+    p.add_argument("--tls-key", help="client key for a TLS Dask scheduler")
+    p.add_argument("--bundle", type=int, default=DEFAULT_BUNDLE,
+                   help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential)")
+    p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed")
+    p.add_argument("--dry-run", action="store_true", help="print trial counts and an estimated time; run nothing")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
+    p.add_argument("--allow-hypotheses-change", action="store_true",
+                   help="continue although the pre-registered hypotheses differ from the stored spec")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from study.runner import dry_run, run_study
+    from study.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        dry_run(spec, args.out, args.workers, args.bundle)
+        return 0
+    security = None
+    if args.tls_ca:
+        from distributed.security import Security
+
+        security = Security(tls_ca_file=args.tls_ca, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key,
+                            require_encryption=True)
+    counts = run_study(spec, args.out, args.workers, args.executor, args.scheduler, args.retry_failed,
+                       args.bundle, args.quiet, args.allow_hypotheses_change, security)
+    return 1 if counts["failed"] else 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from study.collect import collect
+
+    collect(args.dir)
+    return 0
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    from study.stats import compute_stats
+
+    out = compute_stats(args.dir)
+    print(f"statistics -> {out}")
+    return 0
+
+
+def _cmd_figures(args: argparse.Namespace) -> int:
+    from study.figures import make_figures
+
+    make_figures(args.dir)
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from study.verify import verify
+
+    result = verify(args.dir, args.sample, args.seed)
+    return 0 if not result["mismatches"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_run(sub)
+    for name, helptext in (("collect", "write runs.csv and curves.csv.gz from a study's trials"),
+                           ("stats", "statistics and report from DIR/runs.csv and DIR/spec.yaml"),
+                           ("figures", "figures from DIR/runs.csv, DIR/curves.csv.gz and DIR/stats/")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("dir", type=Path, help="the study folder (OUT/<study>)")
+    p = sub.add_parser("verify", help="re-train N random trials of a finished study and compare records")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--sample", type=int, default=5, help="trials to re-train (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random choice of trials")
+    args = parser.parse_args(argv)
+    handler = {"train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect, "stats": _cmd_stats,
+               "figures": _cmd_figures, "verify": _cmd_verify}[args.command]
+    try:
+        return handler(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Collect a study's per-trial records into tidy tables: runs.csv and curves.csv.gz."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from study.runner import FAILED, RECORD, trial_dir
+from study.spec import expand, parse_spec
+
+METRICS = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc",
+           "test_acc_at_best_val")
+CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
+DIAG_METRICS = {"cosine": "grad_cosine", "norm_ratio": "grad_norm_ratio", "sat_weight": "sat_weight",
+                "sat_signal_in": "sat_signal_in", "sat_signal_out": "sat_signal_out"}
+
+
+def _factor_value(v: Any) -> Any:
+    return "none" if v is None else v
+
+
+def _row(study: str, spec_hash: str, trial: Any, rec: dict[str, Any] | None, fail: dict[str, Any] | None) -> dict:
+    cfg = trial.config
+    row: dict[str, Any] = {"study": study, "run_id": trial.run_id, "spec_hash": spec_hash}
+    row.update({k: _factor_value(v) for k, v in trial.factors.items()})
+    row["weight_policy"], row["signal_policy"], row["seed"] = cfg.weight_policy, cfg.signal_policy, cfg.seed
+    row["status"] = "done" if rec else "failed" if fail else "missing"
+    for m in METRICS:
+        row[m] = rec.get(m) if rec else None
+    versions = (rec or {}).get("versions", {})
+    row.update({
+        "epochs_run": rec.get("epochs_run") if rec else None,
+        "diverged": bool(rec.get("diverged")) if rec else False,
+        "failed": fail is not None and rec is None,
+        "error": (fail or {}).get("error", "") if rec is None else "",
+        "wall_time_s": round(rec["wall_time_s"], 3) if rec else None,
+        "bundle_size": rec.get("bundle_size", 1) if rec else None,
+        "torch_version": versions.get("torch", ""),
+        "lightning_version": versions.get("lightning", ""),
+        "normgrad_version": versions.get("normgrad", ""),
+        "git_commit": versions.get("git_commit", ""),
+    })
+    return row
+
+
+def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
+    rows = []
+    for h in rec.get("history", []):
+        for m in CURVE_METRICS:
+            rows.append((run_id, h["epoch"], m, None, h.get(m)))
+    for d in rec.get("diagnostics", []):
+        for layer in d["layers"]:
+            for key, name in DIAG_METRICS.items():
+                rows.append((run_id, d["epoch"], name, layer["layer"], layer.get(key)))
+    return rows
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+
+
+def collect(sdir: str | Path) -> tuple[Path, Path]:
+    """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`."""
+    sdir = Path(sdir)
+    spec = parse_spec(yaml.safe_load((sdir / "spec.yaml").read_text()))
+    spec_hash = spec.hash()
+    rows, curves = [], []
+    for trial in expand(spec):
+        d = trial_dir(sdir, trial.run_id)
+        rec, fail = _read(d / RECORD), _read(d / FAILED)
+        rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
+        if rec:
+            curves += _curves(trial.run_id, rec)
+    runs = pd.DataFrame(rows)
+    runs_path = sdir / "runs.csv"
+    runs.to_csv(runs_path, index=False, float_format="%.6g")
+    cdf = pd.DataFrame(curves, columns=["run_id", "epoch", "metric", "layer", "value"])
+    cdf["layer"] = cdf["layer"].astype("Int64")
+    curves_path = sdir / "curves.csv.gz"
+    buf = io.StringIO()
+    cdf.to_csv(buf, index=False, float_format="%.6g")
+    with open(curves_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        gz.write(buf.getvalue().encode())
+    n_failed = int(runs["failed"].sum())
+    n_missing = int((runs["status"] == "missing").sum())
+    print(f"{spec.name}: {len(runs)} trials -> {runs_path} ({n_failed} failed, {n_missing} missing, "
+          f"{int(runs['diverged'].sum())} diverged); {len(cdf)} curve rows -> {curves_path}")
+    for _, r in runs[runs["status"] != "done"].iterrows():
+        print(f"  {r['status']}: {r['run_id']} seed={r['seed']} {r['error']}")
+    return runs_path, curves_path

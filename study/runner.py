@@ -1,0 +1,382 @@
+"""Run a study: resumable trials across seeds, atomically claimed, on local processes or a Dask cluster.
+
+Layout: ``OUT/<study>/spec.yaml`` and ``OUT/<study>/trials/<run_id>/`` holding ``config.json``, the
+per-epoch CSV log and ``record.json`` — written to a temporary file and renamed into place last, so
+its presence means done. A trial that raises leaves ``failed.json`` (with the traceback) instead.
+A trial is claimed with an ``O_EXCL`` lock file (host, pid, heartbeat); a claim whose owner is dead,
+or silent for longer than `STALE_AFTER_S`, is taken over.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from study.spec import StudySpec, Trial, expand, spec_to_yaml
+
+RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
+STALE_AFTER_S = 120.0
+HEARTBEAT_S = 10.0
+DEFAULT_BUNDLE = 8
+
+
+class HypothesesChanged(RuntimeError):
+    """The pre-registered `hypotheses:` block differs from the one the existing trials were run under."""
+
+
+# -- layout and status -----------------------------------------------------------------------------
+
+
+def study_dir(out: str | Path, spec: StudySpec) -> Path:
+    return Path(out) / spec.name
+
+
+def trial_dir(sdir: Path, run_id: str) -> Path:
+    return sdir / "trials" / run_id
+
+
+def status(sdir: Path, run_id: str) -> str:
+    """'done', 'failed' or 'todo' for one trial."""
+    d = trial_dir(sdir, run_id)
+    if (d / RECORD).exists():
+        return "done"
+    if (d / FAILED).exists():
+        return "failed"
+    return "todo"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file and rename it into place (presence = complete)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=1, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+# -- claims ----------------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim_is_stale(path: Path) -> bool:
+    try:
+        info = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return True  # unreadable or half-written: its writer died mid-write or it vanished
+    if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
+        return True
+    return age > STALE_AFTER_S
+
+
+def try_claim(sdir: Path, run_id: str) -> bool:
+    """Atomically claim a trial (O_EXCL). Takes over a stale claim. False if someone else holds it."""
+    d = trial_dir(sdir, run_id)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / CLAIM
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if not _claim_is_stale(path):
+                return False
+            stale = path.with_name(f"{CLAIM}.stale.{os.getpid()}")
+            try:
+                os.replace(path, stale)  # only one taker wins the rename
+                stale.unlink()
+            except OSError:
+                return False
+            continue
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, fh)
+        if status(sdir, run_id) == "done":  # finished by another runner between our check and claim
+            release(sdir, run_id)
+            return False
+        return True
+    return False
+
+
+def release(sdir: Path, run_id: str) -> None:
+    try:
+        (trial_dir(sdir, run_id) / CLAIM).unlink()
+    except FileNotFoundError:
+        pass
+
+
+class Heartbeat:
+    """Touches the claim files of the trials being run, so other runners see they are alive."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths, self._stop = paths, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            for p in self.paths:
+                try:
+                    os.utime(p)
+                except OSError:
+                    pass
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+
+# -- executing one unit (a bundle of seeds of one condition) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A unit of work: trials of one condition that differ only in seed (trained as one bundle)."""
+
+    study: str
+    spec_hash: str
+    trials: tuple[tuple[str, dict[str, Any], dict[str, Any]], ...]  # (run_id, factors, config dict)
+
+
+def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    if not history:
+        return
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+
+
+def execute_unit(sdir: str, unit: Unit, retry_failed: bool = False, n_threads: int = 1) -> list[dict[str, str]]:
+    """Run the unit's trials that are not done (nor failed, unless `retry_failed`) and claimable.
+
+    Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}.
+    """
+    import torch
+
+    from study.bundle import run_bundle
+    from study.config import TrialConfig
+    from study.trial import run_trial
+
+    torch.set_num_threads(n_threads)
+    root = Path(sdir)
+    events: list[dict[str, Any]] = []
+    todo = []
+    for run_id, factors, cfg in unit.trials:
+        st = status(root, run_id)
+        if st == "done" or (st == "failed" and not retry_failed):
+            events.append({"run_id": run_id, "status": "skipped"})
+        elif try_claim(root, run_id):
+            todo.append((run_id, factors, cfg))
+        else:
+            events.append({"run_id": run_id, "status": "busy"})
+    if not todo:
+        return events
+    claims = [trial_dir(root, r) / CLAIM for r, _, _ in todo]
+    try:
+        with Heartbeat(claims):
+            for run_id, _, cfg in todo:
+                (trial_dir(root, run_id) / FAILED).unlink(missing_ok=True)
+                write_json_atomic(trial_dir(root, run_id) / CONFIG, cfg)
+            configs = [TrialConfig.parse(cfg) for _, _, cfg in todo]
+            try:
+                if len(configs) == 1:
+                    records = [run_trial(configs[0], out_dir=root / "trials")]
+                else:
+                    records = run_bundle(configs)
+            except Exception:  # noqa: BLE001 - a failing trial must not stop the sweep
+                tb = traceback.format_exc()
+                for run_id, factors, _ in todo:
+                    write_json_atomic(trial_dir(root, run_id) / FAILED, {
+                        "run_id": run_id, "study": unit.study, "spec_hash": unit.spec_hash,
+                        "factors": factors, "traceback": tb, "error": tb.strip().splitlines()[-1],
+                    })
+                    events.append({"run_id": run_id, "status": "failed"})
+                return events
+            for (run_id, factors, _), rec in zip(todo, records, strict=True):
+                rec.update({"study": unit.study, "spec_hash": unit.spec_hash, "factors": factors})
+                d = trial_dir(root, run_id)
+                if len(configs) > 1:
+                    _write_history_csv(d / "metrics.csv", rec["history"])
+                write_json_atomic(d / RECORD, rec)
+                events.append({"run_id": run_id, "status": "done", "wall_time_s": rec["wall_time_s"]})
+    finally:
+        for run_id, _, _ in todo:
+            release(root, run_id)
+    return events
+
+
+# -- planning --------------------------------------------------------------------------------------
+
+
+def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
+    """Group trials by condition into bundles of up to `bundle` seeds (order: conditions as in the spec)."""
+    if bundle < 1:
+        raise ValueError(f"--bundle: must be >= 1, got {bundle}")
+    groups: dict[str, list[Trial]] = {}
+    for t in trials:
+        groups.setdefault(t.condition_key, []).append(t)
+    units = []
+    for members in groups.values():
+        for i in range(0, len(members), bundle):
+            chunk = members[i:i + bundle]
+            units.append(Unit(spec.name, spec.hash(), tuple(
+                (t.run_id, t.factors, t.config.canonical()) for t in chunk)))
+    return units
+
+
+def prepare(spec: StudySpec, out: str | Path, allow_hypotheses_change: bool = False) -> Path:
+    """Create the study folder and store the spec; refuse if pre-registered hypotheses changed."""
+    sdir = study_dir(out, spec)
+    stored = sdir / "spec.yaml"
+    if stored.exists():
+        import yaml
+
+        from study.spec import parse_spec
+
+        old = parse_spec(yaml.safe_load(stored.read_text()))
+        trials_exist = any((sdir / "trials").glob(f"*/{RECORD}"))
+        if old.hypotheses_hash() != spec.hypotheses_hash() and trials_exist and not allow_hypotheses_change:
+            raise HypothesesChanged(
+                f"the `hypotheses:` block of {spec.name!r} differs from the one stored in {stored} and trials "
+                "already exist: pre-registered hypotheses must not change after results exist. Restore the "
+                "original block, use a new study name, or pass --allow-hypotheses-change to record the change."
+            )
+    sdir.mkdir(parents=True, exist_ok=True)
+    (sdir / "spec.yaml").write_text(spec_to_yaml(spec))
+    return sdir
+
+
+def summary_counts(sdir: Path, trials: Iterable[Trial]) -> dict[str, int]:
+    counts = {"done": 0, "failed": 0, "todo": 0}
+    for t in trials:
+        counts[status(sdir, t.run_id)] += 1
+    return counts
+
+
+def estimate_trial_seconds(sdir: Path, default: float = 10.0) -> float:
+    """Mean wall time of the finished trials (or `default` when none is finished)."""
+    times = []
+    for p in (sdir / "trials").glob(f"*/{RECORD}"):
+        try:
+            times.append(float(json.loads(p.read_text())["wall_time_s"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return sum(times) / len(times) if times else default
+
+
+# -- executors -------------------------------------------------------------------------------------
+
+
+def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tuple) -> Iterable[Any]:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if workers == 1:
+        for u in units:
+            yield fn(args[0], u, *args[1:])
+        return
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(fn, args[0], u, *args[1:]) for u in units]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _dask_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tuple,
+              scheduler: str | None, security: Any = None) -> Iterable[Any]:
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler, security=security)
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = client.map(fn, [args[0]] * len(units), units, *[[a] * len(units) for a in args[1:]],
+                             pure=False)
+        for fut in as_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def run_study(spec: StudySpec, out: str | Path = "runs", workers: int | None = None, executor: str = "local",
+              scheduler: str | None = None, retry_failed: bool = False, bundle: int = DEFAULT_BUNDLE,
+              quiet: bool = False, allow_hypotheses_change: bool = False, security: Any = None) -> dict[str, int]:
+    """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo)."""
+    from tqdm import tqdm
+
+    if executor not in ("local", "dask"):
+        raise ValueError(f"--executor: unknown {executor!r}; allowed: local, dask")
+    workers = workers or os.cpu_count() or 1
+    sdir = prepare(spec, out, allow_hypotheses_change)
+    trials = expand(spec)
+    start_counts = summary_counts(sdir, trials)
+    pending = [t for t in trials if status(sdir, t.run_id) == "todo"
+               or (retry_failed and status(sdir, t.run_id) == "failed")]
+    units = make_units(spec, pending, bundle)
+    bar = tqdm(total=len(trials), initial=len(trials) - len(pending), desc=spec.name, unit="trial",
+               disable=quiet, dynamic_ncols=True, smoothing=0.05)
+    failed = start_counts["failed"] if not retry_failed else 0
+    args = (str(sdir), retry_failed, 1)
+    mapper = _local_map(execute_unit, units, workers, args) if executor == "local" else \
+        _dask_map(execute_unit, units, workers, args, scheduler, security)
+    t0 = time.perf_counter()
+    for events in mapper:
+        for ev in events:
+            if ev["status"] in ("done", "failed"):
+                bar.update(1)
+            failed += ev["status"] == "failed"
+        bar.set_postfix(failed=failed)
+    bar.close()
+    counts = summary_counts(sdir, trials)
+    elapsed = time.perf_counter() - t0
+    summary = {"study": spec.name, "trials": len(trials), **counts, "wall_time_s": round(elapsed, 1),
+               "workers": workers, "executor": executor, "bundle": bundle}
+    run_log = sdir / "run_log.jsonl"
+    with open(run_log, "a") as fh:
+        fh.write(json.dumps(summary, sort_keys=True) + "\n")
+    print(f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
+          f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}")
+    return counts
+
+
+def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
+    """Trial counts and an estimated time, without running anything."""
+    sdir = study_dir(out, spec)
+    trials = expand(spec)
+    counts = summary_counts(sdir, trials) if sdir.exists() else {"done": 0, "failed": 0, "todo": len(trials)}
+    per_trial = estimate_trial_seconds(sdir)
+    workers = workers or os.cpu_count() or 1
+    eta = counts["todo"] * per_trial / workers
+    info = {"study": spec.name, "trials": len(trials), **counts, "cells": len({t.condition_key for t in trials}),
+            "seeds": len(spec.seed_list), "bundle": bundle, "workers": workers,
+            "est_seconds_per_trial": round(per_trial, 2), "est_total_seconds": round(eta)}
+    print(f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds); "
+          f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
+          f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial")
+    return info

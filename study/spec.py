@@ -1,0 +1,213 @@
+"""Study specs: a declarative grid of trial configurations across seeds, with pre-registered hypotheses.
+
+A spec (YAML, read with ``yaml.safe_load``) names a `base` trial configuration, `factors` (each a
+list of values; the grid is their product), optional `exclude` / `include` rules for fractional
+designs, `seeds` (a count or a list) and the pre-registered `hypotheses`. Besides TrialConfig fields,
+two factor names are shorthands: ``policies`` (a preset such as ``analogvnn`` or ``"<weight>/<signal>"``)
+and ``norm`` (the same normalization at both sites). Trials that differ only in policies share seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from analog.policies import PRESETS, available_policies, resolve_preset
+from study.config import ConfigError, TrialConfig, format_validation_error
+from study.hypotheses import Hypotheses
+
+ALIASES = ("policies", "norm")
+SPECS_DIR = Path(__file__).parent / "specs"
+
+
+class StudySpec(BaseModel):
+    """A validated study spec."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    description: str = ""
+    base: dict[str, Any] = Field(default_factory=dict)
+    factors: dict[str, list[Any]] = Field(default_factory=dict)
+    exclude: list[dict[str, Any]] = Field(default_factory=list)
+    include: list[dict[str, Any]] = Field(default_factory=list)
+    seeds: int | list[int] = 10
+    hypotheses: Hypotheses = Field(default_factory=Hypotheses)
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("seeds: a count >= 1 or a list of integers")
+        if isinstance(v, list) and (not v or len(set(v)) != len(v)):
+            raise ValueError("seeds: the list must be non-empty and without repeats")
+        return v
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def hash(self) -> str:
+        """16-hex hash of the canonical spec."""
+        return _hash(self.model_dump(mode="json"))
+
+    def hypotheses_hash(self) -> str:
+        return _hash(self.hypotheses.model_dump(mode="json"))
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a study: its factor values (as written in the spec) and resolved configuration."""
+
+    factors: dict[str, Any]
+    config: TrialConfig
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    @property
+    def condition_key(self) -> str:
+        """Identity of the trial without its seed (members of one seed bundle share it)."""
+        return self.config.model_copy(update={"seed": 0}).run_id
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _allowed_factor_names() -> list[str]:
+    return [*ALIASES, *(f for f in TrialConfig.model_fields if f != "seed")]
+
+
+def resolve_config(base: dict[str, Any], cell: dict[str, Any], seed: int) -> TrialConfig:
+    """TrialConfig for one cell of the grid: base, then the cell's values, then presets, then the seed."""
+    data = {**base}
+    cell = dict(cell)
+    if "norm" in cell:
+        norm = cell.pop("norm")
+        data["weight_norm"] = data["signal_norm"] = norm
+    preset = cell.pop("policies", None)
+    data.update(cell)
+    if preset is not None:
+        w, s = resolve_preset(preset, data.get("weight_norm", "clamp"), data.get("signal_norm", "clamp"))
+        data["weight_policy"], data["signal_policy"] = w, s
+    data["seed"] = seed
+    return TrialConfig.parse(data)
+
+
+def _matches(cell: dict[str, Any], rule: dict[str, Any]) -> bool:
+    for key, want in rule.items():
+        values = want if isinstance(want, list) else [want]
+        if cell.get(key) not in values:
+            return False
+    return True
+
+
+def cells(spec: StudySpec) -> list[dict[str, Any]]:
+    """The grid's cells (factor-value dicts) after `exclude`, plus `include` cells, in a stable order."""
+    names = list(spec.factors)
+    grid = [dict(zip(names, values, strict=True)) for values in itertools.product(*spec.factors.values())]
+    kept = [c for c in grid if not any(_matches(c, r) for r in spec.exclude)]
+    for extra in spec.include:
+        if extra not in kept:
+            kept.append(dict(extra))
+    return kept
+
+
+def expand(spec: StudySpec) -> list[Trial]:
+    """Every trial of the study: cells × seeds."""
+    trials = []
+    for cell in cells(spec):
+        for seed in spec.seed_list:
+            trials.append(Trial(factors=cell, config=resolve_config(spec.base, cell, seed)))
+    return trials
+
+
+def _check(spec_dict: dict[str, Any]) -> list[str]:
+    """Every problem of a raw spec, each naming the field, the bad value and the allowed values."""
+    errors: list[str] = []
+    base = spec_dict.get("base") or {}
+    try:
+        TrialConfig.parse({**base, "seed": 0})
+    except ConfigError as err:
+        errors += [f"base.{line.strip()}" for line in str(err).splitlines()[1:]]
+        return errors
+    allowed = _allowed_factor_names()
+    factors = spec_dict.get("factors") or {}
+    for name, values in factors.items():
+        if name not in allowed:
+            errors.append(f"factors.{name}: unknown factor; allowed factors: {', '.join(allowed)}")
+            continue
+        if not isinstance(values, list) or not values:
+            errors.append(f"factors.{name}: must be a non-empty list of values, got {values!r}")
+            continue
+        for value in values:
+            errors += _check_value(base, name, value)
+    for where in ("exclude", "include"):
+        for i, rule in enumerate(spec_dict.get(where) or []):
+            for key in rule if isinstance(rule, dict) else []:
+                if key not in factors and where == "exclude":
+                    errors.append(f"{where}[{i}].{key}: not a factor of this study; factors: {', '.join(factors)}")
+    return errors
+
+
+def _check_value(base: dict[str, Any], name: str, value: Any) -> list[str]:
+    if name == "policies":
+        ok = value in PRESETS or (isinstance(value, str) and value.count("/") == 1)
+        if not ok:
+            return [f"factors.policies: bad value {value!r}; allowed: {', '.join(PRESETS)} or "
+                    f"'<weight>/<signal>' with policies from {', '.join(available_policies())}"]
+    try:
+        resolve_config(base, {name: value}, 0)
+    except (ConfigError, ValueError) as err:
+        lines = str(err).splitlines()
+        detail = "; ".join(s.strip() for s in lines[1:]) if len(lines) > 1 else lines[0]
+        return [f"factors.{name}: bad value {value!r}: {detail}"]
+    return []
+
+
+def parse_spec(data: dict[str, Any]) -> StudySpec:
+    """Validate a raw spec; every error is reported at once (a `ConfigError`), before any trial runs."""
+    if not isinstance(data, dict):
+        raise ConfigError("invalid spec: the YAML document must be a mapping")
+    errors: list[str] = []
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        errors += str(format_validation_error(err, StudySpec)).splitlines()[1:]
+        spec = None
+    errors += _check(data)
+    if not errors and spec is not None:
+        try:
+            expand(spec)
+        except (ConfigError, ValueError) as err:
+            errors.append(f"cells: {err}")
+    if errors:
+        raise ConfigError("invalid spec:\n  " + "\n  ".join(e.strip() for e in errors))
+    assert spec is not None
+    return spec
+
+
+def load_spec(path: str | Path) -> StudySpec:
+    """Read a spec file (a path, or the name of a spec shipped in study/specs/)."""
+    p = Path(path)
+    if not p.exists() and (SPECS_DIR / f"{path}.yaml").exists():
+        p = SPECS_DIR / f"{path}.yaml"
+    if not p.exists():
+        shipped = ", ".join(sorted(f.stem for f in SPECS_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"spec {path!r} not found (shipped specs: {shipped})")
+    with open(p) as fh:
+        return parse_spec(yaml.safe_load(fh))
+
+
+def spec_to_yaml(spec: StudySpec) -> str:
+    """The spec as YAML (what the runner stores next to the trials)."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
