@@ -208,6 +208,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     for k, cfg in enumerate(configs):
         rec = summarize(cfg, module.histories[k], module.diagnostics[k], not bool(module.alive[k]), wall / len(configs))
         rec["bundle_size"] = len(configs)
+        rec["bundle_seeds"] = [c.seed for c in configs]
         rec["bundle_wall_time_s"] = wall
         records.append(rec)
     return records

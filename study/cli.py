@@ -29,7 +29,7 @@ TRAIN_HELP = {
     "precision": "number of precision levels p (16 = 2**4); 'none' = full precision",
     "divide": "rounding threshold of deterministic reduced precision, in [0, 1]",
     "noise": "noise: none, gaussian, poisson, laplacian, uniform",
-    "leakage": "noise leakage in (0, 1) (probability a quantised value changes level)",
+    "leakage": "noise leakage in (0, 1) (probability a quantised value changes level); none = no noise",
     "noise_precision": "levels the leakage refers to (default: --precision; needed at full precision)",
     "noise_at_eval": "keep the analog noise on when evaluating (the hardware is noisy at inference)",
     "optimizer": "optimizer (adam)",

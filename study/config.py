@@ -28,6 +28,7 @@ class TrialConfig(BaseModel):
     Defaults follow AnalogVNN's sample experiment: 784-256-128-10 GeLU network, clamp on weights and
     signals, ReducePrecision with 2**4 levels, Gaussian noise of leakage 0.5, Adam (lr 1e-3), batch
     128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
+    ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -124,7 +125,7 @@ class TrialConfig(BaseModel):
         return AnalogConfig(
             weight_norm=self.weight_norm, weight_policy=self.weight_policy, signal_norm=self.signal_norm,
             signal_policy=self.signal_policy, precision_class=self.precision_class, precision=self.precision,
-            divide=self.divide, noise=self.noise, leakage=self.leakage, noise_precision=self.noise_precision,
+            divide=self.divide, noise=self.noise if self.leakage is not None else "none", leakage=self.leakage, noise_precision=self.noise_precision,
         )
 
     def canonical(self) -> dict[str, Any]:
