@@ -9,7 +9,14 @@ from analog.diagnostics import LayerMismatch, gradient_mismatch
 from analog.layers import AnalogConfig, AnalogLinear, analog_layers, set_noise, set_policies
 from analog.models import ACTIVATIONS, PAPER_HIDDEN, SAMPLE_HIDDEN, build_classifier, make_activation
 from analog.noise import NOISE_CLASSES, GaussianNoise, LaplacianNoise, PoissonNoise, UniformNoise, make_noise
-from analog.normalize import NORMALIZATIONS, normalization_fn, normalize, saturation_mask
+from analog.normalize import (
+    NORMALIZATIONS,
+    available_normalizations,
+    normalization_fn,
+    normalize,
+    register_normalization,
+    saturation_mask,
+)
 from analog.policies import (
     PRESETS,
     available_policies,
@@ -44,7 +51,7 @@ __all__ = [
     "StochasticReducePrecision",
     "UniformNoise",
     "analog_layers",
-    "available_policies",
+    "available_normalizations", "available_policies", "register_normalization",
     "build_classifier",
     "get_policy",
     "gradient_mismatch",

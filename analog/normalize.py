@@ -69,7 +69,34 @@ _FORWARD: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 NORMALIZATIONS: tuple[str, ...] = tuple(_FORWARD)
-"""Names of the normalizations, in AnalogVNN's order (``none`` is the identity)."""
+"""Names of the built-in normalizations, in AnalogVNN's order (``none`` is the identity)."""
+
+_SATURATION: dict[str, Callable[[Tensor], Tensor]] = {}
+
+
+def register_normalization(
+    name: str, saturation: Callable[[Tensor], Tensor] | None = None
+) -> Callable[[Callable[[Tensor], Tensor]], Callable[[Tensor], Tensor]]:
+    """Decorator registering a normalization forward ``fn(x) -> y`` under `name`.
+
+    `saturation(x) -> bool mask` marks where its true derivative is not the identity (for the
+    diagnostics); by default, the elements the forward changes.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError("normalization name must be a non-empty string")
+
+    def decorator(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        _FORWARD[name] = fn
+        if saturation is not None:
+            _SATURATION[name] = saturation
+        return fn
+
+    return decorator
+
+
+def available_normalizations() -> list[str]:
+    """Names of every normalization: the built-in ones, then the registered ones."""
+    return list(_FORWARD)
 
 CLAMPS: tuple[str, ...] = ("clamp", "clamp01")
 
@@ -77,7 +104,9 @@ CLAMPS: tuple[str, ...] = ("clamp", "clamp01")
 def check_normalization(kind: str, field: str = "normalization") -> str:
     """Validate a normalization name for the field `field` (used in error messages)."""
     if kind not in _FORWARD:
-        raise ValueError(f"{field}: unknown normalization {kind!r}; allowed: {', '.join(NORMALIZATIONS)}")
+        raise ValueError(
+            f"{field}: unknown normalization {kind!r}; allowed: {', '.join(available_normalizations())}"
+        )
     return kind
 
 
@@ -107,5 +136,7 @@ def saturation_mask(x: Tensor, kind: str) -> Tensor:
         return (x < -1) | (x > 1)
     if kind == "clamp01":
         return (x < 0) | (x > 1)
+    if kind in _SATURATION:
+        return _SATURATION[kind](x)
     with torch.no_grad():
         return _FORWARD[kind](x) != x

@@ -156,6 +156,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0 if not result["mismatches"] else 1
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from study.publish import write_report
+
+    write_report(args.dir)
+    return 0
+
+
+def _cmd_paper(args: argparse.Namespace) -> int:
+    from study.publish import build_paper_inputs
+
+    build_paper_inputs(args.dirs)
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from study.publish import summary
+
+    summary(args.dirs)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,16 +184,22 @@ def main(argv: list[str] | None = None) -> int:
     _add_run(sub)
     for name, helptext in (("collect", "write runs.csv and curves.csv.gz from a study's trials"),
                            ("stats", "statistics and report from DIR/runs.csv and DIR/spec.yaml"),
-                           ("figures", "figures from DIR/runs.csv, DIR/curves.csv.gz and DIR/stats/")):
+                           ("figures", "figures from DIR/runs.csv, DIR/curves.csv.gz and DIR/stats/"),
+                           ("report", "DIR/report.md from DIR/stats/ and DIR/figures/")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dir", type=Path, help="the study folder (OUT/<study>)")
     p = sub.add_parser("verify", help="re-train N random trials of a finished study and compare records")
     p.add_argument("dir", type=Path)
     p.add_argument("--sample", type=int, default=5, help="trials to re-train (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of trials")
+    for name, helptext in (("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
+                           ("summary", "print the headline answer of each study")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("dirs", type=Path, nargs="+", help="study folders")
     args = parser.parse_args(argv)
     handler = {"train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect, "stats": _cmd_stats,
-               "figures": _cmd_figures, "verify": _cmd_verify}[args.command]
+               "figures": _cmd_figures, "verify": _cmd_verify, "report": _cmd_report, "paper": _cmd_paper,
+               "summary": _cmd_summary}[args.command]
     try:
         return handler(args)
     except (ConfigError, FileNotFoundError, ValueError) as err:

@@ -39,8 +39,22 @@ MAX_LISTED = 50
 
 def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataFrame:
     """A stats/ CSV with key columns as strings ("" for empty) and the rest parsed as usual."""
-    text_cols = ROW_KEYS + key_columns(spec) + ["combo", "combo_a", "combo_b", "term", "ci_method",
-                                                "test_used", "family", "verdict", "better", "metric"]  # fmt: skip
+    text_cols = (
+        ROW_KEYS
+        + key_columns(spec)
+        + [
+            "combo",
+            "combo_a",
+            "combo_b",
+            "term",
+            "ci_method",
+            "test_used",
+            "family",
+            "verdict",
+            "better",
+            "metric",
+        ]
+    )
     path = Path(study_dir) / "stats" / name
     frame = pd.read_csv(path, dtype={c: str for c in text_cols}, keep_default_na=False, na_values=[""])
     for column in text_cols:
@@ -58,8 +72,9 @@ def _read_json(path: Path) -> Any:
 
 def fmt(x: Any, digits: int = 2, signed: bool = False) -> str:
     """Fixed-point number, `n/a` for NaN/None."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+    if x is None or not math.isfinite(float(x)):
         return "n/a"
+    x = float(x) if round(float(x), digits) != 0 else 0.0  # no "-0.00"
     return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
 
 
@@ -120,10 +135,12 @@ def verdict_counts(frame: pd.DataFrame) -> dict[str, int]:
 # --------------------------------------------------------------------------- report sections
 
 
-def _effect_text(row: pd.Series, spec: dict[str, Any], u: str) -> str:
-    cond = condition_label(row, row_columns(pd.DataFrame([row]), spec, row["site"]))
-    return (f"{fmt(row['mean_diff'], signed=True)}{u} [95% CI {fmt(row['ci_low'])}, {fmt(row['ci_high'])}] "
-            f"({cond}; {row['verdict']})")  # fmt: skip
+def _effect_text(row: pd.Series, columns: list[str], u: str) -> str:
+    cond = condition_label(row, columns)
+    return (
+        f"{fmt(row['mean_diff'], signed=True)}{u} [95% CI {fmt(row['ci_low'])}, {fmt(row['ci_high'])}] "
+        f"({cond}; {row['verdict']})"
+    )
 
 
 def largest_effects(rows: pd.DataFrame, count: int = 3) -> pd.DataFrame:
@@ -139,13 +156,17 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
     for site in ("weight", "signal"):
         rows = comp[(comp["site"] == site) & (comp["role"] != "positive_control")]
         if rows.empty:
-            lines += [f"**{site.capitalize()} site.** No comparison at this site was run "
-                      "(not pre-registered, or its policies are absent from the runs).", ""]  # fmt: skip
+            lines += [
+                f"**{site.capitalize()} site.** No comparison at this site was run "
+                "(not pre-registered, or its policies are absent from the runs).",
+                "",
+            ]
             continue
         sentences = []
         for label, group in rows.groupby("comparison", sort=False):
             c = verdict_counts(group)
-            effects = "; ".join(_effect_text(r, spec, u) for _, r in largest_effects(group).iterrows())
+            cols = row_columns(group, spec, site)
+            effects = "; ".join(_effect_text(r, cols, u) for _, r in largest_effects(group).iterrows())
             sentences.append(
                 f"`{label}` ({group['role'].iloc[0]}, {hyp.metric}, a − b) over {len(group)} conditions: "
                 f"**{c['different']} different, {c['equivalent']} equivalent** within ±{hyp.margin:g}{u}, "
@@ -161,21 +182,29 @@ def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -
     lines = ["## Positive control", ""]
     rows = comp[comp["role"] == "positive_control"]
     if rows.empty:
-        return lines + ["No positive control was run (its policies are absent from the runs), so the "
-                        "analysis's ability to detect a real effect is not demonstrated here.", ""]  # fmt: skip
+        return lines + [
+            "No positive control was run (its policies are absent from the runs), so the "
+            "analysis's ability to detect a real effect is not demonstrated here.",
+            "",
+        ]
     for label, group in rows.groupby("comparison", sort=False):
+        cols = row_columns(group, spec, group["site"].iloc[0])
         detected = group[group["verdict"] == "different"]
-        text = (f"`{label}`: detected (`different`) in **{len(detected)} of {len(group)}** conditions; "
-                f"mean difference from {fmt(group['mean_diff'].min(), signed=True)}{u} to "
-                f"{fmt(group['mean_diff'].max(), signed=True)}{u}; largest "
-                f"{_effect_text(largest_effects(group, 1).iloc[0], spec, u)}.")  # fmt: skip
+        text = (
+            f"`{label}`: detected (`different`) in **{len(detected)} of {len(group)}** conditions; "
+            f"mean difference from {fmt(group['mean_diff'].min(), signed=True)}{u} to "
+            f"{fmt(group['mean_diff'].max(), signed=True)}{u}; largest "
+            f"{_effect_text(largest_effects(group, 1).iloc[0], cols, u)}."
+        )
         missed = group[group["verdict"] != "different"]
         if missed.empty:
             text += " The analysis detects this real effect in every condition."
         else:
-            where = "; ".join(condition_label(r, row_columns(group, spec, r["site"])) for _, r in missed.iterrows())
-            text += (f" **Not detected in {len(missed)} condition(s)** ({where}): there, the comparisons "
-                     "cannot be trusted to detect an effect of this size.")  # fmt: skip
+            where = "; ".join(condition_label(r, cols) for _, r in missed.iterrows())
+            text += (
+                f" **Not detected in {len(missed)} condition(s)** ({where}): there, the comparisons "
+                "cannot be trusted to detect an effect of this size."
+            )
         lines += [text, ""]
     return lines
 
@@ -185,11 +214,16 @@ def preset_section(omni: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
     cell = omni[(omni["weight_policy"] == "ste") & (omni["signal_policy"] == "exact")]
     lines = ["## The `analogvnn` preset cell", ""]
     if cell.empty:
-        return lines + ["The `analogvnn` preset cell (weight_policy=ste, signal_policy=exact) is not part "
-                        "of this study.", ""]  # fmt: skip
+        return lines + [
+            "The `analogvnn` preset cell (weight_policy=ste, signal_policy=exact) is not part of this study.",
+            "",
+        ]
     conds = varying(omni, condition_columns(spec))
-    parts = [f"{condition_label(r, conds)}: mean rank {fmt(r['mean_rank'])} of {int(r['k'])}"
-             f" (mean {fmt(r['mean_metric'])})" for _, r in cell.iterrows()]  # fmt: skip
+    parts = [
+        f"{condition_label(r, conds)}: mean rank {fmt(r['mean_rank'])} of {int(r['k'])}"
+        f" (mean {fmt(r['mean_metric'])})"
+        for _, r in cell.iterrows()
+    ]
     return lines + [
         "AnalogVNN's own choice is the `analogvnn` preset cell (weight_policy=ste, signal_policy=exact). "
         "In the per-condition table, column `analogvnn` says which side (a or b) of a row is that cell. "
@@ -204,14 +238,36 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
     if comp.empty:
         return lines + ["No comparison could be computed.", ""]
     cols = [c for c in varying(comp, key_columns(spec))] or key_columns(spec)
-    header = ["comparison", *cols, "n", "mean diff [95% CI]", "test", "p", "p adj", "TOST p", "verdict",
-              "better", "analogvnn"]  # fmt: skip
+    header = [
+        "comparison",
+        *cols,
+        "n",
+        "mean diff [95% CI]",
+        "test",
+        "p",
+        "p adj",
+        "TOST p",
+        "verdict",
+        "better",
+        "analogvnn",
+    ]
     rows = []
     for _, r in comp.iterrows():
-        rows.append([r["comparison"], *[r[c] or "–" for c in cols], str(int(r["n_pairs"])),
-                     f"{fmt(r['mean_diff'], signed=True)} {fmt_ci(r['ci_low'], r['ci_high'])}", r["test_used"],
-                     fmt_p(r["p_primary"]), fmt_p(r["p_adjusted"]), fmt_p(r["p_tost"]), r["verdict"],
-                     r["better"], preset_mark(r)])  # fmt: skip
+        rows.append(
+            [
+                r["comparison"],
+                *[r[c] or "–" for c in cols],
+                str(int(r["n_pairs"])),
+                f"{fmt(r['mean_diff'], signed=True)} {fmt_ci(r['ci_low'], r['ci_high'])}",
+                r["test_used"],
+                fmt_p(r["p_primary"]),
+                fmt_p(r["p_adjusted"]),
+                fmt_p(r["p_tost"]),
+                r["verdict"],
+                r["better"],
+                preset_mark(r),
+            ]
+        )
     return lines + md_table(header, rows) + [""]
 
 
@@ -227,17 +283,29 @@ def omnibus_section(omni: pd.DataFrame, post: pd.DataFrame, spec: dict[str, Any]
     for _, group in groups:
         first = group.iloc[0]
         best = group.sort_values("mean_rank", kind="mergesort").iloc[0]
-        rows.append([condition_label(first, varying(omni, conds)), str(int(first["k"])), str(int(first["n_seeds"])),
-                     fmt(first["friedman_stat"]), fmt_p(first["friedman_p"]), fmt(first["cd"]),
-                     f"{best['combo']} ({fmt(best['mean_rank'])})"])  # fmt: skip
+        rows.append(
+            [
+                condition_label(first, varying(omni, conds)),
+                str(int(first["k"])),
+                str(int(first["n_seeds"])),
+                fmt(first["friedman_stat"]),
+                fmt_p(first["friedman_p"]),
+                fmt(first["cd"]),
+                f"{best['combo']} ({fmt(best['mean_rank'])})",
+            ]
+        )
     header = ["condition", "k", "n", "χ²", "p", "CD", "best (mean rank)"]
     n_sig = int(post["significant"].astype(str).str.lower().eq("true").sum()) if len(post) else 0
-    return lines + md_table(header, rows) + [
-        "",
-        f"Nemenyi post-hoc: {n_sig} of {len(post)} pairwise combination differences are significant "
-        "(`posthoc.csv`; mean ranks in `omnibus.csv` give the critical-difference diagram).",
-        "",
-    ]
+    return (
+        lines
+        + md_table(header, rows)
+        + [
+            "",
+            f"Nemenyi post-hoc: {n_sig} of {len(post)} pairwise combination differences are significant "
+            "(`posthoc.csv`; mean ranks in `omnibus.csv` give the critical-difference diagram).",
+            "",
+        ]
+    )
 
 
 def model_section(study_dir: Path) -> list[str]:
@@ -249,12 +317,16 @@ def model_section(study_dir: Path) -> list[str]:
     warn = text.split("\nwarnings (", 1)
     if len(warn) == 2:
         body = warn[1].splitlines()
-        lines += [f"- warnings: {body[0].rstrip('):')}"] + [f"  {ln}" for ln in body[1:] if ln.startswith("- ")]
+        lines += [f"- warnings: {body[0].rstrip('):')}"] + [
+            f"  {ln}" for ln in body[1:] if ln.startswith("- ")
+        ]
     model = pd.read_csv(Path(study_dir) / "stats" / "model.csv")
     terms = model[model["term"].astype(str).str.contains("policy")]
     if len(terms):
-        rows = [[r["term"], fmt(r["coef"], signed=True), fmt_ci(r["ci_low"], r["ci_high"]), fmt_p(r["p"])]
-                for _, r in terms.iterrows()]  # fmt: skip
+        rows = [
+            [r["term"], fmt(r["coef"], signed=True), fmt_ci(r["ci_low"], r["ci_high"]), fmt_p(r["p"])]
+            for _, r in terms.iterrows()
+        ]
         lines += ["", *md_table(["term", "coef", "95% CI", "p"], rows)]
     return lines + ["", "Full summary: `model.txt`; fixed effects: `model.csv`.", ""]
 
@@ -269,45 +341,58 @@ def bayes_section(bayes: pd.DataFrame) -> list[str]:
     table = pd.crosstab(usable["verdict"], regions)
     header = ["verdict", *[str(c) for c in table.columns]]
     rows = [[str(v), *[str(int(x)) for x in table.loc[v]]] for v in table.index]
-    agree = int(((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
-                + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum())  # fmt: skip
+    agree = int(
+        ((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
+        + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()
+    )
     decided = int(usable["verdict"].isin(["equivalent", "different"]).sum())
     return lines + [
         "Most probable region of the mean difference under a Student-t (reference-prior) posterior, "
-        "by verdict (`bayes.csv`):", "", *md_table(header, rows), "",
+        "by verdict (`bayes.csv`):",
+        "",
+        *md_table(header, rows),
+        "",
         f"The posterior agrees with {agree} of {decided} decided verdicts (equivalent ⇒ P(|a−b|<δ) ≥ 0.5; "
-        "different ⇒ P(|a−b|<δ) < 0.5).", "",
-    ]  # fmt: skip
+        "different ⇒ P(|a−b|<δ) < 0.5).",
+        "",
+    ]
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
     """Tests, alpha, margin, correction, family, n, normality check, bootstrap and fallbacks."""
     u = unit(hyp.metric)
     n = comp["n_pairs"] if len(comp) else pd.Series([0])
-    used = comp["test_used"].value_counts().to_dict() if len(comp) else {}
-    fallback = comp["ci_method"].value_counts().to_dict() if len(comp) else {}
+    used = _tally(comp["test_used"].value_counts().to_dict() if len(comp) else {})
+    ci_methods = _tally(comp["ci_method"].value_counts().to_dict() if len(comp) else {})
     direction = "lower" if not higher_is_better(hyp.metric) else "higher"
-    return ["## Methods", "",
-        f"- Metric: `{hyp.metric}` ({direction} is better); differences are a − b in the metric's units{u}.",
-        "- Pairing: within each condition (every combination of the condition factors plus the other site's "
-        "policy), trials of policy a and b are paired by seed; incomplete pairs are excluded (Missing data).",
+    tost_level = f"{100 * (1 - 2 * hyp.alpha):g}%"
+    return [
+        "## Methods",
+        "",
+        f"- Metric: `{hyp.metric}` ({direction} is better); differences are a − b in the metric's units ({u.strip() or 'as recorded'}).",
+        "- Pairing: within each condition (every combination of the condition factors plus the other "
+        "site's policy), trials of policy a and b are paired by seed; incomplete pairs are excluded "
+        "(Missing data).",
         f"- Normality check: Shapiro–Wilk on the paired differences; p ≥ {hyp.normality_alpha:g} → paired "
-        "t-test, otherwise (or n < 3, or constant differences) Wilcoxon signed-rank (zeros dropped; all-zero "
-        f"differences → p = 1). Tests used: {', '.join(f'{k} {v}' for k, v in sorted(used.items())) or 'none'}.",
-        f"- Multiplicity: `{hyp.correction}` across each family (`family: {hyp.family}`) on the p of the test "
-        "used.",
-        f"- Decision rule (pre-registered): `different` if adjusted p < α = {hyp.alpha:g}; else `equivalent` if "
-        f"the paired TOST p < α with margin δ = ±{hyp.margin:g}{u} (TOST p is not adjusted); else "
-        "`inconclusive`. Rows with fewer than 2 pairs are `inconclusive`.",
-        f"- Intervals: 95% BCa paired bootstrap of the mean difference ({hyp.bootstrap_resamples} resamples, "
-        f"seed {hyp.bootstrap_seed}); fallback to the percentile bootstrap when BCa is undefined, and [d, d] "
-        "(`degenerate`) when all differences are equal. The TOST interval is the "
-        f"{100 * (1 - 2 * hyp.alpha):g}% t interval. Methods used: "
-        f"{', '.join(f'{k} {v}' for k, v in sorted(fallback.items())) or 'none'}.",
-        "- Effect sizes: d_z = mean/sd of the differences, Hodges–Lehmann (median of Walsh averages), share of "
-        "seeds where a beats b.",
-        "- Power: `mde` = smallest difference a two-sided paired t-test detects with 80% power at this n and "
-        "sd; `seeds_needed` = pairs for 80% power at a difference of δ.",
+        "t-test, otherwise (or n < 3, or constant differences) Wilcoxon signed-rank (zeros dropped; "
+        f"all-zero differences → p = 1). Tests used: {used}.",
+        f"- Multiplicity: `{hyp.correction}` within each family (`family: {hyp.family}`), applied to the "
+        "p of the test used.",
+        f"- Decision rule (pre-registered): `different` if adjusted p < α = {hyp.alpha:g}; else "
+        f"`equivalent` if the paired TOST p < α with margin δ = ±{hyp.margin:g}{u} (TOST p is not "
+        "adjusted); else `inconclusive`. Rows with fewer than 2 pairs are `inconclusive`.",
+        f"- Intervals: 95% BCa paired bootstrap of the mean difference ({hyp.bootstrap_resamples} "
+        f"resamples, seed {hyp.bootstrap_seed}); fallback to the percentile bootstrap when BCa is "
+        "undefined, and [d, d] (`degenerate`) when all differences are equal. The TOST interval is the "
+        f"{tost_level} t interval. Interval methods used: {ci_methods}.",
+        "- Effect sizes: d_z = mean/sd of the differences, Hodges–Lehmann (median of Walsh averages), "
+        "share of seeds where a beats b.",
+        "- Power: `mde` = smallest difference a two-sided paired t-test detects with 80% power at this n "
+        "and sd; `seeds_needed` = pairs for 80% power at a difference of δ.",
         f"- n pairs per row: {int(n.min())}–{int(n.max())}.",
         "- Omnibus: Friedman test per condition over all weight/signal policy combinations on the seeds "
         "complete for all of them; Nemenyi post-hoc (scikit-posthocs) and critical difference "
@@ -316,7 +401,7 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "- Bayesian cross-check: P(a−b < −δ), P(|a−b| < δ), P(a−b > δ) under the Student-t posterior "
         "(df n−1, loc mean, scale sd/√n).",
         "",
-    ]  # fmt: skip
+    ]
 
 
 def design_section(spec: dict[str, Any], runs: pd.DataFrame, hyp: Hypotheses) -> list[str]:
@@ -338,31 +423,49 @@ def design_section(spec: dict[str, Any], runs: pd.DataFrame, hyp: Hypotheses) ->
         lines.append(f"- **skipped** `{comp.label}`: policy absent from the runs")
     cells = skipped_conditions(runs, spec)
     if len(cells):
-        lines.append(f"- {len(cells)} comparison × condition cell(s) not compared because one policy has no "
-                     "trial there:")  # fmt: skip
+        lines.append(
+            f"- {len(cells)} comparison × condition cell(s) not compared because one policy has no "
+            "trial there:"
+        )
         for _, r in cells.head(MAX_LISTED).iterrows():
             cond = condition_label(r, [c for c in key_columns(spec) if c != SITE_COLUMN[r["site"]]])
             lines.append(f"  - `{r['comparison']}` at {cond} (absent: {r['absent_policy']})")
     return lines + [""]
 
 
-def missing_section(missing: pd.DataFrame, comp: pd.DataFrame, runs: pd.DataFrame, spec: dict, hyp) -> list[str]:
+def missing_section(
+    missing: pd.DataFrame, comp: pd.DataFrame, runs: pd.DataFrame, spec: dict, hyp
+) -> list[str]:
     """Incomplete pairs (excluded) and diverged trials (kept as data unless the spec excludes them)."""
     lines = ["## Missing data", ""]
     diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}) if "diverged" in runs else None
     n_div = int(diverged.sum()) if diverged is not None else 0
     if hyp.diverged == "include":
         used = int(comp["n_diverged"].sum()) if len(comp) else 0
-        lines.append(f"Diverged trials count as data (their final {hyp.metric}): {n_div} diverged trial(s) in "
-                     f"the runs; {used} analysed pair(s) contain one.")  # fmt: skip
+        lines.append(
+            f"Diverged trials count as data (their final {hyp.metric}): {n_div} diverged trial(s) in "
+            f"the runs; {used} analysed pair(s) contain one."
+        )
     else:
         lines.append(f"Diverged trials are excluded (`hypotheses.diverged: exclude`): {n_div} in the runs.")
     if missing.empty:
         return lines + ["", "Every expected pair is complete; no seed was excluded.", ""]
-    lines += ["", f"{len(missing)} incomplete pair(s) were excluded from their comparison (`missing.csv`):", ""]
-    cols = [c for c in key_columns(spec) if c in varying(missing, key_columns(spec))]
-    rows = [[r["comparison"], *[r[c] or "–" for c in cols], str(r["seed"]), r["policy_a_status"],
-             r["policy_b_status"]] for _, r in missing.head(MAX_LISTED).iterrows()]  # fmt: skip
+    lines += [
+        "",
+        f"{len(missing)} incomplete pair(s) were excluded from their comparison (`missing.csv`):",
+        "",
+    ]
+    cols = key_columns(spec)
+    rows = [
+        [
+            r["comparison"],
+            *[r[c] or "–" for c in cols],
+            str(r["seed"]),
+            r["policy_a_status"],
+            r["policy_b_status"],
+        ]
+        for _, r in missing.head(MAX_LISTED).iterrows()
+    ]
     lines += md_table(["comparison", *cols, "seed", "a", "b"], rows)
     if len(missing) > MAX_LISTED:
         lines.append(f"\n… and {len(missing) - MAX_LISTED} more (see `missing.csv`).")
@@ -400,8 +503,12 @@ def run_section(study_dir: Path) -> list[str]:
     if data is None:
         return []
     items = data.items() if isinstance(data, dict) else [("summary", data)]
-    return ["## Run", "", *[f"- {k}: {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}"
-                            for k, v in items], ""]  # fmt: skip
+    return [
+        "## Run",
+        "",
+        *[f"- {k}: {json.dumps(v, sort_keys=True) if not isinstance(v, str) else v}" for k, v in items],
+        "",
+    ]
 
 
 def write_report(study_dir: Path) -> Path:
@@ -445,8 +552,18 @@ def camel(text: str) -> str:
 
 def latex_escape(text: str) -> str:
     """Escape LaTeX special characters."""
-    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}  # fmt: skip
+    repl = {
+        "\\": r"\textbackslash{}",
+        "&": r"\&",
+        "%": r"\%",
+        "$": r"\$",
+        "#": r"\#",
+        "_": r"\_",
+        "{": r"\{",
+        "}": r"\}",
+        "~": r"\textasciitilde{}",
+        "^": r"\textasciicircum{}",
+    }
     return "".join(repl.get(ch, ch) for ch in str(text))
 
 
@@ -454,7 +571,7 @@ def tex_num(x: Any, digits: int = 2) -> str:
     """A number as it should print; negatives wrapped in \\ensuremath, `--` for NaN."""
     if x is None or not math.isfinite(float(x)):
         return "--"
-    text = f"{float(x):.{digits}f}"
+    text = fmt(x, digits)
     return rf"\ensuremath{{{text}}}" if text.startswith("-") else text
 
 
@@ -468,19 +585,31 @@ def _macro(prefix: str, name: str, value: Any) -> str:
     return rf"\newcommand{{\{prefix}{name}}}{{{value}}}"
 
 
-def headline_macros(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+def headline_macros(
+    comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
+) -> list[str]:
     """`\\newcommand` lines for the paper's headline numbers."""
     prefix = macro_prefix(str(spec.get("name", "study")))
     out = [_macro(prefix, "Margin", f"{hyp.margin:g}"), _macro(prefix, "Alpha", f"{hyp.alpha:g}")]
     failed = runs["failed"].astype(str).str.lower().isin({"true", "1"}).sum() if "failed" in runs else 0
     diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}).sum() if "diverged" in runs else 0
-    out += [_macro(prefix, "Trials", len(runs)), _macro(prefix, "TrialsFailed", int(failed)),
-            _macro(prefix, "TrialsDiverged", int(diverged)), _macro(prefix, "Conditions", len(comp))]  # fmt: skip
+    out += [
+        _macro(prefix, "Trials", len(runs)),
+        _macro(prefix, "TrialsFailed", int(failed)),
+        _macro(prefix, "TrialsDiverged", int(diverged)),
+        _macro(
+            prefix, "Conditions", len(comp[condition_columns(spec)].drop_duplicates()) if len(comp) else 0
+        ),
+        _macro(prefix, "ComparisonRows", len(comp)),
+    ]
     n = comp["n_pairs"] if len(comp) else pd.Series([math.nan])
     low, high = n.min(), n.max()
     both = "--" if not math.isfinite(low) else f"{int(low)}" if low == high else f"{int(low)}--{int(high)}"
-    out += [_macro(prefix, "NPairs", both), _macro(prefix, "NPairsMin", tex_num(low, 0)),
-            _macro(prefix, "NPairsMax", tex_num(high, 0))]  # fmt: skip
+    out += [
+        _macro(prefix, "NPairs", both),
+        _macro(prefix, "NPairsMin", tex_num(low, 0)),
+        _macro(prefix, "NPairsMax", tex_num(high, 0)),
+    ]
     roles = list(dict.fromkeys(c.role for c in hyp.comparisons))
     for site in ("weight", "signal"):
         s = camel(site)
@@ -499,9 +628,11 @@ def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[
     rows = rows.dropna(subset=["mean_diff"]) if len(rows) else rows
     top = largest_effects(rows, 1).iloc[0] if len(rows) else None
     get = (lambda c: top[c]) if top is not None else (lambda c: math.nan)  # noqa: E731
-    return [_macro(prefix, f"{s}LargestDiff", tex_num(get("mean_diff"))),
-            _macro(prefix, f"{s}LargestDiffLow", tex_num(get("ci_low"))),
-            _macro(prefix, f"{s}LargestDiffHigh", tex_num(get("ci_high")))]  # fmt: skip
+    return [
+        _macro(prefix, f"{s}LargestDiff", tex_num(get("mean_diff"))),
+        _macro(prefix, f"{s}LargestDiffLow", tex_num(get("ci_low"))),
+        _macro(prefix, f"{s}LargestDiffHigh", tex_num(get("ci_high"))),
+    ]
 
 
 def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
@@ -509,30 +640,48 @@ def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[
     diffs = rows["mean_diff"].dropna() if len(rows) else pd.Series([], dtype=float)
     agg = (diffs.mean(), diffs.min(), diffs.max()) if len(diffs) else (math.nan,) * 3
     detected = int((rows["verdict"] == "different").sum()) if len(rows) else 0
-    return [_macro(prefix, f"{s}ControlMeanDiff", tex_num(agg[0])),
-            _macro(prefix, f"{s}ControlMinDiff", tex_num(agg[1])),
-            _macro(prefix, f"{s}ControlMaxDiff", tex_num(agg[2])),
-            _macro(prefix, f"{s}ControlDetected", detected), _macro(prefix, f"{s}ControlConditions", len(rows))]  # fmt: skip
+    return [
+        _macro(prefix, f"{s}ControlMeanDiff", tex_num(agg[0])),
+        _macro(prefix, f"{s}ControlMinDiff", tex_num(agg[1])),
+        _macro(prefix, f"{s}ControlMaxDiff", tex_num(agg[2])),
+        _macro(prefix, f"{s}ControlDetected", detected),
+        _macro(prefix, f"{s}ControlConditions", len(rows)),
+    ]
 
 
 def comparisons_tex(comp: pd.DataFrame, spec: dict[str, Any], site: str) -> str:
     """Booktabs tabular (no float) of one site's comparison rows."""
     rows = comp[comp["site"] == site] if len(comp) else comp
     cols = row_columns(rows, spec, site) if len(rows) else [SITE_COLUMN[OTHER_SITE[site]]]
-    header = ["Comparison", *[latex_escape(c) for c in cols], "$n$", r"$\Delta$ [95\% CI]",
-              r"$p_\mathrm{adj}$", "Verdict"]  # fmt: skip
-    lines = ["% Generated by the normgrad statistics stage; do not edit.",
-             r"\begin{tabular}{" + "l" * (1 + len(cols)) + "rlrl}", r"\toprule",
-             " & ".join(header) + r" \\", r"\midrule"]  # fmt: skip
+    header = [
+        "Comparison",
+        *[latex_escape(c) for c in cols],
+        "$n$",
+        r"$\Delta$ [95\% CI]",
+        r"$p_\mathrm{adj}$",
+        "Verdict",
+    ]
+    lines = [
+        "% Generated by the normgrad statistics stage; do not edit.",
+        r"\begin{tabular}{" + "l" * (1 + len(cols)) + "rlrl}",
+        r"\toprule",
+        " & ".join(header) + r" \\",
+        r"\midrule",
+    ]
     previous = None
     for _, r in rows.iterrows():
         if previous is not None and r["comparison"] != previous:
             lines.append(r"\midrule")
         previous = r["comparison"]
         label = r["comparison"] + (" (control)" if r["role"] == "positive_control" else "")
-        cells = [latex_escape(label), *[latex_escape(r[c]) for c in cols], str(int(r["n_pairs"])),
-                 f"{tex_num(r['mean_diff'])} [{tex_num(r['ci_low'])}, {tex_num(r['ci_high'])}]",
-                 tex_p(r["p_adjusted"]), latex_escape(r["verdict"])]  # fmt: skip
+        cells = [
+            latex_escape(label),
+            *[latex_escape(r[c]) for c in cols],
+            str(int(r["n_pairs"])),
+            f"{tex_num(r['mean_diff'])} [{tex_num(r['ci_low'])}, {tex_num(r['ci_high'])}]",
+            tex_p(r["p_adjusted"]),
+            latex_escape(r["verdict"]),
+        ]
         lines.append(" & ".join(cells) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 

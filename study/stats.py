@@ -41,11 +41,34 @@ ANALOGVNN_CELL = {"weight_policy": "ste", "signal_policy": "exact"}
 
 ROW_KEYS = ["comparison", "role", "site", "policy_a", "policy_b"]
 STAT_COLUMNS = [
-    "metric", "n_pairs", "n_diverged", "mean_diff", "median_diff", "sd_diff", "ci_low", "ci_high",
-    "ci_method", "shapiro_p", "test_used", "p_ttest", "p_wilcoxon", "p_primary", "family", "p_adjusted",
-    "p_tost", "tost_ci_low", "tost_ci_high", "margin", "dz", "hodges_lehmann", "prob_a_better", "mde",
-    "seeds_needed", "verdict", "better",
-]  # fmt: skip
+    "metric",
+    "n_pairs",
+    "n_diverged",
+    "mean_diff",
+    "median_diff",
+    "sd_diff",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "shapiro_p",
+    "test_used",
+    "p_ttest",
+    "p_wilcoxon",
+    "p_primary",
+    "family",
+    "p_adjusted",
+    "p_tost",
+    "tost_ci_low",
+    "tost_ci_high",
+    "margin",
+    "dz",
+    "hodges_lehmann",
+    "prob_a_better",
+    "mde",
+    "seeds_needed",
+    "verdict",
+    "better",
+]
 BAYES_COLUMNS = ["metric", "n_pairs", "margin", "mean_diff", "p_a_worse", "p_equiv", "p_a_better", "verdict"]
 MISSING_STATUS = ["policy_a_status", "policy_b_status"]
 
@@ -157,8 +180,14 @@ def _comparison_frame(
 
 
 def _label(comp: Comparison, index: int) -> dict[str, Any]:
-    return {"comparison": comp.label, "role": comp.role, "site": comp.site, "policy_a": comp.a,
-            "policy_b": comp.b, "_index": index}  # fmt: skip
+    return {
+        "comparison": comp.label,
+        "role": comp.role,
+        "site": comp.site,
+        "policy_a": comp.a,
+        "policy_b": comp.b,
+        "_index": index,
+    }
 
 
 def pair_trials(
@@ -183,11 +212,17 @@ def pair_trials(
             if status == ["ok", "ok"]:
                 va, vb = (float(sides[p].at[seed, "value"]) for p in (comp.a, comp.b))
                 div = bool(sides[comp.a].at[seed, "diverged"] or sides[comp.b].at[seed, "diverged"])
-                pairs.append(_label(comp, index) | cond | {"seed": seed, "value_a": va, "value_b": vb,
-                                                           "diff": va - vb, "_diverged": div})  # fmt: skip
+                pairs.append(
+                    _label(comp, index)
+                    | cond
+                    | {"seed": seed, "value_a": va, "value_b": vb, "diff": va - vb, "_diverged": div}
+                )
             else:
-                missing.append(_label(comp, index) | cond | {"seed": seed, "policy_a_status": status[0],
-                                                             "policy_b_status": status[1]})  # fmt: skip
+                missing.append(
+                    _label(comp, index)
+                    | cond
+                    | {"seed": seed, "policy_a_status": status[0], "policy_b_status": status[1]}
+                )
     return pd.DataFrame(pairs), pd.DataFrame(missing), pd.DataFrame(skipped)
 
 
@@ -231,7 +266,11 @@ def describe_differences(d: np.ndarray) -> dict[str, float]:
 def bootstrap_ci(
     a: np.ndarray, b: np.ndarray, resamples: int, seed: int, level: float = CI_LEVEL
 ) -> tuple[float, float, str]:
-    """Paired BCa bootstrap CI of mean(a - b); `percentile` if BCa is undefined, `degenerate` if d is constant."""
+    """Paired BCa bootstrap CI of mean(a - b).
+
+    Fallbacks (the returned method): `percentile` when BCa is undefined, `degenerate` ([d, d]) when all
+    differences are equal, `none` (NaN) with fewer than two pairs.
+    """
     d = a - b
     if len(d) < 2:
         return math.nan, math.nan, "none"
@@ -244,8 +283,16 @@ def bootstrap_ci(
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            res = sst.bootstrap((a, b), mean_diff, paired=True, vectorized=True, n_resamples=resamples,
-                                confidence_level=level, method=method, rng=np.random.default_rng(seed))  # fmt: skip
+            res = sst.bootstrap(
+                (a, b),
+                mean_diff,
+                paired=True,
+                vectorized=True,
+                n_resamples=resamples,
+                confidence_level=level,
+                method=method,
+                rng=np.random.default_rng(seed),
+            )
         low, high = res.confidence_interval
         if np.isfinite(low) and np.isfinite(high):
             return float(low), float(high), method.lower()
@@ -339,15 +386,17 @@ def mde(n: int, sd: float, alpha: float) -> float:
 
 
 def seeds_needed(sd: float, margin: float, alpha: float) -> float:
-    """Pairs needed for 80% power to detect a mean difference of `margin` at this sd (ceil, >= 2)."""
+    """Pairs needed for 80% power to detect a mean difference of `margin` at this sd (>= 2; NaN if sd = 0)."""
     if not np.isfinite(sd) or sd <= 0:
         return math.nan
     effect = margin / sd
     power = TTestPower()
-    if power.power(effect_size=effect, nobs=2, alpha=alpha, alternative="two-sided") >= POWER:
-        return 2.0
+    nobs = np.arange(2, 201)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        reached = power.power(effect_size=effect, nobs=nobs, alpha=alpha, alternative="two-sided") >= POWER
+        if reached.any():
+            return float(nobs[np.argmax(reached)])
         n = power.solve_power(effect_size=effect, alpha=alpha, power=POWER, alternative="two-sided")
     return float(math.ceil(n)) if np.isfinite(n) else math.nan
 
@@ -536,8 +585,15 @@ def posthoc_pairs(block: pd.DataFrame, ranks: pd.Series, alpha: float) -> list[d
     for i, a in enumerate(combos):
         for j in range(i + 1, len(combos)):
             p = float(pvals.iloc[i, j])
-            rows.append({"combo_a": a, "combo_b": combos[j], "mean_rank_diff": ranks[a] - ranks[combos[j]],
-                         "p_nemenyi": p, "significant": bool(p < alpha)})  # fmt: skip
+            rows.append(
+                {
+                    "combo_a": a,
+                    "combo_b": combos[j],
+                    "mean_rank_diff": ranks[a] - ranks[combos[j]],
+                    "p_nemenyi": p,
+                    "significant": bool(p < alpha),
+                }
+            )
     return rows
 
 
@@ -562,15 +618,36 @@ def omnibus(
         cd = nemenyi_cd(k, n, hyp.alpha) if testable else math.nan
         policies = group.drop_duplicates("combo").set_index("combo")
         for combo in combos:
-            omni.append(cond | {"combo": combo, "weight_policy": policies.at[combo, "weight_policy"],
-                                "signal_policy": policies.at[combo, "signal_policy"], "metric": hyp.metric,
-                                "n_seeds": n, "mean_metric": block[combo].mean() if n else math.nan,
-                                "mean_rank": ranks[combo], "friedman_stat": stat, "friedman_p": p, "cd": cd,
-                                "k": k})  # fmt: skip
+            omni.append(
+                cond
+                | {
+                    "combo": combo,
+                    "weight_policy": policies.at[combo, "weight_policy"],
+                    "signal_policy": policies.at[combo, "signal_policy"],
+                    "metric": hyp.metric,
+                    "n_seeds": n,
+                    "mean_metric": block[combo].mean() if n else math.nan,
+                    "mean_rank": ranks[combo],
+                    "friedman_stat": stat,
+                    "friedman_p": p,
+                    "cd": cd,
+                    "k": k,
+                }
+            )
         if testable:
             post += [cond | row for row in posthoc_pairs(block, ranks, hyp.alpha)]
-    omni_cols = conds + ["combo", *POLICY_COLUMNS, "metric", "n_seeds", "mean_metric", "mean_rank",
-                         "friedman_stat", "friedman_p", "cd", "k"]  # fmt: skip
+    omni_cols = conds + [
+        "combo",
+        *POLICY_COLUMNS,
+        "metric",
+        "n_seeds",
+        "mean_metric",
+        "mean_rank",
+        "friedman_stat",
+        "friedman_p",
+        "cd",
+        "k",
+    ]
     post_cols = conds + ["combo_a", "combo_b", "mean_rank_diff", "p_nemenyi", "significant"]
     return pd.DataFrame(omni, columns=omni_cols), pd.DataFrame(post, columns=post_cols)
 
@@ -604,8 +681,11 @@ def model_formula(data: pd.DataFrame, spec: dict[str, Any], metric: str) -> tupl
 
 def short_term(term: str) -> str:
     """`C(weight_policy, Treatment('ste'))[T.exact]` -> `weight_policy[exact]`."""
-    return re.sub(r"C\((?:Q\(\"([^\"]+)\"\)|([^,()]+))(?:, Treatment\('[^']*'\))?\)\[T\.([^\]]+)\]",
-                  lambda m: f"{m.group(1) or m.group(2)}[{m.group(3)}]", term)  # fmt: skip
+    return re.sub(
+        r"C\((?:Q\(\"([^\"]+)\"\)|([^,()]+))(?:, Treatment\('[^']*'\))?\)\[T\.([^\]]+)\]",
+        lambda m: f"{m.group(1) or m.group(2)}[{m.group(3)}]",
+        term,
+    )
 
 
 def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> tuple[str, pd.DataFrame]:
@@ -618,8 +698,12 @@ def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) 
 
     data = table[table["status"] == "ok"].reset_index(drop=True)
     formula, refs = model_formula(data, spec, hyp.metric) if len(data) else ("", [])
-    head = [f"formula: {formula}", "groups: seed (random intercept)", f"observations: {len(data)}",
-            "reference levels: " + (", ".join(refs) or "none")]  # fmt: skip
+    head = [
+        f"formula: {formula}",
+        "groups: seed (random intercept)",
+        f"observations: {len(data)}",
+        "reference levels: " + (", ".join(refs) or "none"),
+    ]
     empty = pd.DataFrame(columns=MODEL_COLUMNS)
     if data["seed"].nunique() < 2:
         return "\n".join(head + ["model not fitted: fewer than two seeds with usable trials."]) + "\n", empty
@@ -635,10 +719,17 @@ def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) 
     lines = head + ["", summary.rstrip(), "", f"warnings ({len(messages)}):"] + [f"- {m}" for m in messages]
     names = list(result.fe_params.index)
     ci = result.conf_int().loc[names]
-    frame = pd.DataFrame({"term": [short_term(t) for t in names], "coef": result.fe_params.to_numpy(),
-                          "std_err": result.bse_fe.loc[names].to_numpy(), "z": result.tvalues.loc[names].to_numpy(),
-                          "p": result.pvalues.loc[names].to_numpy(), "ci_low": ci[0].to_numpy(),
-                          "ci_high": ci[1].to_numpy()})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "term": [short_term(t) for t in names],
+            "coef": result.fe_params.to_numpy(),
+            "std_err": result.bse_fe.loc[names].to_numpy(),
+            "z": result.tvalues.loc[names].to_numpy(),
+            "p": result.pvalues.loc[names].to_numpy(),
+            "ci_low": ci[0].to_numpy(),
+            "ci_high": ci[1].to_numpy(),
+        }
+    )
     return "\n".join(lines) + "\n", frame
 
 
@@ -674,7 +765,9 @@ def compute_stats(study_dir: Path) -> Path:
     comparisons = _finish(comparisons, ROW_KEYS + keys + STAT_COLUMNS + ["_index"], by, orders)
     write_csv(comparisons.drop(columns="_index"), out / "comparisons.csv")
     diff_cols = ROW_KEYS + keys + ["seed", "value_a", "value_b", "diff"]
-    write_csv(_finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols], out / "differences.csv")
+    write_csv(
+        _finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols], out / "differences.csv"
+    )
     miss_cols = ROW_KEYS + keys + ["seed"] + MISSING_STATUS
     write_csv(_finish(missing, miss_cols + ["_index"], by + ["seed"], orders)[miss_cols], out / "missing.csv")
     write_csv(bayes_table(comparisons, spec, hyp), out / "bayes.csv")

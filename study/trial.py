@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -37,8 +38,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str:
-    """HEAD of the repository this code runs from ('unknown' outside a git checkout)."""
+    """HEAD of the repository this code runs from, read once per process ('unknown' outside git)."""
     try:
         root = Path(__file__).resolve().parent.parent
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# One command that reproduces normgrad: set-up, canonical studies, statistics, figures, reports, paper.
+#
+#   ./run_all.sh            set up, train both canonical studies (resumable), analyse, build the paper
+#   ./run_all.sh --smoke    the same pipeline on study/specs/smoke.yaml into a scratch folder (< 3 min)
+#   ./run_all.sh --analyze  regenerate stats, figures, reports and paper inputs from committed tables
+#   ./run_all.sh test       set up and run the test suite (what CI runs)
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+PY=${PYTHON:-python3}
+STUDIES=(core generality)
+WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
+BUNDLE=${BUNDLE:-8}
+VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
+
+say() { printf '\n==> %s\n' "$*"; }
+
+setup() {  # $1 = extras to install ("" or "test")
+  if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    "$PY" -m venv .venv
+  fi
+  local extras=${1:-}
+  local stamp=".venv/.normgrad-installed-$(cat pyproject.toml | sha256sum | cut -c1-12)-${extras:-base}"
+  if [ ! -f "$stamp" ]; then
+    say "installing torch==2.13.0 (CPU) first, then normgrad${extras:+[$extras]}"
+    .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+    touch "$stamp"
+  fi
+  export PATH="$ROOT/.venv/bin:$PATH"
+}
+
+analyze() {  # regenerate everything downstream of the tidy tables, for each study folder given
+  for dir in "$@"; do
+    say "statistics, figures and report: $dir"
+    python -m study stats "$dir"
+    python -m study figures "$dir"
+    python -m study report "$dir"
+  done
+}
+
+paper() {
+  say "paper inputs -> paper/generated/"
+  python -m study paper "${STUDIES[@]/#/results/}"
+  if command -v latexmk >/dev/null 2>&1; then
+    say "building paper/main.pdf"
+    make -C paper >/dev/null && echo "paper/main.pdf built"
+  else
+    echo "TeX not found: install it (Debian: apt-get install latexmk texlive-latex-extra texlive-fonts-recommended)"
+    echo "then run 'make -C paper' to build paper/main.pdf"
+  fi
+}
+
+case "${1:-}" in
+  test)
+    setup test
+    say "test suite"
+    exec python -m pytest -q -p no:cacheprovider "${@:2}"
+    ;;
+  --smoke)
+    setup
+    SCRATCH=${SMOKE_DIR:-$(mktemp -d /tmp/normgrad-smoke.XXXXXX)}
+    say "smoke study -> $SCRATCH (committed results are not touched)"
+    python -m study run smoke --out "$SCRATCH" --workers "$WORKERS" --bundle 4
+    python -m study collect "$SCRATCH/smoke"
+    analyze "$SCRATCH/smoke"
+    python -m study verify "$SCRATCH/smoke" --sample 2
+    python -m study report "$SCRATCH/smoke"
+    python -m study summary "$SCRATCH/smoke"
+    ;;
+  --analyze)
+    setup
+    analyze "${STUDIES[@]/#/results/}"
+    paper
+    python -m study summary "${STUDIES[@]/#/results/}"
+    ;;
+  "")
+    setup
+    for s in "${STUDIES[@]}"; do
+      say "training study '$s' (resumable: run again to continue after an interruption)"
+      python -m study run "$s" --out results --workers "$WORKERS" --bundle "$BUNDLE"
+      python -m study collect "results/$s"
+      python -m study verify "results/$s" --sample "$VERIFY_SAMPLE"
+    done
+    analyze "${STUDIES[@]/#/results/}"
+    paper
+    python -m study summary "${STUDIES[@]/#/results/}"
+    ;;
+  -h|--help)
+    sed -n '2,8p' "$0"
+    ;;
+  *)
+    echo "unknown option '$1'" >&2
+    sed -n '2,8p' "$0" >&2
+    exit 2
+    ;;
+esac

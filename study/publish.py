@@ -1,0 +1,97 @@
+"""Last stage: the study's report.md, the paper's generated inputs, and a one-screen summary.
+
+Everything here reads only what earlier stages wrote (stats/, figures/, verify.json, run_log.jsonl).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
+
+
+def _run_summary(sdir: Path) -> dict | None:
+    """The last line of run_log.jsonl (the runner's summary of the latest run), if any."""
+    log = sdir / "run_log.jsonl"
+    if not log.exists():
+        return None
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
+    if not lines:
+        return None
+    runs = [json.loads(ln) for ln in lines]
+    total = sum(r.get("wall_time_s", 0.0) for r in runs)
+    return {**runs[-1], "runs": len(runs), "wall_time_s_all_runs": round(total, 1)}
+
+
+def write_report(sdir: str | Path) -> Path:
+    """`DIR/report.md`: the statistics report followed by the figures (with their captions)."""
+    sdir = Path(sdir)
+    stats_report = sdir / "stats" / "report.md"
+    if not stats_report.exists():
+        raise FileNotFoundError(f"{stats_report} not found: run `python -m study stats {sdir}` first")
+    summary = _run_summary(sdir)
+    if summary is not None:  # the stats report renders run_summary.json when present
+        (sdir / "run_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    text = stats_report.read_text().rstrip() + "\n"
+    index = sdir / "figures" / "index.md"
+    if index.exists():
+        body = index.read_text()
+        body = re.sub(r"\]\((?!https?:)([^)]+)\)", r"](figures/\1)", body)
+        body = re.sub(r"^# ", "## ", body, flags=re.M)
+        text += "\n" + body.rstrip() + "\n"
+    out = sdir / "report.md"
+    out.write_text(text)
+    print(f"report -> {out}")
+    return out
+
+
+def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED) -> Path:
+    """Copy each study's LaTeX macros/tables and figure PDFs into `paper/generated/<study>/`."""
+    out.mkdir(parents=True, exist_ok=True)
+    inputs = []
+    for sdir in map(Path, study_dirs):
+        name = sdir.name
+        dest = out / name
+        if dest.exists():
+            shutil.rmtree(dest)
+        (dest / "figures").mkdir(parents=True)
+        latex = sdir / "stats" / "latex"
+        if not latex.exists():
+            raise FileNotFoundError(f"{latex} not found: run `python -m study stats {sdir}` first")
+        for f in sorted(latex.glob("*.tex")):
+            shutil.copyfile(f, dest / f.name)
+        for f in sorted((sdir / "figures").glob("*.pdf")):
+            shutil.copyfile(f, dest / "figures" / f.name)
+        inputs.append(f"\\input{{generated/{name}/macros.tex}}")
+    (out / "macros.tex").write_text("% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n")
+    print(f"paper inputs -> {out}")
+    return out
+
+
+def summary(study_dirs: list[str | Path]) -> str:
+    """The headline answer per study and site, from stats/comparisons.csv, and where outputs are."""
+    lines = []
+    for sdir in map(Path, study_dirs):
+        comp_path = sdir / "stats" / "comparisons.csv"
+        if not comp_path.exists():
+            lines.append(f"{sdir.name}: no statistics yet ({comp_path} missing)")
+            continue
+        comp = pd.read_csv(comp_path, keep_default_na=False, na_values=[""])
+        lines.append(f"{sdir.name} ({sdir}):")
+        for (label, role), g in comp.groupby(["comparison", "role"], sort=False):
+            counts = g["verdict"].value_counts()
+            verdicts = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("different", "equivalent", "inconclusive"))
+            big = g.loc[g["mean_diff"].abs().idxmax()] if g["mean_diff"].notna().any() else None
+            effect = "" if big is None else (
+                f"; largest |a-b| = {big['mean_diff']:+.2f} pp [{big['ci_low']:+.2f}, {big['ci_high']:+.2f}]")
+            tag = " (positive control)" if role == "positive_control" else ""
+            lines.append(f"  {label}{tag}: {len(g)} condition(s): {verdicts}{effect}")
+        lines.append(f"  report: {sdir / 'report.md'}; figures: {sdir / 'figures'}")
+    text = "\n".join(lines)
+    print(text)
+    return text

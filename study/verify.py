@@ -1,0 +1,75 @@
+"""Re-train a random sample of a finished study's trials and check that their records match."""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import random
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from study.runner import RECORD, trial_dir, write_json_atomic
+from study.spec import expand, parse_spec
+
+COMPARED = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc",
+            "test_acc_at_best_val", "epochs_run", "diverged")
+
+
+def retrain(record: dict[str, Any]) -> dict[str, Any]:
+    """Train the trial of `record` again the way it was trained (alone, or in its original seed bundle)."""
+    from study.bundle import run_bundle
+    from study.config import TrialConfig
+    from study.trial import run_trial
+
+    config = TrialConfig.parse(record["config"])
+    seeds = record.get("bundle_seeds")
+    if not seeds or len(seeds) == 1:
+        return run_trial(config)
+    members = [config.model_copy(update={"seed": s}) for s in seeds]
+    return run_bundle(members)[seeds.index(config.seed)]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (math.isnan(a) and math.isnan(b))
+    return a == b
+
+
+def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Names of the metrics (final and per epoch) that differ between two records of one trial."""
+    diffs = [k for k in COMPARED if not _same(old.get(k), new.get(k))]
+    for h_old, h_new in zip(old.get("history", []), new.get("history", []), strict=False):
+        for k, v in h_old.items():
+            if not _same(v, h_new.get(k)):
+                diffs.append(f"history[{h_old['epoch']}].{k}")
+    return diffs
+
+
+def verify(sdir: str | Path, sample: int = 5, seed: int = 0) -> dict[str, Any]:
+    """Re-train `sample` randomly chosen finished trials; write and return `sdir/verify.json`."""
+    import torch
+
+    torch.set_num_threads(1)
+    sdir = Path(sdir)
+    spec = parse_spec(yaml.safe_load((sdir / "spec.yaml").read_text()))
+    done = [t.run_id for t in expand(spec) if (trial_dir(sdir, t.run_id) / RECORD).exists()]
+    if sample < 1:
+        raise ValueError(f"--sample: must be >= 1, got {sample}")
+    chosen = sorted(random.Random(seed).sample(done, min(sample, len(done))))
+    mismatches = []
+    for i, run_id in enumerate(chosen, 1):
+        old = json.loads((trial_dir(sdir, run_id) / RECORD).read_text())
+        diffs = compare(old, retrain(old))
+        status = "match" if not diffs else f"MISMATCH in {', '.join(diffs[:5])}"
+        print(f"[{i}/{len(chosen)}] {run_id} (seed {old['config']['seed']}): {status}")
+        if diffs:
+            mismatches.append({"run_id": run_id, "fields": diffs})
+    result = {"checked": len(chosen), "matched": len(chosen) - len(mismatches), "mismatches": mismatches,
+              "run_ids": chosen, "sample_seed": seed, "platform": platform.platform(),
+              "torch": torch.__version__}
+    write_json_atomic(sdir / "verify.json", result)
+    print(f"verify: {result['matched']}/{result['checked']} re-trained records identical -> {sdir / 'verify.json'}")
+    return result
