@@ -218,7 +218,37 @@ def _key_label(columns: Sequence[str], key: Sequence[str]) -> str:
     """Label of a row key: the level alone for one column, compact levels joined by ' · ' otherwise."""
     if len(columns) == 1:
         return st.level_label(columns[0], key[0])
-    return " · ".join(st.level_label(c, v, compact=True) for c, v in zip(columns, key, strict=True))
+    single_norm = sum(c.endswith("_norm") for c in columns) == 1
+    return " · ".join(
+        st.level_label(c, v, compact=not (single_norm and c.endswith("_norm")) and c != "dataset")
+        for c, v in zip(columns, key, strict=True)
+    )
+
+
+def _facet_title(column: str, level: str) -> str:
+    """Title of a facet: "Leakage 0.2", "No leakage", "Precision full"."""
+    if column == "leakage" and level == "none":
+        return "No leakage"
+    name = st.factor_label(column).split(" (")[0]
+    return f"{name} {st.level_label(column, level)}"
+
+
+def _combo_handles(
+    styles: dict[tuple[str, str], dict[str, Any]],
+    weights: list[str],
+    signals: list[str],
+    markers: bool = False,
+) -> tuple[list[Line2D], int]:
+    """Legend handles of `combo_styles`, one column per signal policy when both sites vary; and ncol."""
+    both = len(weights) > 1 and len(signals) > 1
+    order = [(w, s) for s in signals for w in weights] if both else list(styles)
+    handles = [
+        Line2D([], [], color=styles[k]["color"], ls=styles[k]["linestyle"], lw=1.1, label=styles[k]["label"],
+               marker=styles[k]["marker"] if markers else None, ms=3)
+        for k in order
+        if k in styles
+    ]
+    return handles, (len(signals) if both else min(len(handles), 4))
 
 
 def _slug(text: str) -> str:
@@ -284,10 +314,12 @@ def _text_color(rgba: Sequence[float]) -> str:
     return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.5 else "black"
 
 
-def _legend_below(fig: Figure, handles: list[Any], ncol: int | None = None) -> None:
-    if handles:
-        fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 4),
-                   handlelength=2.2, columnspacing=1.2)
+def _legend_below(fig: Figure, handles: list[Any], ncol: int | None = None, title: str | None = None) -> None:
+    """A figure legend below the panels, outside the data."""
+    if not handles:
+        return
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 4), title=title,
+               handlelength=2.4, columnspacing=1.2)
 
 
 def _by_dataset(ctx: StudyContext, df: pd.DataFrame, base: str) -> Iterator[tuple[str, str, pd.DataFrame]]:
@@ -310,6 +342,16 @@ def _comparison_order(df: pd.DataFrame) -> list[tuple[str, str, str, str]]:
 
 def _verdict_symbol(verdict: Any) -> str:
     return st.VERDICT_SYMBOLS.get(str(verdict), st.VERDICT_SYMBOLS["inconclusive"])
+
+
+def _ci_method_text(comps: pd.DataFrame) -> str:
+    """How the stats stage computed the CIs ("BCa bootstrap", with fallbacks named)."""
+    if "ci_method" not in comps:
+        return "BCa bootstrap"
+    methods = set(comps["ci_method"].dropna().astype(str)) - {"none", "degenerate"}
+    if methods <= {"bca"}:
+        return "BCa bootstrap"
+    return "BCa bootstrap (percentile where BCa is undefined)"
 
 
 def _verdict_note(ctx: StudyContext) -> str:
@@ -351,12 +393,13 @@ def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
             name = base + suffix
             part = _select(sub, split_cols, split_key)
             dpart = None if dsub is None else _select(dsub, split_cols, split_key)
-            fig, caption = _draw_paired(ctx, site, part, dpart, facet, row_cols, key_cols)
+            shown = ", ".join(
+                f"{st.factor_label(c).lower()} {st.level_label(c, v)}"
+                for c, v in zip(split_cols, split_key, strict=True)
+            )
+            title = f"{site.capitalize()} site" + (f" · {shown}" if shown else "")
+            fig, caption = _draw_paired(ctx, site, part, dpart, facet, row_cols, key_cols, title)
             if split_cols:
-                shown = ", ".join(
-                    f"{st.factor_label(c).lower()} = {st.level_label(c, v)}"
-                    for c, v in zip(split_cols, split_key, strict=True)
-                )
                 caption += f" This figure shows the conditions with {shown} (one figure per level)."
             yield Made(name, fig, caption)
 
@@ -369,6 +412,7 @@ def _draw_paired(
     facet: str | None,
     row_cols: list[str],
     key_cols: list[str],
+    title: str,
 ) -> tuple[Figure, str]:
     metric = str(comps["metric"].iloc[0]) if "metric" in comps and len(comps) else ctx.metric
     delta = ctx.margin
@@ -397,7 +441,7 @@ def _draw_paired(
         vals = vals[np.isfinite(vals)]
         lo, hi = min(vals.min(initial=0.0), -1.6 * delta), max(vals.max(initial=0.0), 1.6 * delta)
         pad = 0.06 * (hi - lo)
-        xlims[comp] = (lo - pad, hi + pad)
+        xlims[comp] = (lo - pad, hi + pad + 0.12 * (hi - lo))  # the right margin holds the verdicts
     n_pairs = []
     for p, (level, (comp, _role, a, b)) in enumerate(itertools.product(facets, order)):
         ax = axes[p]
@@ -421,9 +465,9 @@ def _draw_paired(
                     solid_capstyle="butt")
             ax.plot([mean], [y], marker="o", ms=3.6 if not many else 2.6, mfc=color, mec="black", mew=0.5,
                     zorder=4)
-            ax.annotate(_verdict_symbol(getattr(row, "verdict", "")), (1.0, y),
-                        xycoords=ax.get_yaxis_transform(), xytext=(2, 0), textcoords="offset points",
-                        ha="left", va="center", fontsize=st.FONT_SMALL, annotation_clip=False)
+            symbol = _verdict_symbol(getattr(row, "verdict", ""))
+            ax.text(0.955, y, symbol, transform=ax.get_yaxis_transform(), ha="center", va="center",
+                    fontsize=st.FONT_SMALL)
             n_pairs.append(getattr(row, "n_pairs", math.nan))
         ax.set_xlim(*xlims[comp])
         title = f"{a} − {b}"
@@ -441,6 +485,7 @@ def _draw_paired(
         ax0.set_ylabel(" · ".join(st.factor_label(c) for c in row_cols))
         if row_cols == [SITE_COLUMN[OTHER_SITE[site]]]:
             _color_text(ax0, "y", [k[0] for k in rows])
+    fig.suptitle(title, fontsize=st.FONT_LARGE)
     fig.text(0.5, 0, f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{st.diff_unit(metric)}",
              ha="center", va="top", fontsize=st.FONT_SMALL)
     other = SITE_COLUMN[OTHER_SITE[site]]
@@ -450,8 +495,8 @@ def _draw_paired(
         f"Paired differences in {st.metric_label(metric).lower()} at the {site} site ({comps_text}; "
         f"difference a − b within each seed, in {'percentage points' if st.is_percent(metric) else 'units'})."
         f" Points: one per seed ({_n_text(n_pairs, 'pairs per condition')}); filled circle: mean; "
-        f"bar: 95% BCa bootstrap CI of the mean; dashed line: no difference; grey band: equivalence "
-        f"margin ±δ = {delta:g}{st.diff_unit(metric)}. Rows: {rows_text}"
+        f"bar: 95% {_ci_method_text(comps)} CI of the mean; dashed line: no difference; grey band: "
+        f"equivalence margin ±δ = {delta:g}{st.diff_unit(metric)}. Rows: {rows_text}"
         + (f"; panels: {st.factor_label(facet).lower()} × comparison." if facet else ".")
         + f" {_verdict_note(ctx)}"
         + ctx.fixed_note(comps, key_cols)
@@ -539,7 +584,7 @@ def _draw_heatmap(
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if i == 0 and facet_col:
-                ax.set_title(f"{st.factor_label(facet_col)} {st.level_label(facet_col, level)}")
+                ax.set_title(_facet_title(facet_col, level))
             if i == len(frows) - 1:
                 ax.set_xlabel(st.factor_label("precision"))
             if j == 0:
@@ -555,7 +600,9 @@ def _draw_heatmap(
     if facet_col:
         facets_text.append(f"columns: {st.factor_label(facet_col).lower()}")
     if row_facets:
-        facets_text.append("rows: " + " · ".join(st.factor_label(c).lower() for c in row_facets))
+        policy_note = " (W / S = weight- / signal-site policy)" * any(c in POLICY_COLUMNS for c in row_facets)
+        row_text = " · ".join(st.factor_label(c).lower() for c in row_facets)
+        facets_text.append(f"rows: {row_text}{policy_note}")
     caption = (
         f"Mean paired difference in {st.metric_label(metric).lower()} ({a} − {b} at the {site} site, "
         f"{'percentage points' if st.is_percent(metric) else 'metric units'}) for each "
@@ -585,15 +632,13 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
     n_panels = len(datasets)
     ncols = min(n_panels, 2)
     nrows = math.ceil(n_panels / ncols)
-    cell_w, cell_h = 0.78, 0.42
-    width = min(st.TWO_COLUMN, ncols * (cell_w * len(signals) + 1.0) + 0.7)
-    height = nrows * (cell_h * len(weights) + 0.75) + 0.2
+    width = st.ONE_COLUMN if ncols == 1 else st.TWO_COLUMN
+    height = nrows * (0.36 * len(weights) + 0.8) + 0.1
     fig = st.new_figure(width, height)
     axes = fig.subplots(nrows, ncols, squeeze=False)
     vmin, vmax = float(summary["mean"].min()), float(summary["mean"].max())
     cnorm = mcolors.Normalize(vmin, vmax if vmax > vmin else vmin + 1)
     cmap = mpl.colormaps[st.SEQUENTIAL_CMAP]
-    image = None
     for p, dataset in enumerate(datasets):
         ax = axes[p // ncols, p % ncols]
         sel = summary if dataset is None else summary[summary["dataset"].astype(str) == dataset]
@@ -602,10 +647,10 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
             r, c = weights.index(str(row.weight_policy)), signals.index(str(row.signal_policy))
             grid[r, c] = row.mean
             tc = _text_color(cmap(cnorm(row.mean)))
-            ci = f"\n[{row.lo:.2f}, {row.hi:.2f}]" if np.isfinite(row.lo) else ""
+            ci = f"\n{row.lo:.2f}–{row.hi:.2f}" if np.isfinite(row.lo) else ""
             ax.text(c, r, f"{row.mean:.2f}{ci}", ha="center", va="center", fontsize=st.FONT_SMALL, color=tc,
                     linespacing=1.0)
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto")
+        ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto")
         ax.set_xticks(range(len(signals)), signals)
         ax.set_yticks(range(len(weights)), weights)
         _color_text(ax, "x", signals)
@@ -619,10 +664,6 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
             ax.set_title(str(dataset))
     for p in range(n_panels, nrows * ncols):
         axes[p // ncols, p % ncols].set_visible(False)
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.9, aspect=20, pad=0.02)
-        bar.set_label(st.metric_label(metric))
-        bar.outline.set_linewidth(0.4)
     pooled_text = (
         f" Each seed's value is first averaged over {', '.join(st.factor_label(c).lower() for c in pooled)} "
         f"({len(_ordered_keys(ctx, runs, pooled))} conditions)."
@@ -631,8 +672,9 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
     )
     caption = (
         f"Policy interaction: mean final {st.metric_label(metric).lower()} for every weight-site × "
-        f"signal-site policy combination, [95% percentile bootstrap CI of the mean over seeds] below it "
-        f"({_n_text(summary['n'], 'seeds per cell')}); cell colour: the mean.{pooled_text}"
+        f"signal-site policy combination (first line) and the 95% percentile bootstrap CI of the mean over "
+        f"seeds (second line; {_n_text(summary['n'], 'seeds per cell')}); cell colour: the mean (cividis, "
+        f"dark = low, bright = high).{pooled_text}"
         + (" One panel per dataset." if len(datasets) > 1 else ctx.fixed_note(runs, ["dataset"]))
     )
     yield Made(name, fig, caption)
@@ -656,8 +698,11 @@ def fig_learning_curves(ctx: StudyContext) -> Iterator[Output]:
 
 def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note: str) -> tuple[Figure, str]:
     weights, signals = ctx.levels("weight_policy", data), ctx.levels("signal_policy", data)
-    styles = st.combo_styles(weights, signals)
     split_weight = len(weights) > 1 and len(signals) > 1
+    styles = st.combo_styles(weights, signals)
+    if split_weight:  # one column per weight policy: colour and line style show the signal policy
+        per_signal = st.combo_styles(weights[:1], signals)
+        styles = {(w, s): {**per_signal[(weights[0], s)], "label": s} for w, s in styles}
     columns = weights if split_weight else [None]
     keep = ["metric", *POLICY_COLUMNS, "epoch"]
     summary = summarise(seed_means(data, keep, "value"), keep, "value")
@@ -672,9 +717,8 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
                           & (summary["signal_policy"] == s)].sort_values("epoch")
             if sel.empty:
                 continue
-            ls = "-" if split_weight else style["linestyle"]
             ax.fill_between(sel["epoch"], sel["lo"], sel["hi"], color=style["color"], alpha=0.2, lw=0)
-            ax.plot(sel["epoch"], sel["mean"], color=style["color"], ls=ls, lw=1.0)
+            ax.plot(sel["epoch"], sel["mean"], color=style["color"], ls=style["linestyle"], lw=1.0)
         if i == 0 and wcol is not None:
             ax.set_title(f"Weight-site policy {wcol}", color=st.policy_palette(weights)[wcol])
         if j == 0:
@@ -683,14 +727,17 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
             ax.set_xlabel("Epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
     if split_weight:
-        handles = [Line2D([], [], color=c, lw=1.2, label=f"S {s}")
-                   for s, c in st.policy_palette(signals).items()]
-        legend_note = "Colour: signal-site policy (S); one column per weight-site policy."
+        first = {k: v for k, v in styles.items() if k[0] == weights[0]}
+        handles, _ = _combo_handles(first, weights[:1], signals)
+        legend_note = (
+            "Colour and line style: signal-site policy (solid = exact, dashed = ste, dotted = zero); one "
+            "column per weight-site policy."
+        )
+        _legend_below(fig, handles, title="Signal-site policy")
     else:
-        handles = [Line2D([], [], color=v["color"], ls=v["linestyle"], lw=1.2, label=v["label"])
-                   for v in styles.values()]
+        handles, ncol = _combo_handles(styles, weights, signals)
         legend_note = st.combo_legend_note(weights, signals)
-    _legend_below(fig, handles)
+        _legend_below(fig, handles, ncol=ncol)
     pooled = [c for c in ctx.conditions if c != "dataset" and c in data and data[c].nunique(dropna=False) > 1]
     pooled_text = (
         f" Each seed's curve is first averaged over {', '.join(st.factor_label(c).lower() for c in pooled)}."
@@ -759,9 +806,8 @@ def _draw_mismatch(
             top = max(float(summary.loc[summary["metric"] == metric, "hi"].max(skipna=True) or 0), 0.0)
             top = max(top, float(summary.loc[summary["metric"] == metric, "mean"].max() or 0))
             axes[i, 0].set_ylim(0, min(1.0, top * 1.12) if top > 0 else 1.0)
-    handles = [Line2D([], [], color=v["color"], ls=v["linestyle"], lw=1.2, label=v["label"])
-               for v in styles.values()]
-    _legend_below(fig, handles, ncol=min(len(handles), 3 if len(handles) == 9 else 4))
+    handles, ncol = _combo_handles(styles, weights, signals)
+    _legend_below(fig, handles, ncol=ncol)
     caption = (
         "Gradient mismatch, the mechanism behind any effect: per analog layer (columns), the cosine "
         "similarity between the weight gradient the trial's policies give and the gradient the exact "
@@ -827,31 +873,34 @@ def _cliques(ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
 def _draw_cd_stack(
     ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[str], conds: list[tuple[str, ...]]
 ) -> tuple[Figure, str]:
-    width = st.ONE_COLUMN
-    label_w, row_h, bar_h = 1.0, 0.15, 0.07
+    """Demšar-style critical-difference diagrams, one per condition, stacked; drawn in inch coordinates."""
+    row_h, bar_h = 0.15, 0.06
+    palette = st.policy_palette(set(omni["signal_policy"].astype(str)) if "signal_policy" in omni else [])
+    longest = max(len(_combo_text(c)) for c in omni["combo"].astype(str)) + 7  # " (2.45)"
+    label_w = 0.2 + 0.056 * longest
+    width = st.ONE_COLUMN if 2 * label_w + 1.5 <= st.ONE_COLUMN else st.TWO_COLUMN
+    y_title, y_cd, y_axis = -0.02, -0.25, -0.48
     blocks = []
     for key in conds:
-        sel = _select(omni, cond_cols, key).sort_values(["mean_rank", "combo"])
+        sel = _select(omni, cond_cols, key).sort_values(["mean_rank", "combo"], kind="mergesort")
         ranks = sel["mean_rank"].astype(float).tolist()
         cd = float(pd.to_numeric(sel["cd"], errors="coerce").iloc[0]) if "cd" in sel else math.nan
         cliques = _cliques(ranks, cd) if np.isfinite(cd) else []
-        n_side = math.ceil(len(ranks) / 2)
-        h = 0.62 + bar_h * (len(cliques) + 1) + row_h * n_side
-        blocks.append((key, sel, ranks, cd, cliques, h))
-    fig = Figure(figsize=(width, sum(b[-1] for b in blocks)))
-    top = 1.0
+        y_first = y_axis - bar_h * (len(cliques) + 1) - 0.05
+        height = -(y_first - row_h * (math.ceil(len(ranks) / 2) - 1)) + 0.1
+        blocks.append((key, sel, ranks, cd, cliques, y_first, height))
     total = sum(b[-1] for b in blocks)
-    k_max = 2
-    p_values, ns = [], []
-    for key, sel, ranks, cd, cliques, h in blocks:
-        ax = fig.add_axes((0, top - h / total, 1, h / total))
-        top -= h / total
+    fig = Figure(figsize=(width, total))
+    top = 1.0
+    ns = []
+    for key, sel, ranks, cd, cliques, y_first, height in blocks:
+        ax = fig.add_axes((0, top - height / total, 1, height / total))
+        top -= height / total
         ax.set_xlim(0, width)
-        ax.set_ylim(-h, 0)
+        ax.set_ylim(-height, 0)
         ax.axis("off")
         k = int(pd.to_numeric(sel["k"], errors="coerce").iloc[0]) if "k" in sel else len(ranks)
         k = max(k, len(ranks), 2)
-        k_max = max(k_max, k)
         x0, x1 = label_w, width - label_w
 
         def xr(r: float, k: int = k, x0: float = x0, x1: float = x1) -> float:
@@ -859,46 +908,41 @@ def _draw_cd_stack(
 
         p = pd.to_numeric(sel.get("friedman_p", pd.Series([math.nan])), errors="coerce").iloc[0]
         n = pd.to_numeric(sel.get("n_seeds", pd.Series([math.nan])), errors="coerce").max()
-        p_values.append(p)
         ns.append(n)
         title = _key_label(cond_cols, key) + ": " if cond_cols else ""
-        ptext = f"Friedman p = {p:.2g}" if np.isfinite(p) else "Friedman p n/a"
-        ax.text(width / 2, -0.02, f"{title}{ptext}, n = {n:g} seeds", ha="center", va="top",
-                fontsize=st.FONT_SMALL)
-        y_axis = -0.34
+        ptext = f"Friedman p = {p:.2g}" if np.isfinite(p) else "Friedman test not run"
+        ax.text(width / 2, y_title, f"{title}{ptext}, n = {n:g} seeds", ha="center", va="top",
+                fontsize=st.FONT_SMALL, fontweight="bold" if cond_cols else "normal")
         ax.plot([xr(1), xr(k)], [y_axis, y_axis], color="black", lw=0.7)
         for r in range(1, k + 1):
             ax.plot([xr(r)] * 2, [y_axis, y_axis + 0.04], color="black", lw=0.7)
-            ax.text(xr(r), y_axis + 0.05, str(r), ha="center", va="bottom", fontsize=st.FONT_SMALL)
+            ax.text(xr(r), y_axis + 0.055, str(r), ha="center", va="bottom", fontsize=st.FONT_SMALL)
         if np.isfinite(cd):
-            yc = y_axis + 0.16
-            ax.plot([x0, xr(1 + cd)], [yc, yc], color="black", lw=0.9)
-            for xe in (x0, xr(1 + cd)):
-                ax.plot([xe, xe], [yc - 0.025, yc + 0.025], color="black", lw=0.7)
-            ax.text(x0 - 0.05, yc, f"CD = {cd:.2f}", ha="right", va="center", fontsize=st.FONT_SMALL)
+            ax.plot([xr(1), xr(1 + cd)], [y_cd, y_cd], color="black", lw=0.9)
+            for xe in (xr(1), xr(1 + cd)):
+                ax.plot([xe, xe], [y_cd - 0.025, y_cd + 0.025], color="black", lw=0.7)
+            ax.text(xr(1 + cd) + 0.05, y_cd, f"CD = {cd:.2f}", ha="left", va="center", fontsize=st.FONT_SMALL)
         for c, (i, j) in enumerate(cliques):
             yb = y_axis - bar_h * (c + 1)
             ax.plot([xr(ranks[i]) - 0.03, xr(ranks[j]) + 0.03], [yb, yb], color="black", lw=2.2,
                     solid_capstyle="butt")
-        y_first = y_axis - bar_h * (len(cliques) + 1) - 0.05
         n_left = math.ceil(len(ranks) / 2)
-        combos = sel["combo"].astype(str).tolist()
-        for idx, (combo, r) in enumerate(zip(combos, ranks, strict=True)):
+        for idx, (combo, r) in enumerate(zip(sel["combo"].astype(str), ranks, strict=True)):
             left = idx < n_left
-            level = idx if left else len(ranks) - 1 - idx
-            y = y_first - row_h * level
-            xe = x0 - 0.08 if left else x1 + 0.08
-            w, _, s = combo.partition("/")
+            y = y_first - row_h * (idx if left else len(ranks) - 1 - idx)
+            xe = x0 - 0.1 if left else x1 + 0.1
+            signal = combo.partition("/")[2]
             ax.plot([xr(r), xr(r), xe], [y_axis, y, y], color="0.35", lw=0.6)
-            ax.plot([xr(r)], [y_axis], marker="o", ms=2.5, color=st.policy_color(s) if s else "black")
+            ax.plot([xr(r)], [y_axis], marker="o", ms=2.8, color=palette.get(signal, "black"), zorder=3)
             ax.text(xe + (-0.03 if left else 0.03), y, f"{_combo_text(combo)} ({r:.2f})",
                     ha="right" if left else "left", va="center", fontsize=st.FONT_SMALL)
     caption = (
         f"Critical-difference diagram of the policy combinations (W = weight-site, S = signal-site policy): "
-        f"mean rank of final {st.metric_label(ctx.metric).lower()} within each seed (1 = best), across "
-        f"{_n_text(ns, 'seeds')}; Friedman test p above each diagram. Thick bars join combinations "
-        f"whose mean ranks differ by less than the Nemenyi critical difference (CD, α = 0.05, scale bar), "
-        f"i.e. are not significantly different. Dot colour: signal-site policy."
+        f"mean rank of the final {st.metric_label(ctx.metric).lower()} within each seed (1 = best; in "
+        f"brackets), {_n_text(ns, 'seeds')}; Friedman test p above each diagram. Thick bars join "
+        f"combinations whose mean ranks differ by less than the Nemenyi critical difference (CD, "
+        f"α = {ctx.hypotheses.alpha:g}; scale bar at the top), i.e. that are not significantly different. "
+        f"Dot colour: signal-site policy."
     )
     if cond_cols:
         conds_text = " · ".join(st.factor_label(c).lower() for c in cond_cols)
@@ -910,9 +954,9 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
     facet = "dataset" if "dataset" in cond_cols else None
     row_cols = [c for c in cond_cols if c != facet]
     facets = ctx.levels(facet, omni) if facet else [None]
-    combos = sorted(set(omni["combo"].astype(str)),
-                    key=lambda c: tuple(st.policy_order([*c.split("/"), *st.POLICY_ORDER]).index(p)
-                                        for p in c.split("/")))
+    names = set(omni["combo"].astype(str))
+    order = {p: i for i, p in enumerate(st.policy_order({q for c in names for q in c.split("/")}))}
+    combos = sorted(names, key=lambda c: tuple(order[q] for q in c.split("/")))
     rows = _ordered_keys(ctx, omni, row_cols)
     height = 1.2 + 0.13 * len(rows)
     fig = st.new_figure(st.TWO_COLUMN, height)
@@ -940,9 +984,13 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
                 best[r, np.nanargmin(grid[r])] = True
         image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto",
                           interpolation="nearest")
-        for r, c in zip(*np.nonzero(best), strict=True):
-            ax.text(c, r, "•", ha="center", va="center", fontsize=st.FONT_SMALL,
-                    color=_text_color(cmap(cnorm(grid[r, c]))))
+        rr, cc = np.nonzero(best)
+        dots = [_text_color(cmap(cnorm(grid[r, c]))) for r, c in zip(rr, cc, strict=True)]
+        ax.scatter(cc, rr, s=4, marker="o", lw=0, c=dots)
+        if len(row_cols) > 1:  # thin separators between groups of the first row factor
+            for i in range(1, len(rows)):
+                if rows[i][0] != rows[i - 1][0]:
+                    ax.axhline(i - 0.5, color="white", lw=1.0)
         ax.set_xticks(range(k), [_combo_text(c) for c in combos], rotation=50, ha="right",
                       rotation_mode="anchor")
         ax.tick_params(length=0)
@@ -1023,9 +1071,8 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
             ax.set_title(str(dataset))
     for p in range(len(datasets), nrows * ncols):
         axes[p // ncols, p % ncols].set_visible(False)
-    handles = [Line2D([], [], color=v["color"], ls=v["linestyle"], marker=v["marker"], ms=3, lw=1.0,
-                      label=v["label"]) for v in styles.values()]
-    _legend_below(fig, handles, ncol=3 if len(handles) in (3, 6, 9) else min(len(handles), 4))
+    handles, ncol = _combo_handles(styles, weights, signals, markers=True)
+    _legend_below(fig, handles, ncol=ncol)
     pooled = [c for c in ctx.conditions if c not in ("dataset", factor) and runs[c].nunique(dropna=False) > 1]
     pooled_text = (
         f" Each seed's value is first averaged over {', '.join(st.factor_label(c).lower() for c in pooled)}."

@@ -5,7 +5,6 @@ Everything here reads only what earlier stages wrote (stats/, figures/, verify.j
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
@@ -15,28 +14,12 @@ import pandas as pd
 PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
 
 
-def _run_summary(sdir: Path) -> dict | None:
-    """The last line of run_log.jsonl (the runner's summary of the latest run), if any."""
-    log = sdir / "run_log.jsonl"
-    if not log.exists():
-        return None
-    lines = [ln for ln in log.read_text().splitlines() if ln.strip()]
-    if not lines:
-        return None
-    runs = [json.loads(ln) for ln in lines]
-    total = sum(r.get("wall_time_s", 0.0) for r in runs)
-    return {**runs[-1], "runs": len(runs), "wall_time_s_all_runs": round(total, 1)}
-
-
 def write_report(sdir: str | Path) -> Path:
     """`DIR/report.md`: the statistics report followed by the figures (with their captions)."""
     sdir = Path(sdir)
     stats_report = sdir / "stats" / "report.md"
     if not stats_report.exists():
         raise FileNotFoundError(f"{stats_report} not found: run `python -m study stats {sdir}` first")
-    summary = _run_summary(sdir)
-    if summary is not None:  # the stats report renders run_summary.json when present
-        (sdir / "run_summary.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     text = stats_report.read_text().rstrip() + "\n"
     index = sdir / "figures" / "index.md"
     if index.exists():

@@ -359,7 +359,7 @@ def bayes_section(bayes: pd.DataFrame) -> list[str]:
 
 
 def _tally(counts: dict[str, int]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+    return ", ".join(f"{k or 'none (n < 2)'} {v}" for k, v in sorted(counts.items())) or "none"
 
 
 def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
@@ -373,7 +373,8 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
     return [
         "## Methods",
         "",
-        f"- Metric: `{hyp.metric}` ({direction} is better); differences are a − b in the metric's units ({u.strip() or 'as recorded'}).",
+        f"- Metric: `{hyp.metric}` ({direction} is better); differences are a − b in the metric's units "
+        f"({u.strip() or 'as recorded'}).",
         "- Pairing: within each condition (every combination of the condition factors plus the other "
         "site's policy), trials of policy a and b are paired by seed; incomplete pairs are excluded "
         "(Missing data).",

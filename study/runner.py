@@ -360,9 +360,19 @@ def run_study(spec: StudySpec, out: str | Path = "runs", workers: int | None = N
     run_log = sdir / "run_log.jsonl"
     with open(run_log, "a") as fh:
         fh.write(json.dumps(summary, sort_keys=True) + "\n")
+    write_run_summary(sdir)
     print(f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
           f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}")
     return counts
+
+
+def write_run_summary(sdir: Path) -> Path:
+    """`run_summary.json`: the latest run's counts plus the wall time summed over all (resumed) runs."""
+    runs = [json.loads(ln) for ln in (sdir / "run_log.jsonl").read_text().splitlines() if ln.strip()]
+    total = round(sum(r.get("wall_time_s", 0.0) for r in runs), 1)
+    summary = {**runs[-1], "runs": len(runs), "wall_time_s_all_runs": total}
+    write_json_atomic(sdir / "run_summary.json", summary)
+    return sdir / "run_summary.json"
 
 
 def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:

@@ -45,8 +45,8 @@ POLICY_COLORS = {
 OTHER_POLICY_COLOR = "#8C8C8C"  # neutral grey for user policies
 _EXTRA_POLICY_COLORS = (OKABE_ITO["orange"], OKABE_ITO["sky_blue"], OKABE_ITO["purple"])
 POLICY_ORDER = ("exact", "ste", "zero")
-WEIGHT_LINESTYLES = {"exact": "-", "ste": "--", "zero": ":"}
-WEIGHT_MARKERS = {"exact": "o", "ste": "s", "zero": "^"}
+POLICY_LINESTYLES = {"exact": "-", "ste": "--", "zero": ":"}  # so that overlapping lines stay visible
+POLICY_MARKERS = {"exact": "o", "ste": "s", "zero": "^"}
 BAND_COLOR = "0.85"  # equivalence band
 REFERENCE_COLOR = "0.25"  # zero line and other references
 DIVERGING_CMAP = "RdBu_r"  # effect heatmap: blue = b better (ste), red = a better (exact); symmetric
@@ -126,8 +126,6 @@ def level_label(column: str, value: Any, compact: bool = False) -> str:
     text = str(value)
     if column == "precision" and text == "none":
         text = "full"
-    elif column == "leakage" and text == "none":
-        text = "none" if compact else "none (0)"
     if not compact:
         return text
     if column == "leakage" and text == "none":
@@ -171,18 +169,18 @@ def combo_styles(weights: list[str], signals: list[str]) -> dict[tuple[str, str]
     both = len(weights) > 1 and len(signals) > 1
     linestyles = iter(("-.", (0, (5, 1)), (0, (1, 1))))
     markers = iter(("D", "v", "P"))
-    w_ls = {w: WEIGHT_LINESTYLES.get(w) or next(linestyles, "-") for w in weights}
-    w_mk = {w: WEIGHT_MARKERS.get(w) or next(markers, "o") for w in weights}
+    names = policy_order([*weights, *signals])
+    ls = {p: POLICY_LINESTYLES.get(p) or next(linestyles, "-") for p in names}
+    mk = {p: POLICY_MARKERS.get(p) or next(markers, "o") for p in names}
     styles = {}
     for w in weights:
         for s in signals:
             if both:
-                label = combo_label(w, s)
-                style = {"color": palette[s], "linestyle": w_ls[w], "marker": w_mk[w], "label": label}
+                style = {"color": palette[s], "linestyle": ls[w], "marker": mk[w], "label": combo_label(w, s)}
             elif len(weights) > 1:
-                style = {"color": palette[w], "linestyle": "-", "marker": "o", "label": f"W {w}"}
+                style = {"color": palette[w], "linestyle": ls[w], "marker": mk[w], "label": f"W {w}"}
             else:
-                style = {"color": palette[s], "linestyle": "-", "marker": "o", "label": f"S {s}"}
+                style = {"color": palette[s], "linestyle": ls[s], "marker": mk[s], "label": f"S {s}"}
             styles[(w, s)] = style
     return styles
 
@@ -195,7 +193,10 @@ def combo_legend_note(weights: list[str], signals: list[str]) -> str:
             "solid/circle = exact, dashed/square = ste, dotted/triangle = zero."
         )
     site = "weight" if len(weights) > 1 else "signal"
-    return f"Colour: {site}-site policy (the other site's policy is fixed)."
+    return (
+        f"Colour and line style: {site}-site policy (solid = exact, dashed = ste, dotted = zero; the other "
+        f"site's policy is fixed)."
+    )
 
 
 # --- rcParams --------------------------------------------------------------------------------------

@@ -1,0 +1,252 @@
+"""Figures stage: every figure is drawn, deterministic, TrueType-only, and skipped with a reason when the
+study lacks what it needs. The tables (runs, curves, spec, stats) are synthetic and written here."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import itertools
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats as sst
+
+from study import style as st
+from study.figures import REGISTRY, FigureResult, make_figures, mean_ci
+
+SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
+OTHER = {"weight": "signal_policy", "signal": "weight_policy"}
+COMPARISONS = [("weight", "exact", "ste", "primary"), ("signal", "exact", "ste", "primary"),
+               ("weight", "zero", "ste", "positive_control"), ("signal", "zero", "ste", "positive_control")]
+
+
+# --- a synthetic study ---------------------------------------------------------------------------
+def _accuracy(cond: dict[str, str], w: str, s: str, seed_effect: float, rng: np.random.Generator) -> float:
+    acc = 95.0 + seed_effect
+    prec = cond.get("precision", "none")
+    acc -= {"4": 6.0, "16": 1.5}.get(prec, 0.0)
+    acc -= {"0.2": 1.0, "0.5": 3.0}.get(cond.get("leakage", "none"), 0.0)
+    acc -= {"zero": 40.0}.get(w, 0.0) + {"zero": 25.0}.get(s, 0.0)
+    if s == "exact" and cond.get("signal_norm", "clamp") == "clamp":
+        acc -= 1.5 if prec == "4" else 0.1
+    if w == "exact":
+        acc += 0.05
+    return float(np.clip(acc + rng.normal(0, 0.3), 0, 100))
+
+
+def write_study(
+    root: Path,
+    factors: dict[str, list[Any]],
+    weights: tuple[str, ...] = ("exact", "ste", "zero"),
+    signals: tuple[str, ...] = ("exact", "ste", "zero"),
+    n_seeds: int = 4,
+    epochs: int = 4,
+    layers: int = 2,
+    stats: bool = True,
+    curves: bool = True,
+) -> Path:
+    """Write spec.yaml, runs.csv, curves.csv.gz and (optionally) stats/*.csv of a synthetic study."""
+    rng = np.random.default_rng(1)
+    root.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "name": root.name,
+        "factors": {**factors, "weight_policy": list(weights), "signal_policy": list(signals)},
+        "seeds": n_seeds,
+        "hypotheses": {"margin": 0.5},
+    }
+    (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    names = list(factors)
+    levels = [["none" if v is None else str(v) for v in factors[n]] for n in names]
+    seed_effect = rng.normal(0, 0.5, n_seeds)
+    rows, curve_rows = [], []
+    for values in itertools.product(*levels):
+        cond = dict(zip(names, values, strict=True))
+        for w, s, seed in itertools.product(weights, signals, range(n_seeds)):
+            run_id = hashlib.sha1(repr((values, w, s, seed)).encode()).hexdigest()[:16]
+            acc = _accuracy(cond, w, s, seed_effect[seed], rng)
+            rows.append({"study": root.name, "run_id": run_id, "spec_hash": "abc", **cond, "weight_policy": w,
+                         "signal_policy": s, "seed": seed, "test_acc": acc, "val_acc": acc + 0.2,
+                         "diverged": False, "failed": False})
+            if not curves:
+                continue
+            for epoch in range(1, epochs + 1):
+                frac = 1 - math.exp(-epoch / 1.5)
+                for metric in ("val_acc", "test_acc"):
+                    curve_rows.append((run_id, epoch, metric, "", acc * frac + rng.normal(0, 0.3)))
+                for layer in range(layers):
+                    cos = 1.0 if (w, s) == ("exact", "exact") else 0.95 - 0.1 * layer - 0.2 * (w == "zero")
+                    curve_rows.append((run_id, epoch, "grad_cosine", layer, cos + rng.normal(0, 0.01)))
+                    for m, base in (("sat_weight", 0.1), ("sat_signal_in", 0.05), ("sat_signal_out", 0.2)):
+                        val = base * frac * (1.5 if w == "ste" else 1.0) + abs(rng.normal(0, 0.01))
+                        curve_rows.append((run_id, epoch, m, layer, val))
+    runs = pd.DataFrame(rows)
+    runs.to_csv(root / "runs.csv", index=False)
+    if curves:
+        frame = pd.DataFrame(curve_rows, columns=["run_id", "epoch", "metric", "layer", "value"])
+        with gzip.open(root / "curves.csv.gz", "wt") as fh:
+            frame.to_csv(fh, index=False)
+    if stats:
+        _write_stats(root, runs, names)
+    return root
+
+
+def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
+    """Simplified stand-ins for the statistics stage's tables (same columns the figures read)."""
+    out = root / "stats"
+    out.mkdir(exist_ok=True)
+    runs = runs.astype({c: str for c in conds})
+    comp_rows, diff_rows = [], []
+    for site, a, b, role in COMPARISONS:
+        own, other = SITE_COLUMN[site], OTHER[site]
+        if not {a, b} <= set(runs[own]):
+            continue
+        label = f"{site}: {a} vs {b}"
+        for key, grp in runs.groupby([*conds, other], sort=False):
+            va = grp[grp[own] == a].set_index("seed")["test_acc"]
+            vb = grp[grp[own] == b].set_index("seed")["test_acc"]
+            d = (va - vb).dropna()
+            cond = dict(zip([*conds, other], key, strict=True))
+            head = {"comparison": label, "site": site, "role": role, "policy_a": a, "policy_b": b, **cond}
+            for seed, diff in d.items():
+                diff_rows.append({**head, "seed": seed, "value_a": va[seed], "value_b": vb[seed], "diff": diff})
+            mean, sd, n = d.mean(), d.std(ddof=1), len(d)
+            half = sst.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
+            p = float(sst.ttest_1samp(d, 0).pvalue)
+            p_tost = max(sst.t.sf((mean + 0.5) / (sd / math.sqrt(n)), n - 1),
+                         sst.t.cdf((mean - 0.5) / (sd / math.sqrt(n)), n - 1))
+            verdict = "different" if p < 0.05 else "equivalent" if p_tost < 0.05 else "inconclusive"
+            comp_rows.append({**head, "metric": "test_acc", "n_pairs": n, "mean_diff": mean, "ci_low": mean - half,
+                              "ci_high": mean + half, "ci_method": "bca", "p_adjusted": p, "p_tost": p_tost,
+                              "margin": 0.5, "verdict": verdict})
+    pd.DataFrame(comp_rows).to_csv(out / "comparisons.csv", index=False)
+    pd.DataFrame(diff_rows).to_csv(out / "differences.csv", index=False)
+    omni = []
+    groups = runs.groupby(conds, sort=False) if conds else [((), runs)]
+    for key, grp in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        grp = grp.assign(combo=grp["weight_policy"] + "/" + grp["signal_policy"])
+        block = grp.pivot(index="seed", columns="combo", values="test_acc")
+        ranks = block.rank(axis=1, ascending=False).mean()
+        k, n = block.shape[1], block.shape[0]
+        p = float(sst.friedmanchisquare(*block.to_numpy().T).pvalue)
+        cd = sst.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2) * math.sqrt(k * (k + 1) / (6 * n))
+        for combo in block.columns:
+            w, s = combo.split("/")
+            omni.append({**dict(zip(conds, key, strict=True)), "combo": combo, "weight_policy": w,
+                         "signal_policy": s, "metric": "test_acc", "n_seeds": n,
+                         "mean_metric": block[combo].mean(), "mean_rank": ranks[combo], "friedman_stat": 1.0,
+                         "friedman_p": p, "cd": cd, "k": k})
+    pd.DataFrame(omni).to_csv(out / "omnibus.csv", index=False)
+
+
+CORE = {"dataset": ["mnist"]}
+GRID = {"dataset": ["mnist", "fashion"], "signal_norm": ["clamp", "l2norm_m"], "precision": [4, 16, None],
+        "leakage": [None, 0.5]}
+
+
+# --- tests ----------------------------------------------------------------------------------------
+def _by_name(results: list[FigureResult]) -> dict[str, FigureResult]:
+    return {r.name: r for r in results}
+
+
+@pytest.fixture(scope="module")
+def grid_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[FigureResult], dict[str, bytes]]:
+    root = write_study(tmp_path_factory.mktemp("grid") / "grid", GRID, weights=("exact", "ste"), n_seeds=3,
+                       epochs=3, layers=2)
+    results = make_figures(root, verbose=False)
+    files = {p.name: p.read_bytes() for p in sorted((root / "figures").iterdir())}
+    return root, results, files
+
+
+def test_every_figure_is_made(grid_study: tuple[Path, list[FigureResult], dict[str, bytes]]) -> None:
+    root, results, files = grid_study
+    made = {r.name for r in results if r.status == "made"}
+    bases = {base for base, _ in REGISTRY}
+    assert {next(b for b in bases if name.startswith(b)) for name in made} == bases, results
+    assert not [r for r in results if r.status == "skipped"]
+    for name in made:
+        for ext in ("pdf", "png"):
+            assert len(files[f"{name}.{ext}"]) > 2000, name
+        assert files[f"{name}.png"].startswith(b"\x89PNG")
+    index = (root / "figures" / "index.md").read_text()
+    for r in results:
+        assert f"## {r.name}" in index and r.caption in index
+        assert "n = " in r.caption and r.caption.endswith(".")
+
+
+def test_figures_are_byte_identical_on_regeneration(
+    grid_study: tuple[Path, list[FigureResult], dict[str, bytes]],
+) -> None:
+    root, _, first = grid_study
+    make_figures(root, verbose=False)
+    second = {p.name: p.read_bytes() for p in sorted((root / "figures").iterdir())}
+    assert first.keys() == second.keys()
+    changed = [name for name in first if first[name] != second[name]]
+    assert not changed
+
+
+def test_pdfs_embed_truetype_not_type3(grid_study: tuple[Path, list[FigureResult], dict[str, bytes]]) -> None:
+    _, _, files = grid_study
+    pdfs = {name: data for name, data in files.items() if name.endswith(".pdf")}
+    assert pdfs
+    for name, data in pdfs.items():
+        assert b"/Type3" not in data.replace(b" ", b""), name
+        assert b"/CreationDate" not in data and b"/Producer" not in data, name
+        if b"/Font" in data:
+            assert b"/FontFile2" in data, name  # embedded TrueType
+
+
+def test_core_study_skips_figures_lacking_factors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = write_study(tmp_path / "core", CORE, n_seeds=5, epochs=2, layers=1, curves=False)
+    results = _by_name(make_figures(root))
+    printed = capsys.readouterr().out
+    for name, needle in [("effect_heatmap_weight", "normalization"), ("effect_heatmap_signal", "normalization"),
+                         ("accuracy_vs_precision", "precision"), ("accuracy_vs_leakage", "leakage"),
+                         ("learning_curves", "curves.csv.gz"), ("gradient_mismatch", "curves.csv.gz")]:
+        assert results[name].status == "skipped" and needle in results[name].reason, name
+        assert f"skipped {name}: {results[name].reason}" in printed
+        assert not (root / "figures" / f"{name}.pdf").exists()
+    for name in ("paired_differences_weight", "paired_differences_signal", "policy_interaction",
+                 "critical_difference"):
+        assert results[name].status == "made", name
+        assert f"made    {name}" in printed
+    index = (root / "figures" / "index.md").read_text()
+    assert "## Skipped" in index and results["accuracy_vs_leakage"].reason in index
+
+
+def test_missing_stats_skip_with_reason_and_stale_files_go(tmp_path: Path) -> None:
+    root = write_study(tmp_path / "nostats", {"dataset": ["mnist"], "precision": [4, None]}, weights=("ste",),
+                       signals=("exact", "ste"), n_seeds=3, epochs=2, layers=1, stats=False)
+    (root / "figures").mkdir()
+    (root / "figures" / "critical_difference.png").write_bytes(b"old")
+    results = _by_name(make_figures(root, verbose=False))
+    for name in ("paired_differences_signal", "effect_heatmap_signal", "critical_difference"):
+        assert results[name].status == "skipped" and "stats" in results[name].reason
+    assert results["accuracy_vs_precision"].status == "made"
+    assert results["learning_curves"].status == "made"
+    assert not (root / "figures" / "critical_difference.png").exists()
+
+
+def test_style_palette_and_labels() -> None:
+    assert len(set(st.POLICY_COLORS.values())) == 3
+    assert st.policy_palette(["zero", "mine", "ste", "exact"]) == {**st.POLICY_COLORS, "mine": st.OTHER_POLICY_COLOR}
+    assert st.rc_params()["pdf.fonttype"] == 42
+    assert st.metric_label("test_acc") == "Test accuracy (%)"
+    assert st.diff_label("test_acc") == "Δ test accuracy (pp)"
+    assert st.level_label("precision", "none") == "full"
+    styles = st.combo_styles(["exact", "ste"], ["ste", "zero"])
+    assert styles[("exact", "zero")]["color"] == st.POLICY_COLORS["zero"]
+    assert styles[("ste", "zero")]["linestyle"] != styles[("exact", "zero")]["linestyle"]
+
+
+def test_mean_ci_is_deterministic() -> None:
+    x = np.arange(10.0)
+    assert mean_ci(x) == mean_ci(x)
+    mean, lo, hi, n = mean_ci(x)
+    assert mean == 4.5 and lo < mean < hi and n == 10
+    assert math.isnan(mean_ci([1.0])[1])

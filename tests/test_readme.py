@@ -1,0 +1,32 @@
+"""The README's extension example runs as written (in a fresh process, so its registrations stay there)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def _example() -> str:
+    text = README.read_text()
+    section = text.split("## Add a gradient policy or a normalization", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def test_readme_extension_example_runs() -> None:
+    code = _example() + "\nprint('OK', model[1].weight.grad.abs().sum().item() > 0)\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "OK True" in out.stdout
+
+
+def test_readme_registered_names_reach_trial_config() -> None:
+    code = _example() + (
+        "\nfrom study.config import TrialConfig\n"
+        "c = TrialConfig.parse({'weight_norm': 'tanh', 'weight_policy': 'half', 'signal_policy': 'half'})\n"
+        "print('CFG', c.weight_norm, c.weight_policy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "CFG tanh half" in out.stdout
