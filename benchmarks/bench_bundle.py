@@ -1,0 +1,70 @@
+"""Seed bundles vs one-by-one training, in the `core` study's setting: trials per minute and peak memory.
+
+Each K runs in its own subprocess (1 torch thread) so its peak RSS is its own:
+
+    python benchmarks/bench_bundle.py [--epochs 2] [--ks 1,4,8,16,32]
+
+K = 1 is the sequential path (`run_trial`); K > 1 trains K seeds as one vectorised model
+(`run_bundle`). Prints a table with trials/min, the speed-up over K = 1 and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+CORE = {"dataset": "mnist5k", "hidden": [256, 128], "activation": "gelu", "weight_norm": "clamp",
+        "signal_norm": "clamp", "precision": 16, "noise": "gaussian", "leakage": 0.5, "weight_policy": "ste",
+        "signal_policy": "exact", "diagnostics": True}
+
+
+def one(k: int, epochs: int) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from study.bundle import run_bundle
+    from study.data import load_split
+    from study.trial import run_trial
+
+    load_split("mnist5k")  # data loading is not what is measured
+    configs = [{**CORE, "epochs": epochs, "seed": s} for s in range(k)]
+    start = time.perf_counter()
+    if k == 1:
+        run_trial(configs[0])
+    else:
+        run_bundle(configs)
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"k": k, "seconds": seconds, "trials_per_min": 60 * k / seconds, "peak_rss_mb": peak_mb}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--ks", default="1,4,8,16,32")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps(one(args.one, args.epochs)))
+        return
+    rows = []
+    for k in map(int, args.ks.split(",")):
+        out = subprocess.run([sys.executable, __file__, "--one", str(k), "--epochs", str(args.epochs)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        print(f"  K={k} done", file=sys.stderr)
+    base = next(r for r in rows if r["k"] == 1)["trials_per_min"] if any(r["k"] == 1 for r in rows) else None
+    print(f"core setting (mnist5k, 784-256-128-10, clamp, 2**4 levels, Gaussian leakage 0.5), "
+          f"{args.epochs} epochs per trial, 1 torch thread")
+    print(f"{'K':>4} {'seconds':>9} {'trials/min':>11} {'vs K=1':>7} {'peak RSS MiB':>13}")
+    for r in rows:
+        ratio = f"{r['trials_per_min'] / base:.2f}x" if base else "-"
+        print(f"{r['k']:>4} {r['seconds']:>9.1f} {r['trials_per_min']:>11.2f} {ratio:>7} {r['peak_rss_mb']:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
