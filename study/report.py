@@ -172,6 +172,15 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
                 f"**{c['different']} different, {c['equivalent']} equivalent** within ±{hyp.margin:g}{u}, "
                 f"**{c['inconclusive']} inconclusive**. Largest effects: {effects}."
             )
+        informative = informative_rows(rows, site)
+        if len(informative) < len(rows[rows["role"] == "primary"]):
+            c = verdict_counts(informative)
+            sentences.append(
+                f"Rows whose other site is `zero` compare identical networks (under `zero` no gradient "
+                f"reaches any parameter, so nothing trains), so their verdicts are structural, not evidence; "
+                f"without them: **{c['different']} different, {c['equivalent']} equivalent, "
+                f"{c['inconclusive']} inconclusive** of {len(informative)}."
+            )
         lines += [f"**{site.capitalize()} site.** " + " ".join(sentences), ""]
     return lines
 
@@ -598,9 +607,7 @@ def headline_macros(
         _macro(prefix, "Trials", len(runs)),
         _macro(prefix, "TrialsFailed", int(failed)),
         _macro(prefix, "TrialsDiverged", int(diverged)),
-        _macro(
-            prefix, "Conditions", len(comp[condition_columns(spec)].drop_duplicates()) if len(comp) else 0
-        ),
+        _macro(prefix, "Conditions", _n_conditions(comp, spec)),
         _macro(prefix, "ComparisonRows", len(comp)),
     ]
     n = comp["n_pairs"] if len(comp) else pd.Series([math.nan])
@@ -622,6 +629,99 @@ def headline_macros(
         out += _largest_macros(prefix, s, comp, site)
         out += _control_macros(prefix, s, comp, site)
     return out
+
+
+def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
+    """Distinct conditions (combinations of the condition factors) among the comparison rows."""
+    cols = condition_columns(spec)
+    if not len(comp):
+        return 0
+    return len(comp[cols].drop_duplicates()) if cols else 1
+
+
+OTHER_SITE = {"weight": "signal", "signal": "weight"}
+PRESET = {"weight": "ste", "signal": "exact"}  # AnalogVNN 1.0.8's own choice at each site
+
+
+def informative_rows(comp: pd.DataFrame, site: str) -> pd.DataFrame:
+    """Primary rows of `site`, without those whose other site is `zero`.
+
+    With `zero` at either site no gradient reaches any parameter (the network stays at its
+    initialisation), so such rows compare identical networks whatever the policy under test.
+    """
+    other = SITE_COLUMN[OTHER_SITE[site]]
+    rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
+    return rows[rows[other].astype(str) != "zero"] if other in rows else rows
+
+
+def _answer(rows: pd.DataFrame) -> tuple[str, str]:
+    """(common verdict or `mixed`, which policy the `different` rows favour)."""
+    if rows.empty:
+        return "--", "--"
+    verdicts = set(rows["verdict"])
+    answer = verdicts.pop() if len(verdicts) == 1 else "mixed"
+    diff = rows[rows["verdict"] == "different"]
+    if diff.empty:
+        return answer, "none"
+    winners = {r["policy_a"] if r["better"] == "a" else r["policy_b"] for _, r in diff.iterrows()}
+    return answer, winners.pop() if len(winners) == 1 else "both"
+
+
+def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd.DataFrame) -> list[str]:
+    """Text macros the paper's discussion is driven by (verdict summaries, the preset cell, ranks)."""
+    out = []
+    for site in ("weight", "signal"):
+        s = camel(site)
+        rows = informative_rows(comp, site) if len(comp) else comp
+        answer, better = _answer(rows)
+        other = SITE_COLUMN[OTHER_SITE[site]]
+        preset = rows[rows[other].astype(str) == PRESET[OTHER_SITE[site]]] if len(rows) else rows
+        first = preset.iloc[0] if len(preset) == 1 else None
+        effect = "--" if first is None else (
+            f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
+        out += [
+            _macro(prefix, f"{s}Answer", answer),
+            _macro(prefix, f"{s}Better", better),
+            _macro(prefix, f"{s}InformativeConditions", len(rows)),
+            _macro(prefix, f"{s}PresetEffect", effect),
+            _macro(prefix, f"{s}PresetVerdict", "--" if first is None else first["verdict"]),
+            _macro(prefix, f"{s}MdeMax", tex_num(rows["mde"].max()) if len(rows) else "--"),
+        ]
+    if len(omni):
+        ranks = omni.groupby("combo", sort=True)["mean_rank"].mean()
+        out.append(_macro(prefix, "PresetRank", tex_num(ranks.get("ste/exact", math.nan))))
+        out.append(_macro(prefix, "BestCombo", ranks.idxmin() if ranks.notna().any() else "--"))
+    else:
+        out += [_macro(prefix, "PresetRank", "--"), _macro(prefix, "BestCombo", "--")]
+    usable = bayes.dropna(subset=["p_equiv"]) if len(bayes) else bayes
+    agree = int(((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
+                + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()) if len(usable) else 0
+    decided = int(usable["verdict"].isin(["equivalent", "different"]).sum()) if len(usable) else 0
+    out += [_macro(prefix, "BayesAgree", agree), _macro(prefix, "BayesDecided", decided)]
+    return out
+
+
+def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[str]:
+    """Final-epoch gradient cosine and saturation, from curves.csv.gz (mean over layers and seeds)."""
+    path = Path(study_dir) / "curves.csv.gz"
+    names = ["WeightCosine", "SignalCosine", "SatWeight", "SatSignalOut"]
+    if not path.exists() or "weight_policy" not in runs:
+        return [_macro(prefix, n, "--") for n in names]
+    curves = pd.read_csv(path)
+    diag = curves[curves["metric"].isin(["grad_cosine", "sat_weight", "sat_signal_out"])]
+    last = diag[diag["epoch"] == diag.groupby("run_id")["epoch"].transform("max")]
+    cells = runs[["run_id", "weight_policy", "signal_policy"]].astype(str)
+    last = last.merge(cells, on="run_id")
+
+    def mean(metric: str, w: str, s: str) -> str:
+        sel = last[(last["metric"] == metric) & (last["weight_policy"] == w) & (last["signal_policy"] == s)]
+        return tex_num(sel["value"].mean()) if len(sel) else "--"
+
+    # the weight site alone differs from exact in the ste/exact cell; the signal site alone in exact/ste
+    return [_macro(prefix, "WeightCosine", mean("grad_cosine", "ste", "exact")),
+            _macro(prefix, "SignalCosine", mean("grad_cosine", "exact", "ste")),
+            _macro(prefix, "SatWeight", mean("sat_weight", "ste", "exact")),
+            _macro(prefix, "SatSignalOut", mean("sat_signal_out", "ste", "exact"))]
 
 
 def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
@@ -697,7 +797,12 @@ def write_latex(study_dir: Path) -> Path:
     out = study_dir / "stats" / "latex"
     out.mkdir(parents=True, exist_ok=True)
     head = "% Generated by the normgrad statistics stage; do not edit.\n"
-    (out / "macros.tex").write_text(head + "\n".join(headline_macros(comp, runs, spec, hyp)) + "\n")
+    prefix = macro_prefix(str(spec.get("name", "study")))
+    omni = read_stats_csv(study_dir, "omnibus.csv", spec)
+    bayes = read_stats_csv(study_dir, "bayes.csv", spec)
+    lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes)
+    lines += mechanism_macros(prefix, study_dir, runs)
+    (out / "macros.tex").write_text(head + "\n".join(lines) + "\n")
     for site in ("weight", "signal"):
         (out / f"comparisons_{site}.tex").write_text(comparisons_tex(comp, spec, site))
     return out
