@@ -95,9 +95,28 @@ class _Blocked(torch.autograd.Function):
         return torch.zeros_like(grad), None
 
 
+try:  # see _fast_apply
+    from torch._C import _are_functorch_transforms_active
+    from torch._functorch.utils import unwrap_dead_wrappers
+except ImportError:  # pragma: no cover - a torch without these: always take the public path
+    _are_functorch_transforms_active = None
+
+
+def _fast_apply(function: type[torch.autograd.Function], x: Tensor, fn: ForwardFn) -> Tensor:
+    """``function.apply(x, fn)`` without its per-call ``inspect.signature`` binding of default arguments.
+
+    ``Function.apply`` binds defaults (there are none here) with ``inspect.signature`` on every call,
+    ~50 us; outside torch.func transforms it then calls the C++ apply, which is what this does
+    directly. Under vmap/grad the public path runs (it needs the generated vmap rule).
+    """
+    if _are_functorch_transforms_active is None or _are_functorch_transforms_active():
+        return function.apply(x, fn)
+    return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers((x, fn)))
+
+
 def straight_through(fn: ForwardFn, x: Tensor) -> Tensor:
     """Apply `fn` forward and pass the gradient straight through (used by precision and noise too)."""
-    return _StraightThrough.apply(x, fn)
+    return _fast_apply(_StraightThrough, x, fn)
 
 
 @register_policy("exact")
@@ -115,7 +134,7 @@ def ste(forward_fn: ForwardFn, x: Tensor) -> Tensor:
 @register_policy("zero")
 def zero(forward_fn: ForwardFn, x: Tensor) -> Tensor:
     """No gradient flows to `x` (the positive control: training must suffer)."""
-    return _Blocked.apply(x, forward_fn)
+    return _fast_apply(_Blocked, x, forward_fn)
 
 
 # --- presets: named (weight policy, signal policy) choices -----------------------------------------

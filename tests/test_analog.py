@@ -350,6 +350,17 @@ def test_precision_backward_is_identity(effect):
     assert torch.equal(x.grad, up)
 
 
+def test_straight_through_under_torch_func_grad():
+    """Under torch.func transforms the public Function.apply path runs; gradients are still identity."""
+    x = torch.randn(7, 3) * 2
+    assert torch.equal(torch.func.grad(lambda t: analog.reduce_precision(t, 4).sum())(x), torch.ones_like(x))
+    assert torch.equal(
+        torch.func.grad(lambda t: analog.normalize(t, "l2norm", "zero").sum())(x), torch.zeros_like(x)
+    )
+    noise = analog.make_noise("gaussian", 0.5, 16)
+    assert torch.equal(torch.func.grad(lambda t: (noise(t) * 3).sum())(x), torch.full_like(x, 3.0))
+
+
 def test_reduce_precision_levels():
     x = torch.tensor([0.0, 0.1, 0.124, 0.126, -0.126, 0.9, 1.3])
     assert torch.equal(analog.reduce_precision(x, 4), torch.tensor([0.0, 0.0, 0.0, 0.25, -0.25, 1.0, 1.25]))
