@@ -95,6 +95,7 @@ class StudyContext:
         if hyp.metric in runs:
             runs = runs[pd.to_numeric(runs[hyp.metric], errors="coerce").notna()]
         conditions = [c for c in condition_columns(spec) if c in runs]
+        runs = runs.assign(**{c: runs[c].fillna("none") for c in conditions})  # null factor = "none"
         return cls(study_dir, spec, hyp, runs.reset_index(drop=True), conditions)
 
     @property
@@ -133,7 +134,8 @@ class StudyContext:
             "metric", "verdict", "better", "combo", "combo_a", "combo_b",
         }
         dtypes = {c: str for c in header if c in text}
-        return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+        return table.assign(**{c: table[c].fillna("none") for c in self.conditions if c in table})
 
     def curves(self) -> pd.DataFrame | None:
         """`curves.csv.gz` of the valid trials joined with their factors, or None when absent."""
@@ -223,6 +225,14 @@ def _key_label(columns: Sequence[str], key: Sequence[str]) -> str:
         st.level_label(c, v, compact=not (single_norm and c.endswith("_norm")) and c != "dataset")
         for c, v in zip(columns, key, strict=True)
     )
+
+
+def _rows_label(columns: Sequence[str], length: float) -> str:
+    """Axis label naming the row factors; one factor a line when they do not fit `length` inches."""
+    text = " · ".join(st.factor_label(c) for c in columns)
+    if len(text) * st.FONT_MEDIUM * 0.55 / 72 <= length:
+        return text
+    return " ·\n".join(st.factor_label(c) for c in columns)
 
 
 def _facet_title(column: str, level: str) -> str:
@@ -356,9 +366,12 @@ def _ci_method_text(comps: pd.DataFrame) -> str:
 
 def _verdict_note(ctx: StudyContext) -> str:
     h = ctx.hypotheses
+    names = {"holm": "Holm-adjusted", "bonferroni": "Bonferroni-adjusted",
+             "fdr_bh": "Benjamini–Hochberg-adjusted", "none": "unadjusted"}
+    correction = names.get(h.correction, h.correction)
     return (
-        f"Verdict from stats/comparisons.csv (α = {h.alpha:g}, {h.correction} correction within each "
-        f"family; equivalence by TOST with margin δ): ≠ different, ≈ equivalent, ? inconclusive."
+        f"Verdict (pre-registered, from stats/comparisons.csv): ≠ different ({correction} p < "
+        f"α = {h.alpha:g}), else ≈ equivalent (TOST p < α with margin ±δ), else ? inconclusive."
     )
 
 
@@ -426,6 +439,7 @@ def _draw_paired(
     width = st.ONE_COLUMN if n_panels <= 2 and label_len <= 14 else st.TWO_COLUMN
     height = (0.95 + 0.13 * n_rows) if many else (0.95 + 0.42 * max(n_rows, 1))
     fig = st.new_figure(width, height)
+    fig.get_layout_engine().set(wspace=0.06)  # room between the panels' x tick labels
     axes = fig.subplots(1, n_panels, sharey=True, squeeze=False)[0]
     palette = st.policy_palette(set(comps["policy_a"]) | set(comps["policy_b"]))
     rng = np.random.default_rng(0)
@@ -470,8 +484,8 @@ def _draw_paired(
                     fontsize=st.FONT_SMALL)
             n_pairs.append(getattr(row, "n_pairs", math.nan))
         ax.set_xlim(*xlims[comp])
-        title = f"{a} − {b}"
-        ax.set_title(f"{level}: {title}" if facet else title, color=color, fontsize=st.FONT_MEDIUM)
+        label = f"{a} − {b}"
+        ax.set_title(f"{level}: {label}" if facet else label, color=color, fontsize=st.FONT_MEDIUM)
         ax.set_xlabel(st.diff_label(metric))
         ax.tick_params(axis="y", length=0)
         if many and len(row_cols) > 1:  # thin separators between groups of the first row factor
@@ -482,17 +496,16 @@ def _draw_paired(
     ax0.set_yticks(range(n_rows), [_key_label(row_cols, k) for k in rows] if row_cols else [""])
     ax0.set_ylim(n_rows - 0.5, -0.5)
     if row_cols:
-        ax0.set_ylabel(" · ".join(st.factor_label(c) for c in row_cols))
+        ax0.set_ylabel(_rows_label(row_cols, (0.13 if many else 0.42) * n_rows))
         if row_cols == [SITE_COLUMN[OTHER_SITE[site]]]:
             _color_text(ax0, "y", [k[0] for k in rows])
     fig.suptitle(title, fontsize=st.FONT_LARGE)
     fig.text(0.5, 0, f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{st.diff_unit(metric)}",
              ha="center", va="top", fontsize=st.FONT_SMALL)
-    other = SITE_COLUMN[OTHER_SITE[site]]
     rows_text = ", ".join(st.factor_label(c).lower() for c in row_cols) or "the single condition"
     comps_text = ", ".join(f"{a} − {b}" for _c, _r, a, b in order)
     caption = (
-        f"Paired differences in {st.metric_label(metric).lower()} at the {site} site ({comps_text}; "
+        f"Paired differences in {st.metric_name(metric)} at the {site} site ({comps_text}; "
         f"difference a − b within each seed, in {'percentage points' if st.is_percent(metric) else 'units'})."
         f" Points: one per seed ({_n_text(n_pairs, 'pairs per condition')}); filled circle: mean; "
         f"bar: 95% {_ci_method_text(comps)} CI of the mean; dashed line: no difference; grey band: "
@@ -503,8 +516,6 @@ def _draw_paired(
     )
     if diffs is None:
         caption += " Per-seed points omitted: stats/differences.csv not found."
-    if other not in row_cols and other in comps:
-        caption += f" {st.factor_label(other)}: {', '.join(ctx.levels(other, comps))}."
     return fig, caption
 
 
@@ -550,7 +561,10 @@ def _draw_heatmap(
     cell_w, cell_h = 0.42, 0.30
     panel_w = cell_w * len(precs) + 0.25
     width = min(st.TWO_COLUMN, 1.3 + panel_w * len(cols) + 0.6)
-    height = 0.9 + (cell_h * len(norms) + 0.35) * len(frows)
+    facet_labels = [_key_label(row_facets, k) for k in frows] if row_facets else []
+    # each facet row must be at least as tall as its (rotated) label
+    panel_h = max(cell_h * len(norms), 0.065 * max(map(len, facet_labels), default=0) + 0.1)
+    height = 0.9 + (panel_h + 0.35) * len(frows)
     fig = st.new_figure(width, height)
     axes = fig.subplots(len(frows), len(cols), squeeze=False, sharex=True, sharey=True)
     values = pd.to_numeric(comps["mean_diff"], errors="coerce")
@@ -588,8 +602,9 @@ def _draw_heatmap(
             if i == len(frows) - 1:
                 ax.set_xlabel(st.factor_label("precision"))
             if j == 0:
-                prefix = _key_label(row_facets, fkey) + "\n" if row_facets else ""
-                ax.set_ylabel(prefix + st.factor_label(norm_col))
+                ax.set_ylabel(facet_labels[i] if row_facets else st.factor_label(norm_col))
+    if row_facets:
+        fig.supylabel(st.factor_label(norm_col), fontsize=st.FONT_MEDIUM)
     if image is not None:
         bar = fig.colorbar(image, ax=axes, shrink=min(1.0, 2.2 / height), aspect=25, pad=0.02)
         bar.set_label(f"{st.diff_label(metric)}, {a} − {b}")
@@ -604,7 +619,7 @@ def _draw_heatmap(
         row_text = " · ".join(st.factor_label(c).lower() for c in row_facets)
         facets_text.append(f"rows: {row_text}{policy_note}")
     caption = (
-        f"Mean paired difference in {st.metric_label(metric).lower()} ({a} − {b} at the {site} site, "
+        f"Mean paired difference in {st.metric_name(metric)} ({a} − {b} at the {site} site, "
         f"{'percentage points' if st.is_percent(metric) else 'metric units'}) for each "
         f"{st.factor_label(norm_col).lower()} × precision condition ({n}); red: {a} better, blue: {b} "
         f"better, symmetric colour scale; grey '–': condition not run. Each cell shows the mean and the "
@@ -671,7 +686,7 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
         else ""
     )
     caption = (
-        f"Policy interaction: mean final {st.metric_label(metric).lower()} for every weight-site × "
+        f"Policy interaction: mean final {st.metric_name(metric)} for every weight-site × "
         f"signal-site policy combination (first line) and the 95% percentile bootstrap CI of the mean over "
         f"seeds (second line; {_n_text(summary['n'], 'seeds per cell')}); cell colour: the mean (cividis, "
         f"dark = low, bright = high).{pooled_text}"
@@ -745,7 +760,7 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
         else ""
     )
     caption = (
-        f"Learning curves: {' and '.join(st.metric_label(m).lower() for m in metrics)} against epoch for "
+        f"Learning curves: {' and '.join(st.metric_name(m) for m in metrics)} against epoch for "
         f"each policy combination. Line: mean over seeds; band: 95% percentile bootstrap CI of the mean "
         f"({_n_text(summary['n'], 'seeds per point')}; fewer at late epochs when trials diverged). "
         f"{legend_note}{pooled_text}{note}"
@@ -912,7 +927,7 @@ def _draw_cd_stack(
         title = _key_label(cond_cols, key) + ": " if cond_cols else ""
         ptext = f"Friedman p = {p:.2g}" if np.isfinite(p) else "Friedman test not run"
         ax.text(width / 2, y_title, f"{title}{ptext}, n = {n:g} seeds", ha="center", va="top",
-                fontsize=st.FONT_SMALL, fontweight="bold" if cond_cols else "normal")
+                fontsize=st.FONT_SMALL)
         ax.plot([xr(1), xr(k)], [y_axis, y_axis], color="black", lw=0.7)
         for r in range(1, k + 1):
             ax.plot([xr(r)] * 2, [y_axis, y_axis + 0.04], color="black", lw=0.7)
@@ -938,7 +953,7 @@ def _draw_cd_stack(
                     ha="right" if left else "left", va="center", fontsize=st.FONT_SMALL)
     caption = (
         f"Critical-difference diagram of the policy combinations (W = weight-site, S = signal-site policy): "
-        f"mean rank of the final {st.metric_label(ctx.metric).lower()} within each seed (1 = best; in "
+        f"mean rank of the final {st.metric_name(ctx.metric)} within each seed (1 = best; in "
         f"brackets), {_n_text(ns, 'seeds')}; Friedman test p above each diagram. Thick bars join "
         f"combinations whose mean ranks differ by less than the Nemenyi critical difference (CD, "
         f"α = {ctx.hypotheses.alpha:g}; scale bar at the top), i.e. that are not significantly different. "
@@ -1002,14 +1017,14 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
         for spine in (*ax.spines.values(), *twin.spines.values()):
             spine.set_visible(False)
     axes[0].set_yticks(range(len(rows)), [_key_label(row_cols, key) for key in rows])
-    axes[0].set_ylabel(" · ".join(st.factor_label(c) for c in row_cols))
+    axes[0].set_ylabel(_rows_label(row_cols, 0.13 * len(rows)))
     if image is not None:
         bar = fig.colorbar(image, ax=list(axes), shrink=min(1.0, 3.0 / height), aspect=30, pad=0.08)
         bar.set_label("Mean rank (1 = best)")
         bar.outline.set_linewidth(0.4)
     ns = pd.to_numeric(omni.get("n_seeds", pd.Series(dtype=float)), errors="coerce")
     caption = (
-        f"Mean rank of final {st.metric_label(ctx.metric).lower()} of each policy combination "
+        f"Mean rank of final {st.metric_name(ctx.metric)} of each policy combination "
         f"(W = weight-site, S = signal-site policy; 1 = best) in each of the {len(rows) * len(facets)} "
         f"conditions ({_n_text(ns, 'seeds')}); too many conditions for one critical-difference diagram each. "
         f"•: the best combination and those whose mean rank is within the Nemenyi critical difference of it "
@@ -1081,7 +1096,7 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
     )
     axis_note = "full = unquantised" if factor == "precision" else "none = no noise"
     caption = (
-        f"Final {st.metric_label(metric).lower()} against {st.factor_label(factor).lower()} ({axis_note}) "
+        f"Final {st.metric_name(metric)} against {st.factor_label(factor).lower()} ({axis_note}) "
         f"for each policy combination, as in AnalogVNN's figures. Marker: mean over seeds; bar: 95% "
         f"percentile bootstrap CI of the mean ({_n_text(summary['n'], 'seeds per point')}); markers slightly "
         f"offset horizontally so that they do not overlap. {st.combo_legend_note(weights, signals)}"
@@ -1113,8 +1128,9 @@ def make_figures(study_dir: Path, verbose: bool = True) -> list[FigureResult]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results: list[FigureResult] = []
     with st.style():
-        for _base, function in REGISTRY:
-            for item in function(ctx):
+        for base, function in REGISTRY:
+            items = function(ctx) if len(ctx.runs) else [Skip(base, "runs.csv has no successful trial")]
+            for item in items:
                 if isinstance(item, Skip):
                     result = FigureResult(item.name, "skipped", reason=item.reason)
                     line = f"skipped {item.name}: {item.reason}"

@@ -97,6 +97,12 @@ def metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric.replace("_", " ").capitalize())
 
 
+def metric_name(metric: str) -> str:
+    """A metric's name for running text, without unit ("test accuracy")."""
+    label = metric_label(metric).split(" (")[0]
+    return label[0].lower() + label[1:]
+
+
 def is_percent(metric: str) -> bool:
     """Whether a metric is an accuracy in percent (its differences are percentage points)."""
     return metric.endswith("_acc") or "_acc_" in metric

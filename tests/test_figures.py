@@ -16,8 +16,9 @@ import pytest
 import yaml
 from scipy import stats as sst
 
+from study import figures
 from study import style as st
-from study.figures import REGISTRY, FigureResult, make_figures, mean_ci
+from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figures, mean_ci
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
 OTHER = {"weight": "signal_policy", "signal": "weight_policy"}
@@ -113,16 +114,17 @@ def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
             cond = dict(zip([*conds, other], key, strict=True))
             head = {"comparison": label, "site": site, "role": role, "policy_a": a, "policy_b": b, **cond}
             for seed, diff in d.items():
-                diff_rows.append({**head, "seed": seed, "value_a": va[seed], "value_b": vb[seed], "diff": diff})
+                values = {"value_a": va[seed], "value_b": vb[seed], "diff": diff}
+                diff_rows.append({**head, "seed": seed, **values})
             mean, sd, n = d.mean(), d.std(ddof=1), len(d)
             half = sst.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
             p = float(sst.ttest_1samp(d, 0).pvalue)
             p_tost = max(sst.t.sf((mean + 0.5) / (sd / math.sqrt(n)), n - 1),
                          sst.t.cdf((mean - 0.5) / (sd / math.sqrt(n)), n - 1))
             verdict = "different" if p < 0.05 else "equivalent" if p_tost < 0.05 else "inconclusive"
-            comp_rows.append({**head, "metric": "test_acc", "n_pairs": n, "mean_diff": mean, "ci_low": mean - half,
-                              "ci_high": mean + half, "ci_method": "bca", "p_adjusted": p, "p_tost": p_tost,
-                              "margin": 0.5, "verdict": verdict})
+            comp_rows.append({**head, "metric": "test_acc", "n_pairs": n, "mean_diff": mean,
+                              "ci_low": mean - half, "ci_high": mean + half, "ci_method": "bca",
+                              "p_adjusted": p, "p_tost": p_tost, "margin": 0.5, "verdict": verdict})
     pd.DataFrame(comp_rows).to_csv(out / "comparisons.csv", index=False)
     pd.DataFrame(diff_rows).to_csv(out / "differences.csv", index=False)
     omni = []
@@ -145,7 +147,7 @@ def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
 
 
 CORE = {"dataset": ["mnist"]}
-GRID = {"dataset": ["mnist", "fashion"], "signal_norm": ["clamp", "l2norm_m"], "precision": [4, 16, None],
+GRID = {"dataset": ["mnist"], "signal_norm": ["clamp", "l2norm_m"], "precision": [4, None],
         "leakage": [None, 0.5]}
 
 
@@ -157,7 +159,7 @@ def _by_name(results: list[FigureResult]) -> dict[str, FigureResult]:
 @pytest.fixture(scope="module")
 def grid_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[FigureResult], dict[str, bytes]]:
     root = write_study(tmp_path_factory.mktemp("grid") / "grid", GRID, weights=("exact", "ste"), n_seeds=3,
-                       epochs=3, layers=2)
+                       epochs=2, layers=1)
     results = make_figures(root, verbose=False)
     files = {p.name: p.read_bytes() for p in sorted((root / "figures").iterdir())}
     return root, results, files
@@ -201,40 +203,52 @@ def test_pdfs_embed_truetype_not_type3(grid_study: tuple[Path, list[FigureResult
             assert b"/FontFile2" in data, name  # embedded TrueType
 
 
-def test_core_study_skips_figures_lacking_factors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def _only(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Draw only these figures (keeps the tests short; the full registry runs on the grid study)."""
+    monkeypatch.setattr(figures, "REGISTRY", [(b, f) for b, f in REGISTRY if b in names])
+
+
+def test_core_study_skips_figures_lacking_factors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = write_study(tmp_path / "core", CORE, n_seeds=5, epochs=2, layers=1, curves=False)
+    _only(monkeypatch, "paired_differences", "effect_heatmap", "learning_curves", "gradient_mismatch",
+          "accuracy_vs_precision", "accuracy_vs_leakage")
     results = _by_name(make_figures(root))
     printed = capsys.readouterr().out
-    for name, needle in [("effect_heatmap_weight", "normalization"), ("effect_heatmap_signal", "normalization"),
-                         ("accuracy_vs_precision", "precision"), ("accuracy_vs_leakage", "leakage"),
-                         ("learning_curves", "curves.csv.gz"), ("gradient_mismatch", "curves.csv.gz")]:
+    expected = [("effect_heatmap_weight", "normalization"), ("effect_heatmap_signal", "normalization"),
+                ("accuracy_vs_precision", "precision"), ("accuracy_vs_leakage", "leakage"),
+                ("learning_curves", "curves.csv.gz"), ("gradient_mismatch", "curves.csv.gz")]
+    for name, needle in expected:
         assert results[name].status == "skipped" and needle in results[name].reason, name
         assert f"skipped {name}: {results[name].reason}" in printed
         assert not (root / "figures" / f"{name}.pdf").exists()
-    for name in ("paired_differences_weight", "paired_differences_signal", "policy_interaction",
-                 "critical_difference"):
+    for name in ("paired_differences_weight", "paired_differences_signal"):
         assert results[name].status == "made", name
         assert f"made    {name}" in printed
     index = (root / "figures" / "index.md").read_text()
     assert "## Skipped" in index and results["accuracy_vs_leakage"].reason in index
 
 
-def test_missing_stats_skip_with_reason_and_stale_files_go(tmp_path: Path) -> None:
+def test_missing_stats_skip_with_reason_and_stale_files_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = write_study(tmp_path / "nostats", {"dataset": ["mnist"], "precision": [4, None]}, weights=("ste",),
                        signals=("exact", "ste"), n_seeds=3, epochs=2, layers=1, stats=False)
+    _only(monkeypatch, "paired_differences", "effect_heatmap", "critical_difference", "learning_curves")
     (root / "figures").mkdir()
     (root / "figures" / "critical_difference.png").write_bytes(b"old")
     results = _by_name(make_figures(root, verbose=False))
     for name in ("paired_differences_signal", "effect_heatmap_signal", "critical_difference"):
         assert results[name].status == "skipped" and "stats" in results[name].reason
-    assert results["accuracy_vs_precision"].status == "made"
     assert results["learning_curves"].status == "made"
     assert not (root / "figures" / "critical_difference.png").exists()
 
 
 def test_style_palette_and_labels() -> None:
     assert len(set(st.POLICY_COLORS.values())) == 3
-    assert st.policy_palette(["zero", "mine", "ste", "exact"]) == {**st.POLICY_COLORS, "mine": st.OTHER_POLICY_COLOR}
+    palette = st.policy_palette(["zero", "mine", "ste", "exact"])
+    assert palette == {**st.POLICY_COLORS, "mine": st.OTHER_POLICY_COLOR}
     assert st.rc_params()["pdf.fonttype"] == 42
     assert st.metric_label("test_acc") == "Test accuracy (%)"
     assert st.diff_label("test_acc") == "Δ test accuracy (pp)"
@@ -250,3 +264,19 @@ def test_mean_ci_is_deterministic() -> None:
     mean, lo, hi, n = mean_ci(x)
     assert mean == 4.5 and lo < mean < hi and n == 10
     assert math.isnan(mean_ci([1.0])[1])
+
+
+def test_many_conditions_split_the_estimation_plot_and_become_a_rank_heatmap(
+    grid_study: tuple[Path, list[FigureResult], dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ctx = StudyContext.load(grid_study[0])
+    monkeypatch.setattr(figures, "MAX_ROWS", 4)
+    outs = [o for o in figures.fig_paired_differences(ctx) if o.name.startswith("paired_differences_signal")]
+    assert len(outs) == 4 and all(isinstance(o, Made) for o in outs)
+    assert all(o.name.startswith("paired_differences_signal_weight_policy-") for o in outs)
+    assert all("one figure per level" in o.caption for o in outs)
+    monkeypatch.setattr(figures, "MAX_CD_DIAGRAMS", 2)
+    (cd,) = figures.fig_critical_difference(ctx)
+    assert isinstance(cd, Made) and cd.caption.startswith("Mean rank")
+    for o in [*outs, cd]:
+        o.figure.clear()
