@@ -200,9 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     handler = {"train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect, "stats": _cmd_stats,
                "figures": _cmd_figures, "verify": _cmd_verify, "report": _cmd_report, "paper": _cmd_paper,
                "summary": _cmd_summary}[args.command]
+    from study.runner import HypothesesChanged
+
     try:
         return handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -220,9 +220,9 @@ def _key_label(columns: Sequence[str], key: Sequence[str]) -> str:
     """Label of a row key: the level alone for one column, compact levels joined by ' · ' otherwise."""
     if len(columns) == 1:
         return st.level_label(columns[0], key[0])
-    single_norm = sum(c.endswith("_norm") for c in columns) == 1
+    single_norm = sum((c.endswith("_norm") or c == "norm") for c in columns) == 1
     return " · ".join(
-        st.level_label(c, v, compact=not (single_norm and c.endswith("_norm")) and c != "dataset")
+        st.level_label(c, v, compact=not (single_norm and (c.endswith("_norm") or c == "norm")) and c != "dataset")
         for c, v in zip(columns, key, strict=True)
     )
 
@@ -532,7 +532,7 @@ def fig_effect_heatmap(ctx: StudyContext) -> Iterator[Output]:
         if sub.empty:
             yield Skip(base, f"no primary comparison at the {site} site")
             continue
-        norms = ctx.varying([c for c in ctx.conditions if c.endswith("_norm")], sub)
+        norms = ctx.varying([c for c in ctx.conditions if (c.endswith("_norm") or c == "norm")], sub)
         norm_col = f"{site}_norm" if f"{site}_norm" in norms else (norms[0] if norms else None)
         if norm_col is None:
             yield Skip(base, "the study lacks a varying normalization factor (weight_norm / signal_norm)")

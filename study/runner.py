@@ -80,10 +80,15 @@ def _pid_alive(pid: int) -> bool:
 
 def _claim_is_stale(path: Path) -> bool:
     try:
-        info = json.loads(path.read_text())
         age = time.time() - path.stat().st_mtime
+    except OSError:
+        return True  # it vanished
+    try:
+        info = json.loads(path.read_text())
     except (OSError, ValueError):
-        return True  # unreadable or half-written: its writer died mid-write or it vanished
+        # empty or half-written: its owner is writing it right now (between O_EXCL and the dump) or died
+        # mid-write; only the latter is stale, and such a claim stops being touched
+        return age > STALE_AFTER_S
     if info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", -1))):
         return True
     return age > STALE_AFTER_S
@@ -263,7 +268,9 @@ def prepare(spec: StudySpec, out: str | Path, allow_hypotheses_change: bool = Fa
                 "original block, use a new study name, or pass --allow-hypotheses-change to record the change."
             )
     sdir.mkdir(parents=True, exist_ok=True)
-    (sdir / "spec.yaml").write_text(spec_to_yaml(spec))
+    tmp = sdir / f".spec.yaml.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(spec_to_yaml(spec))
+    os.replace(tmp, stored)  # atomic: a runner starting at the same moment never reads a half-written spec
     return sdir
 
 

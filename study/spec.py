@@ -135,13 +135,18 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
     """Every problem of a raw spec, each naming the field, the bad value and the allowed values."""
     errors: list[str] = []
     base = spec_dict.get("base") or {}
+    if not isinstance(base, dict):
+        return errors  # reported by the StudySpec validation ("base: Input should be a valid dictionary")
+    base_ok = True
     try:
         TrialConfig.parse({**base, "seed": 0})
     except ConfigError as err:
         errors += [f"base.{line.strip()}" for line in str(err).splitlines()[1:]]
-        return errors
+        base_ok = False  # factor values cannot be checked against a broken base; names and rules still can
     allowed = _allowed_factor_names()
     factors = spec_dict.get("factors") or {}
+    if not isinstance(factors, dict):
+        return errors  # reported by the StudySpec validation
     for name, values in factors.items():
         if name not in allowed:
             errors.append(f"factors.{name}: unknown factor; allowed factors: {', '.join(allowed)}")
@@ -149,10 +154,11 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
         if not isinstance(values, list) or not values:
             errors.append(f"factors.{name}: must be a non-empty list of values, got {values!r}")
             continue
-        for value in values:
+        for value in values if base_ok else []:
             errors += _check_value(base, name, value)
     for where in ("exclude", "include"):
-        for i, rule in enumerate(spec_dict.get(where) or []):
+        rules = spec_dict.get(where) or []
+        for i, rule in enumerate(rules if isinstance(rules, list) else []):
             for key in rule if isinstance(rule, dict) else []:
                 if key not in factors and where == "exclude":
                     errors.append(f"{where}[{i}].{key}: not a factor of this study; factors: {', '.join(factors)}")

@@ -76,6 +76,7 @@ FACTOR_LABELS = {
     "dataset": "Dataset",
     "weight_norm": "Weight normalization",
     "signal_norm": "Signal normalization",
+    "norm": "Normalization (weights and signals)",
     "precision": "Precision (levels)",
     "leakage": "Leakage",
     "weight_policy": "Weight-site policy",
@@ -84,6 +85,7 @@ FACTOR_LABELS = {
 _COMPACT_PREFIX = {
     "weight_norm": "W ",
     "signal_norm": "S ",
+    "norm": "",
     "precision": "prec ",
     "leakage": "leak ",
     "weight_policy": "W ",
