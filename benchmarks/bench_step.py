@@ -126,6 +126,7 @@ def build_analogvnn():
         with contextlib.redirect_stdout(io.StringIO()):
             return nn_model.train_on(loader, epoch=index)
 
+    epoch.model = nn_model  # reproduce_analogvnn.py evaluates it with AnalogVNN's test_on
     return epoch
 
 
