@@ -98,6 +98,7 @@ def available_normalizations() -> list[str]:
     """Names of every normalization: the built-in ones, then the registered ones."""
     return list(_FORWARD)
 
+
 CLAMPS: tuple[str, ...] = ("clamp", "clamp01")
 
 

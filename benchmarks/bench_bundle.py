@@ -17,9 +17,19 @@ import subprocess
 import sys
 import time
 
-CORE = {"dataset": "mnist5k", "hidden": [256, 128], "activation": "gelu", "weight_norm": "clamp",
-        "signal_norm": "clamp", "precision": 16, "noise": "gaussian", "leakage": 0.5, "weight_policy": "ste",
-        "signal_policy": "exact", "diagnostics": True}
+CORE = {
+    "dataset": "mnist5k",
+    "hidden": [256, 128],
+    "activation": "gelu",
+    "weight_norm": "clamp",
+    "signal_norm": "clamp",
+    "precision": 16,
+    "noise": "gaussian",
+    "leakage": 0.5,
+    "weight_policy": "ste",
+    "signal_policy": "exact",
+    "diagnostics": True,
+}
 
 
 def one(k: int, epochs: int) -> dict:
@@ -43,7 +53,9 @@ def one(k: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--ks", default="1,4,8,16,32")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
@@ -53,17 +65,26 @@ def main() -> None:
         return
     rows = []
     for k in map(int, args.ks.split(",")):
-        out = subprocess.run([sys.executable, __file__, "--one", str(k), "--epochs", str(args.epochs)],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--one", str(k), "--epochs", str(args.epochs)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(f"  K={k} done", file=sys.stderr)
     base = next(r for r in rows if r["k"] == 1)["trials_per_min"] if any(r["k"] == 1 for r in rows) else None
-    print(f"core setting (mnist5k, 784-256-128-10, clamp, 2**4 levels, Gaussian leakage 0.5), "
-          f"{args.epochs} epochs per trial, 1 torch thread")
+    print(
+        f"core setting (mnist5k, 784-256-128-10, clamp, 2**4 levels, Gaussian leakage 0.5), "
+        f"{args.epochs} epochs per trial, 1 torch thread"
+    )
     print(f"{'K':>4} {'seconds':>9} {'trials/min':>11} {'vs K=1':>7} {'peak RSS MiB':>13}")
     for r in rows:
         ratio = f"{r['trials_per_min'] / base:.2f}x" if base else "-"
-        print(f"{r['k']:>4} {r['seconds']:>9.1f} {r['trials_per_min']:>11.2f} {ratio:>7} {r['peak_rss_mb']:>13.0f}")
+        print(
+            f"{r['k']:>4} {r['seconds']:>9.1f} {r['trials_per_min']:>11.2f} {ratio:>7} "
+            f"{r['peak_rss_mb']:>13.0f}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,9 @@ def timed(spec, executor: str, workers: int, bundle: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--bundle", type=int, default=1)
     args = parser.parse_args()
@@ -48,8 +50,10 @@ def main() -> None:
         print(f"{ex:>9} {w:>8} {s:>8.1f} {60 * n / s:>11.1f}")
     speedup = results[("local", 1)] / results[("local", 2)]
     print(f"2 workers vs 1: {speedup:.2f}x (parallel efficiency {speedup / 2:.0%}; target >= 1.7x)")
-    print(f"dask vs local (2 workers): {results[('local', 2)] / results[('dask', 2)]:.2f}x the speed "
-          f"(target: within 10%)")
+    print(
+        f"dask vs local (2 workers): {results[('local', 2)] / results[('dask', 2)]:.2f}x the speed "
+        f"(target: within 10%)"
+    )
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def analogvnn_trial(seed: int, epochs: int) -> float:
     data = load_split("mnist5k")
     torch.manual_seed(seed)
     train_epoch = bench_step.build_analogvnn()
-    train = DataLoader(TensorDataset(data.train_x, data.train_y), batch_size=128, shuffle=True,
-                       generator=torch.Generator().manual_seed(seed))
+    train = DataLoader(
+        TensorDataset(data.train_x, data.train_y),
+        batch_size=128,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(seed),
+    )
     test = DataLoader(TensorDataset(data.test_x, data.test_y), batch_size=1000)
     for e in range(epochs):
         train_epoch(train, e)
@@ -55,7 +59,9 @@ def ours_trial(seed: int, epochs: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
@@ -73,13 +79,17 @@ def main() -> None:
     print(f"mnist5k, {args.epochs} epochs, {args.seeds} seeds each, 1 torch thread")
     print(f"{'model':<18} {'test acc mean ± sd (%)':>24} {'s/trial':>8}")
     for name, accs in results.items():
-        print(f"{name:<18} {statistics.mean(accs):>15.2f} ± {statistics.stdev(accs):<6.2f} "
-              f"{statistics.mean(times[name]):>8.1f}")
+        print(
+            f"{name:<18} {statistics.mean(accs):>15.2f} ± {statistics.stdev(accs):<6.2f} "
+            f"{statistics.mean(times[name]):>8.1f}"
+        )
     a, b = np.array(results["AnalogVNN 1.0.8"]), np.array(results["normgrad analog/"])
     res = stats.ttest_ind(b, a, equal_var=False)
     ci = res.confidence_interval(0.95)
-    print(f"difference (ours - AnalogVNN): {b.mean() - a.mean():+.2f} pp, 95% Welch CI "
-          f"[{ci.low:+.2f}, {ci.high:+.2f}], p = {res.pvalue:.3f}; within 2 pp: {abs(b.mean() - a.mean()) <= 2}")
+    print(
+        f"difference (ours - AnalogVNN): {b.mean() - a.mean():+.2f} pp, 95% Welch CI "
+        f"[{ci.low:+.2f}, {ci.high:+.2f}], p = {res.pvalue:.3f}; within 2 pp: {abs(b.mean() - a.mean()) <= 2}"
+    )
 
 
 if __name__ == "__main__":

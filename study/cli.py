@@ -13,7 +13,7 @@ import yaml
 from study.config import ConfigError, TrialConfig
 
 TRAIN_HELP = {
-    "dataset": "data set: mnist5k, digits, mnist1d (offline) or mnist, fashion_mnist (IDX files in --data-dir)",
+    "dataset": "data: mnist5k, digits, mnist1d (offline), or mnist, fashion_mnist (IDX files, --data-dir)",
     "data_dir": "folder holding the IDX files of mnist / fashion_mnist",
     "n_samples": "total samples generated for mnist1d (multiple of 10)",
     "split_seed": "seed of the stratified train/val/test split (independent of --seed)",
@@ -21,7 +21,7 @@ TRAIN_HELP = {
     "activation": "activation after each layer: none, relu, leakyrelu, tanh, elu, silu, gelu",
     "final_activation": "apply the activation after the last layer too (AnalogVNN's sample code does)",
     "digital": "turn every analog effect off (the digital baseline)",
-    "weight_norm": "normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, ..._m, _w, _wm)",
+    "weight_norm": "normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, ..._m/_w/_wm)",
     "weight_policy": "gradient policy of the weight normalization (exact, ste, zero, or a registered one)",
     "signal_norm": "normalization of signals (same choices as --weight-norm)",
     "signal_policy": "gradient policy of the signal normalization",
@@ -53,16 +53,23 @@ def _parse_value(field: str, text: str) -> Any:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train one trial and print its record",
-                       description="Train one analog network (one configuration, one seed) and print its record.")
+    p = sub.add_parser(
+        "train",
+        help="train one trial and print its record",
+        description="Train one analog network (one configuration, one seed) and print its record.",
+    )
     p.add_argument("--config", type=Path, help="YAML file of configuration fields (options override it)")
     p.add_argument("--out", type=Path, help="folder for the Lightning CSV log (<out>/<run_id>/metrics.csv)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
     for name, field in TrialConfig.model_fields.items():
         default = field.default
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(),
-                       help=f"{TRAIN_HELP.get(name, name)} (default: {shown})")
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar=name.upper(),
+            help=f"{TRAIN_HELP.get(name, name)} (default: {shown})",
+        )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -80,10 +87,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rec, indent=1, sort_keys=True, default=str))
     else:
-        print(f"run_id {rec['run_id']}: test accuracy {rec['test_acc']:.2f}% (loss {rec['test_loss']:.4f}), "
-              f"best val {rec['best_val_acc']:.2f}% at epoch {rec['best_epoch']} "
-              f"(test {rec['test_acc_at_best_val']:.2f}%), {rec['epochs_run']} epochs, "
-              f"{'DIVERGED, ' if rec['diverged'] else ''}{rec['wall_time_s']:.1f} s")
+        print(
+            f"run_id {rec['run_id']}: test accuracy {rec['test_acc']:.2f}% (loss {rec['test_loss']:.4f}), "
+            f"best val {rec['best_val_acc']:.2f}% at epoch {rec['best_epoch']} "
+            f"(test {rec['test_acc_at_best_val']:.2f}%), {rec['epochs_run']} epochs, "
+            f"{'DIVERGED, ' if rec['diverged'] else ''}{rec['wall_time_s']:.1f} s"
+        )
     return 0
 
 
@@ -92,20 +101,33 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="run (or resume) every trial of a study spec")
     p.add_argument("spec", help="spec file, or the name of one in study/specs/ (e.g. smoke)")
-    p.add_argument("--out", default="runs", help="output folder; the study goes to OUT/<name>/ (default: runs)")
+    p.add_argument(
+        "--out", default="runs", help="output folder; the study goes to OUT/<name>/ (default: runs)"
+    )
     p.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
     p.add_argument("--executor", default="local", choices=("local", "dask"))
-    p.add_argument("--scheduler", help="Dask scheduler address (tcp://host:8786); default: a loopback LocalCluster")
+    p.add_argument(
+        "--scheduler", help="Dask scheduler address (tcp://host:8786); default: a loopback LocalCluster"
+    )
     p.add_argument("--tls-ca", help="CA file for a TLS Dask scheduler (with --tls-cert/--tls-key)")
     p.add_argument("--tls-cert", help="client certificate for a TLS Dask scheduler")
     p.add_argument("--tls-key", help="client key for a TLS Dask scheduler")
-    p.add_argument("--bundle", type=int, default=DEFAULT_BUNDLE,
-                   help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential)")
+    p.add_argument(
+        "--bundle",
+        type=int,
+        default=DEFAULT_BUNDLE,
+        help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed")
-    p.add_argument("--dry-run", action="store_true", help="print trial counts and an estimated time; run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print trial counts and an estimated time; run nothing"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
-    p.add_argument("--allow-hypotheses-change", action="store_true",
-                   help="continue although the pre-registered hypotheses differ from the stored spec")
+    p.add_argument(
+        "--allow-hypotheses-change",
+        action="store_true",
+        help="continue although the pre-registered hypotheses differ from the stored spec",
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -120,10 +142,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.tls_ca:
         from distributed.security import Security
 
-        security = Security(tls_ca_file=args.tls_ca, tls_client_cert=args.tls_cert, tls_client_key=args.tls_key,
-                            require_encryption=True)
-    counts = run_study(spec, args.out, args.workers, args.executor, args.scheduler, args.retry_failed,
-                       args.bundle, args.quiet, args.allow_hypotheses_change, security)
+        security = Security(
+            tls_ca_file=args.tls_ca,
+            tls_client_cert=args.tls_cert,
+            tls_client_key=args.tls_key,
+            require_encryption=True,
+        )
+    counts = run_study(
+        spec,
+        args.out,
+        args.workers,
+        args.executor,
+        args.scheduler,
+        args.retry_failed,
+        args.bundle,
+        args.quiet,
+        args.allow_hypotheses_change,
+        security,
+    )
     return 1 if counts["failed"] else 0
 
 
@@ -182,24 +218,36 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_run(sub)
-    for name, helptext in (("collect", "write runs.csv and curves.csv.gz from a study's trials"),
-                           ("stats", "statistics and report from DIR/runs.csv and DIR/spec.yaml"),
-                           ("figures", "figures from DIR/runs.csv, DIR/curves.csv.gz and DIR/stats/"),
-                           ("report", "DIR/report.md from DIR/stats/ and DIR/figures/")):
+    for name, helptext in (
+        ("collect", "write runs.csv and curves.csv.gz from a study's trials"),
+        ("stats", "statistics and report from DIR/runs.csv and DIR/spec.yaml"),
+        ("figures", "figures from DIR/runs.csv, DIR/curves.csv.gz and DIR/stats/"),
+        ("report", "DIR/report.md from DIR/stats/ and DIR/figures/"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dir", type=Path, help="the study folder (OUT/<study>)")
     p = sub.add_parser("verify", help="re-train N random trials of a finished study and compare records")
     p.add_argument("dir", type=Path)
     p.add_argument("--sample", type=int, default=5, help="trials to re-train (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random choice of trials")
-    for name, helptext in (("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
-                           ("summary", "print the headline answer of each study")):
+    for name, helptext in (
+        ("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
+        ("summary", "print the headline answer of each study"),
+    ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dirs", type=Path, nargs="+", help="study folders")
     args = parser.parse_args(argv)
-    handler = {"train": _cmd_train, "run": _cmd_run, "collect": _cmd_collect, "stats": _cmd_stats,
-               "figures": _cmd_figures, "verify": _cmd_verify, "report": _cmd_report, "paper": _cmd_paper,
-               "summary": _cmd_summary}[args.command]
+    handler = {
+        "train": _cmd_train,
+        "run": _cmd_run,
+        "collect": _cmd_collect,
+        "stats": _cmd_stats,
+        "figures": _cmd_figures,
+        "verify": _cmd_verify,
+        "report": _cmd_report,
+        "paper": _cmd_paper,
+        "summary": _cmd_summary,
+    }[args.command]
     from study.runner import HypothesesChanged
 
     try:

@@ -14,18 +14,33 @@ import yaml
 from study.runner import FAILED, RECORD, trial_dir
 from study.spec import expand, parse_spec
 
-METRICS = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc",
-           "test_acc_at_best_val")
+METRICS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "test_acc_at_best_val",
+)
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
-DIAG_METRICS = {"cosine": "grad_cosine", "norm_ratio": "grad_norm_ratio", "sat_weight": "sat_weight",
-                "sat_signal_in": "sat_signal_in", "sat_signal_out": "sat_signal_out"}
+DIAG_METRICS = {
+    "cosine": "grad_cosine",
+    "norm_ratio": "grad_norm_ratio",
+    "sat_weight": "sat_weight",
+    "sat_signal_in": "sat_signal_in",
+    "sat_signal_out": "sat_signal_out",
+}
 
 
 def _factor_value(v: Any) -> Any:
     return "none" if v is None else v
 
 
-def _row(study: str, spec_hash: str, trial: Any, rec: dict[str, Any] | None, fail: dict[str, Any] | None) -> dict:
+def _row(
+    study: str, spec_hash: str, trial: Any, rec: dict[str, Any] | None, fail: dict[str, Any] | None
+) -> dict:
     cfg = trial.config
     row: dict[str, Any] = {"study": study, "run_id": trial.run_id, "spec_hash": spec_hash}
     row.update({k: _factor_value(v) for k, v in trial.factors.items()})
@@ -34,18 +49,20 @@ def _row(study: str, spec_hash: str, trial: Any, rec: dict[str, Any] | None, fai
     for m in METRICS:
         row[m] = rec.get(m) if rec else None
     versions = (rec or {}).get("versions", {})
-    row.update({
-        "epochs_run": rec.get("epochs_run") if rec else None,
-        "diverged": bool(rec.get("diverged")) if rec else False,
-        "failed": fail is not None and rec is None,
-        "error": (fail or {}).get("error", "") if rec is None else "",
-        "wall_time_s": round(rec["wall_time_s"], 3) if rec else None,
-        "bundle_size": rec.get("bundle_size", 1) if rec else None,
-        "torch_version": versions.get("torch", ""),
-        "lightning_version": versions.get("lightning", ""),
-        "normgrad_version": versions.get("normgrad", ""),
-        "git_commit": versions.get("git_commit", ""),
-    })
+    row.update(
+        {
+            "epochs_run": rec.get("epochs_run") if rec else None,
+            "diverged": bool(rec.get("diverged")) if rec else False,
+            "failed": fail is not None and rec is None,
+            "error": (fail or {}).get("error", "") if rec is None else "",
+            "wall_time_s": round(rec["wall_time_s"], 3) if rec else None,
+            "bundle_size": rec.get("bundle_size", 1) if rec else None,
+            "torch_version": versions.get("torch", ""),
+            "lightning_version": versions.get("lightning", ""),
+            "normgrad_version": versions.get("normgrad", ""),
+            "git_commit": versions.get("git_commit", ""),
+        }
+    )
     return row
 
 
@@ -92,8 +109,10 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
         gz.write(buf.getvalue().encode())
     n_failed = int(runs["failed"].sum())
     n_missing = int((runs["status"] == "missing").sum())
-    print(f"{spec.name}: {len(runs)} trials -> {runs_path} ({n_failed} failed, {n_missing} missing, "
-          f"{int(runs['diverged'].sum())} diverged); {len(cdf)} curve rows -> {curves_path}")
+    print(
+        f"{spec.name}: {len(runs)} trials -> {runs_path} ({n_failed} failed, {n_missing} missing, "
+        f"{int(runs['diverged'].sum())} diverged); {len(cdf)} curve rows -> {curves_path}"
+    )
     for _, r in runs[runs["status"] != "done"].iterrows():
         print(f"  {r['status']}: {r['run_id']} seed={r['seed']} {r['error']}")
     return runs_path, curves_path

@@ -51,7 +51,9 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
         for f in sorted((sdir / "figures").glob("*.pdf")):
             shutil.copyfile(f, dest / "figures" / f.name)
         inputs.append(f"\\input{{generated/{name}/macros.tex}}")
-    (out / "macros.tex").write_text("% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n")
+    (out / "macros.tex").write_text(
+        "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
+    )
     print(f"paper inputs -> {out}")
     return out
 
@@ -68,10 +70,18 @@ def summary(study_dirs: list[str | Path]) -> str:
         lines.append(f"{sdir.name} ({sdir}):")
         for (label, role), g in comp.groupby(["comparison", "role"], sort=False):
             counts = g["verdict"].value_counts()
-            verdicts = ", ".join(f"{counts.get(v, 0)} {v}" for v in ("different", "equivalent", "inconclusive"))
+            verdicts = ", ".join(
+                f"{counts.get(v, 0)} {v}" for v in ("different", "equivalent", "inconclusive")
+            )
             big = g.loc[g["mean_diff"].abs().idxmax()] if g["mean_diff"].notna().any() else None
-            effect = "" if big is None else (
-                f"; largest |a-b| = {big['mean_diff']:+.2f} pp [{big['ci_low']:+.2f}, {big['ci_high']:+.2f}]")
+            effect = (
+                ""
+                if big is None
+                else (
+                    f"; largest |a-b| = {big['mean_diff']:+.2f} pp "
+                    f"[{big['ci_low']:+.2f}, {big['ci_high']:+.2f}]"
+                )
+            )
             tag = " (positive control)" if role == "positive_control" else ""
             lines.append(f"  {label}{tag}: {len(g)} condition(s): {verdicts}{effect}")
         lines.append(f"  report: {sdir / 'report.md'}; figures: {sdir / 'figures'}")

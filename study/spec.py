@@ -161,7 +161,9 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
         for i, rule in enumerate(rules if isinstance(rules, list) else []):
             for key in rule if isinstance(rule, dict) else []:
                 if key not in factors and where == "exclude":
-                    errors.append(f"{where}[{i}].{key}: not a factor of this study; factors: {', '.join(factors)}")
+                    errors.append(
+                        f"{where}[{i}].{key}: not a factor of this study; factors: {', '.join(factors)}"
+                    )
     return errors
 
 
@@ -169,8 +171,10 @@ def _check_value(base: dict[str, Any], name: str, value: Any) -> list[str]:
     if name == "policies":
         ok = value in PRESETS or (isinstance(value, str) and value.count("/") == 1)
         if not ok:
-            return [f"factors.policies: bad value {value!r}; allowed: {', '.join(PRESETS)} or "
-                    f"'<weight>/<signal>' with policies from {', '.join(available_policies())}"]
+            return [
+                f"factors.policies: bad value {value!r}; allowed: {', '.join(PRESETS)} or "
+                f"'<weight>/<signal>' with policies from {', '.join(available_policies())}"
+            ]
     try:
         resolve_config(base, {name: value}, 0)
     except (ConfigError, ValueError) as err:

@@ -14,8 +14,18 @@ import yaml
 from study.runner import RECORD, trial_dir, write_json_atomic
 from study.spec import expand, parse_spec
 
-COMPARED = ("test_acc", "test_loss", "val_acc", "val_loss", "train_acc", "train_loss", "best_val_acc",
-            "test_acc_at_best_val", "epochs_run", "diverged")
+COMPARED = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "test_acc_at_best_val",
+    "epochs_run",
+    "diverged",
+)
 
 
 def retrain(record: dict[str, Any]) -> dict[str, Any]:
@@ -67,9 +77,18 @@ def verify(sdir: str | Path, sample: int = 5, seed: int = 0) -> dict[str, Any]:
         print(f"[{i}/{len(chosen)}] {run_id} (seed {old['config']['seed']}): {status}")
         if diffs:
             mismatches.append({"run_id": run_id, "fields": diffs})
-    result = {"checked": len(chosen), "matched": len(chosen) - len(mismatches), "mismatches": mismatches,
-              "run_ids": chosen, "sample_seed": seed, "platform": platform.platform(),
-              "torch": torch.__version__}
+    result = {
+        "checked": len(chosen),
+        "matched": len(chosen) - len(mismatches),
+        "mismatches": mismatches,
+        "run_ids": chosen,
+        "sample_seed": seed,
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     write_json_atomic(sdir / "verify.json", result)
-    print(f"verify: {result['matched']}/{result['checked']} re-trained records identical -> {sdir / 'verify.json'}")
+    print(
+        f"verify: {result['matched']}/{result['checked']} re-trained records identical "
+        f"-> {sdir / 'verify.json'}"
+    )
     return result
