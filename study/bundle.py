@@ -46,8 +46,13 @@ def member_model(config: TrialConfig, n_features: int, n_classes: int) -> nn.Mod
     """The network the sequential path builds for `config` (seeded exactly as run_trial seeds it)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
     return build_classifier(
-        n_features, n_classes, config.hidden, config.activation,
-        None if config.digital else config.analog_config(), config.digital, config.final_activation,
+        n_features,
+        n_classes,
+        config.hidden,
+        config.activation,
+        None if config.digital else config.analog_config(),
+        config.digital,
+        config.final_activation,
     )
 
 
@@ -71,8 +76,13 @@ class _BundleBatches:
 class BundleClassifier(L.LightningModule):
     """K copies of one analog network as stacked parameters, trained with one vmapped forward."""
 
-    def __init__(self, configs: list[TrialConfig], n_features: int, n_classes: int,
-                 probe: tuple[Tensor, Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        configs: list[TrialConfig],
+        n_features: int,
+        n_classes: int,
+        probe: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         super().__init__()
         check_bundle(configs)
         self.configs = configs
@@ -125,7 +135,9 @@ class BundleClassifier(L.LightningModule):
     def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
         k, b, c = logits.shape
         y = y if y.dim() == 2 else y.expand(k, -1)
-        return F.cross_entropy(logits.reshape(k * b, c), y.reshape(-1), reduction="none").reshape(k, b).mean(1)
+        return (
+            F.cross_entropy(logits.reshape(k * b, c), y.reshape(-1), reduction="none").reshape(k, b).mean(1)
+        )
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -206,7 +218,9 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     wall = time.perf_counter() - start
     records = []
     for k, cfg in enumerate(configs):
-        rec = summarize(cfg, module.histories[k], module.diagnostics[k], not bool(module.alive[k]), wall / len(configs))
+        rec = summarize(
+            cfg, module.histories[k], module.diagnostics[k], not bool(module.alive[k]), wall / len(configs)
+        )
         rec["bundle_size"] = len(configs)
         rec["bundle_seeds"] = [c.seed for c in configs]
         rec["bundle_wall_time_s"] = wall

@@ -123,9 +123,16 @@ class TrialConfig(BaseModel):
     def analog_config(self) -> AnalogConfig:
         """The analog library's configuration for this trial."""
         return AnalogConfig(
-            weight_norm=self.weight_norm, weight_policy=self.weight_policy, signal_norm=self.signal_norm,
-            signal_policy=self.signal_policy, precision_class=self.precision_class, precision=self.precision,
-            divide=self.divide, noise=self.noise if self.leakage is not None else "none", leakage=self.leakage, noise_precision=self.noise_precision,
+            weight_norm=self.weight_norm,
+            weight_policy=self.weight_policy,
+            signal_norm=self.signal_norm,
+            signal_policy=self.signal_policy,
+            precision_class=self.precision_class,
+            precision=self.precision,
+            divide=self.divide,
+            noise=self.noise if self.leakage is not None else "none",
+            leakage=self.leakage,
+            noise_precision=self.noise_precision,
         )
 
     def canonical(self) -> dict[str, Any]:

@@ -130,8 +130,19 @@ class StudyContext:
             return None
         header = pd.read_csv(path, nrows=0).columns
         text = {
-            *self.conditions, *POLICY_COLUMNS, "comparison", "site", "role", "policy_a", "policy_b",
-            "metric", "verdict", "better", "combo", "combo_a", "combo_b",
+            *self.conditions,
+            *POLICY_COLUMNS,
+            "comparison",
+            "site",
+            "role",
+            "policy_a",
+            "policy_b",
+            "metric",
+            "verdict",
+            "better",
+            "combo",
+            "combo_a",
+            "combo_b",
         }
         dtypes = {c: str for c in header if c in text}
         table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
@@ -222,7 +233,9 @@ def _key_label(columns: Sequence[str], key: Sequence[str]) -> str:
         return st.level_label(columns[0], key[0])
     single_norm = sum((c.endswith("_norm") or c == "norm") for c in columns) == 1
     return " · ".join(
-        st.level_label(c, v, compact=not (single_norm and (c.endswith("_norm") or c == "norm")) and c != "dataset")
+        st.level_label(
+            c, v, compact=not (single_norm and (c.endswith("_norm") or c == "norm")) and c != "dataset"
+        )
         for c, v in zip(columns, key, strict=True)
     )
 
@@ -253,8 +266,16 @@ def _combo_handles(
     both = len(weights) > 1 and len(signals) > 1
     order = [(w, s) for s in signals for w in weights] if both else list(styles)
     handles = [
-        Line2D([], [], color=styles[k]["color"], ls=styles[k]["linestyle"], lw=1.1, label=styles[k]["label"],
-               marker=styles[k]["marker"] if markers else None, ms=3)
+        Line2D(
+            [],
+            [],
+            color=styles[k]["color"],
+            ls=styles[k]["linestyle"],
+            lw=1.1,
+            label=styles[k]["label"],
+            marker=styles[k]["marker"] if markers else None,
+            ms=3,
+        )
         for k in order
         if k in styles
     ]
@@ -328,8 +349,14 @@ def _legend_below(fig: Figure, handles: list[Any], ncol: int | None = None, titl
     """A figure legend below the panels, outside the data."""
     if not handles:
         return
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 4), title=title,
-               handlelength=2.4, columnspacing=1.2)
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=ncol or min(len(handles), 4),
+        title=title,
+        handlelength=2.4,
+        columnspacing=1.2,
+    )
 
 
 def _by_dataset(ctx: StudyContext, df: pd.DataFrame, base: str) -> Iterator[tuple[str, str, pd.DataFrame]]:
@@ -366,8 +393,12 @@ def _ci_method_text(comps: pd.DataFrame) -> str:
 
 def _verdict_note(ctx: StudyContext) -> str:
     h = ctx.hypotheses
-    names = {"holm": "Holm-adjusted", "bonferroni": "Bonferroni-adjusted",
-             "fdr_bh": "Benjamini–Hochberg-adjusted", "none": "unadjusted"}
+    names = {
+        "holm": "Holm-adjusted",
+        "bonferroni": "Bonferroni-adjusted",
+        "fdr_bh": "Benjamini–Hochberg-adjusted",
+        "none": "unadjusted",
+    }
     correction = names.get(h.correction, h.correction)
     return (
         f"Verdict (pre-registered, from stats/comparisons.csv): ≠ different ({correction} p < "
@@ -470,18 +501,42 @@ def _draw_paired(
         if dsel is not None and len(dsel):
             ys = np.array([ypos.get(k, np.nan) for k in _keys(dsel, row_cols)], dtype=float)
             ys = ys + rng.uniform(-jitter, jitter, len(ys))
-            ax.scatter(dsel["diff"].to_numpy(float), ys, s=point_size, color=color, alpha=0.45, lw=0,
-                       zorder=2, rasterized=False)
+            ax.scatter(
+                dsel["diff"].to_numpy(float),
+                ys,
+                s=point_size,
+                color=color,
+                alpha=0.45,
+                lw=0,
+                zorder=2,
+                rasterized=False,
+            )
         for key, row in zip(_keys(sel, row_cols), sel.itertuples(index=False), strict=True):
             y = ypos[key]
             mean, lo, hi = float(row.mean_diff), float(row.ci_low), float(row.ci_high)
-            ax.plot([lo, hi], [y, y], color="black", lw=1.3 if not many else 1.0, zorder=3,
-                    solid_capstyle="butt")
-            ax.plot([mean], [y], marker="o", ms=3.6 if not many else 2.6, mfc=color, mec="black", mew=0.5,
-                    zorder=4)
+            ax.plot(
+                [lo, hi], [y, y], color="black", lw=1.3 if not many else 1.0, zorder=3, solid_capstyle="butt"
+            )
+            ax.plot(
+                [mean],
+                [y],
+                marker="o",
+                ms=3.6 if not many else 2.6,
+                mfc=color,
+                mec="black",
+                mew=0.5,
+                zorder=4,
+            )
             symbol = _verdict_symbol(getattr(row, "verdict", ""))
-            ax.text(0.955, y, symbol, transform=ax.get_yaxis_transform(), ha="center", va="center",
-                    fontsize=st.FONT_SMALL)
+            ax.text(
+                0.955,
+                y,
+                symbol,
+                transform=ax.get_yaxis_transform(),
+                ha="center",
+                va="center",
+                fontsize=st.FONT_SMALL,
+            )
             n_pairs.append(getattr(row, "n_pairs", math.nan))
         ax.set_xlim(*xlims[comp])
         label = f"{a} − {b}"
@@ -500,8 +555,14 @@ def _draw_paired(
         if row_cols == [SITE_COLUMN[OTHER_SITE[site]]]:
             _color_text(ax0, "y", [k[0] for k in rows])
     fig.suptitle(title, fontsize=st.FONT_LARGE)
-    fig.text(0.5, 0, f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{st.diff_unit(metric)}",
-             ha="center", va="top", fontsize=st.FONT_SMALL)
+    fig.text(
+        0.5,
+        0,
+        f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{st.diff_unit(metric)}",
+        ha="center",
+        va="top",
+        fontsize=st.FONT_SMALL,
+    )
     rows_text = ", ".join(st.factor_label(c).lower() for c in row_cols) or "the single condition"
     comps_text = ", ".join(f"{a} − {b}" for _c, _r, a, b in order)
     caption = (
@@ -590,8 +651,16 @@ def _draw_heatmap(
                     ax.text(c, r, "–", ha="center", va="center", fontsize=st.FONT_SMALL, color="0.4")
                     continue
                 tc = _text_color(cmap(cnorm(grid[r, c])))
-                ax.text(c, r, f"{grid[r, c]:+.2f}\n{marks[r, c]}", ha="center", va="center",
-                        fontsize=st.FONT_SMALL, color=tc, linespacing=0.95)
+                ax.text(
+                    c,
+                    r,
+                    f"{grid[r, c]:+.2f}\n{marks[r, c]}",
+                    ha="center",
+                    va="center",
+                    fontsize=st.FONT_SMALL,
+                    color=tc,
+                    linespacing=0.95,
+                )
             ax.set_xticks(range(len(precs)), [st.level_label("precision", p) for p in precs])
             ax.set_yticks(range(len(norms)), [st.level_label(norm_col, n) for n in norms])
             ax.tick_params(length=0)
@@ -663,8 +732,16 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
             grid[r, c] = row.mean
             tc = _text_color(cmap(cnorm(row.mean)))
             ci = f"\n{row.lo:.2f}–{row.hi:.2f}" if np.isfinite(row.lo) else ""
-            ax.text(c, r, f"{row.mean:.2f}{ci}", ha="center", va="center", fontsize=st.FONT_SMALL, color=tc,
-                    linespacing=1.0)
+            ax.text(
+                c,
+                r,
+                f"{row.mean:.2f}{ci}",
+                ha="center",
+                va="center",
+                fontsize=st.FONT_SMALL,
+                color=tc,
+                linespacing=1.0,
+            )
         ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto")
         ax.set_xticks(range(len(signals)), signals)
         ax.set_yticks(range(len(weights)), weights)
@@ -728,8 +805,11 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
         for (w, s), style in styles.items():
             if wcol is not None and w != wcol:
                 continue
-            sel = summary[(summary["metric"] == metric) & (summary["weight_policy"] == w)
-                          & (summary["signal_policy"] == s)].sort_values("epoch")
+            sel = summary[
+                (summary["metric"] == metric)
+                & (summary["weight_policy"] == w)
+                & (summary["signal_policy"] == s)
+            ].sort_values("epoch")
             if sel.empty:
                 continue
             ax.fill_between(sel["epoch"], sel["lo"], sel["hi"], color=style["color"], alpha=0.2, lw=0)
@@ -802,8 +882,12 @@ def _draw_mismatch(
     for (i, metric), (j, layer) in itertools.product(enumerate(metrics), enumerate(layers)):
         ax = axes[i, j]
         for (w, s), style in styles.items():
-            sel = summary[(summary["metric"] == metric) & (summary["layer"] == layer)
-                          & (summary["weight_policy"] == w) & (summary["signal_policy"] == s)]
+            sel = summary[
+                (summary["metric"] == metric)
+                & (summary["layer"] == layer)
+                & (summary["weight_policy"] == w)
+                & (summary["signal_policy"] == s)
+            ]
             if sel.empty:
                 continue
             sel = sel.sort_values("epoch")
@@ -926,8 +1010,14 @@ def _draw_cd_stack(
         ns.append(n)
         title = _key_label(cond_cols, key) + ": " if cond_cols else ""
         ptext = f"Friedman p = {p:.2g}" if np.isfinite(p) else "Friedman test not run"
-        ax.text(width / 2, y_title, f"{title}{ptext}, n = {n:g} seeds", ha="center", va="top",
-                fontsize=st.FONT_SMALL)
+        ax.text(
+            width / 2,
+            y_title,
+            f"{title}{ptext}, n = {n:g} seeds",
+            ha="center",
+            va="top",
+            fontsize=st.FONT_SMALL,
+        )
         ax.plot([xr(1), xr(k)], [y_axis, y_axis], color="black", lw=0.7)
         for r in range(1, k + 1):
             ax.plot([xr(r)] * 2, [y_axis, y_axis + 0.04], color="black", lw=0.7)
@@ -939,8 +1029,13 @@ def _draw_cd_stack(
             ax.text(xr(1 + cd) + 0.05, y_cd, f"CD = {cd:.2f}", ha="left", va="center", fontsize=st.FONT_SMALL)
         for c, (i, j) in enumerate(cliques):
             yb = y_axis - bar_h * (c + 1)
-            ax.plot([xr(ranks[i]) - 0.03, xr(ranks[j]) + 0.03], [yb, yb], color="black", lw=2.2,
-                    solid_capstyle="butt")
+            ax.plot(
+                [xr(ranks[i]) - 0.03, xr(ranks[j]) + 0.03],
+                [yb, yb],
+                color="black",
+                lw=2.2,
+                solid_capstyle="butt",
+            )
         n_left = math.ceil(len(ranks) / 2)
         for idx, (combo, r) in enumerate(zip(sel["combo"].astype(str), ranks, strict=True)):
             left = idx < n_left
@@ -949,8 +1044,14 @@ def _draw_cd_stack(
             signal = combo.partition("/")[2]
             ax.plot([xr(r), xr(r), xe], [y_axis, y, y], color="0.35", lw=0.6)
             ax.plot([xr(r)], [y_axis], marker="o", ms=2.8, color=palette.get(signal, "black"), zorder=3)
-            ax.text(xe + (-0.03 if left else 0.03), y, f"{_combo_text(combo)} ({r:.2f})",
-                    ha="right" if left else "left", va="center", fontsize=st.FONT_SMALL)
+            ax.text(
+                xe + (-0.03 if left else 0.03),
+                y,
+                f"{_combo_text(combo)} ({r:.2f})",
+                ha="right" if left else "left",
+                va="center",
+                fontsize=st.FONT_SMALL,
+            )
     caption = (
         f"Critical-difference diagram of the policy combinations (W = weight-site, S = signal-site policy): "
         f"mean rank of the final {st.metric_name(ctx.metric)} within each seed (1 = best; in "
@@ -997,8 +1098,9 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
             if np.isfinite(grid[r]).any():
                 best[r] = grid[r] - np.nanmin(grid[r]) < (cd if np.isfinite(cd) else 0)
                 best[r, np.nanargmin(grid[r])] = True
-        image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto",
-                          interpolation="nearest")
+        image = ax.imshow(
+            np.ma.masked_invalid(grid), cmap=cmap, norm=cnorm, aspect="auto", interpolation="nearest"
+        )
         rr, cc = np.nonzero(best)
         dots = [_text_color(cmap(cnorm(grid[r, c]))) for r, c in zip(rr, cc, strict=True)]
         ax.scatter(cc, rr, s=4, marker="o", lw=0, c=dots)
@@ -1006,8 +1108,9 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
             for i in range(1, len(rows)):
                 if rows[i][0] != rows[i - 1][0]:
                     ax.axhline(i - 0.5, color="white", lw=1.0)
-        ax.set_xticks(range(k), [_combo_text(c) for c in combos], rotation=50, ha="right",
-                      rotation_mode="anchor")
+        ax.set_xticks(
+            range(k), [_combo_text(c) for c in combos], rotation=50, ha="right", rotation_mode="anchor"
+        )
         ax.tick_params(length=0)
         ax.set_title(str(level) if level is not None else "")
         twin = ax.twinx()
@@ -1074,9 +1177,21 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
             dodge = (s_idx - (n_styles - 1) / 2) * min(0.05, 0.4 / max(n_styles, 1))
             x = line["x"].to_numpy(float) + dodge
             yerr = np.vstack([line["mean"] - line["lo"], line["hi"] - line["mean"]])
-            ax.errorbar(x, line["mean"], yerr=np.nan_to_num(yerr), color=style["color"],
-                        ls=style["linestyle"], marker=style["marker"], ms=3, lw=0.9, elinewidth=0.7,
-                        capsize=0, mfc=style["color"], mec="white", mew=0.3)
+            ax.errorbar(
+                x,
+                line["mean"],
+                yerr=np.nan_to_num(yerr),
+                color=style["color"],
+                ls=style["linestyle"],
+                marker=style["marker"],
+                ms=3,
+                lw=0.9,
+                elinewidth=0.7,
+                capsize=0,
+                mfc=style["color"],
+                mec="white",
+                mew=0.3,
+            )
         ax.set_xticks(range(len(levels)), [st.level_label(factor, lv) for lv in levels])
         ax.set_xlim(-0.4, len(levels) - 0.6)
         ax.set_xlabel(st.factor_label(factor) if factor != "leakage" else "Leakage (none = noiseless)")
@@ -1167,8 +1282,16 @@ def render_index(study: str, results: list[FigureResult]) -> str:
     ]
     for r in results:
         if r.status == "made":
-            lines += [f"## {r.name}", "", f"![{r.name}]({r.name}.png)", "",
-                      f"[PDF]({r.name}.pdf) · [PNG]({r.name}.png)", "", r.caption, ""]
+            lines += [
+                f"## {r.name}",
+                "",
+                f"![{r.name}]({r.name}.png)",
+                "",
+                f"[PDF]({r.name}.pdf) · [PNG]({r.name}.png)",
+                "",
+                r.caption,
+                "",
+            ]
     skipped = [r for r in results if r.status == "skipped"]
     if skipped:
         lines += ["## Skipped", ""] + [f"- `{r.name}`: {r.reason}" for r in skipped] + [""]

@@ -25,15 +25,23 @@ class AnalogClassifier(L.LightningModule):
     A non-finite training loss stops training and marks the trial diverged.
     """
 
-    def __init__(self, config: TrialConfig, n_features: int, n_classes: int,
-                 probe: tuple[Tensor, Tensor] | None = None) -> None:
+    def __init__(
+        self, config: TrialConfig, n_features: int, n_classes: int, probe: tuple[Tensor, Tensor] | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.net = build_classifier(
-            n_features, n_classes, config.hidden, config.activation,
-            None if config.digital else config.analog_config(), config.digital, config.final_activation,
+            n_features,
+            n_classes,
+            config.hidden,
+            config.activation,
+            None if config.digital else config.analog_config(),
+            config.digital,
+            config.final_activation,
         )
-        self.acc = torch.nn.ModuleDict({f"{s}_acc": MulticlassAccuracy(n_classes, average="micro") for s in STAGES})
+        self.acc = torch.nn.ModuleDict(
+            {f"{s}_acc": MulticlassAccuracy(n_classes, average="micro") for s in STAGES}
+        )
         self.probe = probe
         self.diverged = False
         self.history: list[dict[str, Any]] = []
@@ -80,7 +88,9 @@ class AnalogClassifier(L.LightningModule):
         for stage in STAGES:
             n = self._loss_n[stage]
             row[f"{stage}_loss"] = self._loss_sum[stage] / n if n else math.nan
-            row[f"{stage}_acc"] = round(100.0 * float(self.acc[f"{stage}_acc"].compute()), 4) if n else math.nan
+            row[f"{stage}_acc"] = (
+                round(100.0 * float(self.acc[f"{stage}_acc"].compute()), 4) if n else math.nan
+            )
             self.acc[f"{stage}_acc"].reset()
             self._loss_sum[stage], self._loss_n[stage] = 0.0, 0
         self.history.append(row)
@@ -92,6 +102,7 @@ class AnalogClassifier(L.LightningModule):
     def _probe_mismatch(self) -> list[dict[str, float]]:
         x, y = self.probe
         with torch.enable_grad():
-            layers = gradient_mismatch(self.net, x, y, (self.config.weight_policy, self.config.signal_policy),
-                                       seed=self.config.seed)
+            layers = gradient_mismatch(
+                self.net, x, y, (self.config.weight_policy, self.config.signal_policy), seed=self.config.seed
+            )
         return [vars(m) for m in layers]

@@ -639,7 +639,6 @@ def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
     return len(comp[cols].drop_duplicates()) if cols else 1
 
 
-OTHER_SITE = {"weight": "signal", "signal": "weight"}
 PRESET = {"weight": "ste", "signal": "exact"}  # AnalogVNN 1.0.8's own choice at each site
 
 
@@ -677,8 +676,11 @@ def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd
         other = SITE_COLUMN[OTHER_SITE[site]]
         preset = rows[rows[other].astype(str) == PRESET[OTHER_SITE[site]]] if len(rows) else rows
         first = preset.iloc[0] if len(preset) == 1 else None
-        effect = "--" if first is None else (
-            f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
+        effect = (
+            "--"
+            if first is None
+            else (f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
+        )
         out += [
             _macro(prefix, f"{s}Answer", answer),
             _macro(prefix, f"{s}Better", better),
@@ -694,8 +696,14 @@ def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd
     else:
         out += [_macro(prefix, "PresetRank", "--"), _macro(prefix, "BestCombo", "--")]
     usable = bayes.dropna(subset=["p_equiv"]) if len(bayes) else bayes
-    agree = int(((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
-                + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()) if len(usable) else 0
+    agree = (
+        int(
+            ((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
+            + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()
+        )
+        if len(usable)
+        else 0
+    )
     decided = int(usable["verdict"].isin(["equivalent", "different"]).sum()) if len(usable) else 0
     out += [_macro(prefix, "BayesAgree", agree), _macro(prefix, "BayesDecided", decided)]
     return out
@@ -718,10 +726,12 @@ def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[s
         return tex_num(sel["value"].mean()) if len(sel) else "--"
 
     # the weight site alone differs from exact in the ste/exact cell; the signal site alone in exact/ste
-    return [_macro(prefix, "WeightCosine", mean("grad_cosine", "ste", "exact")),
-            _macro(prefix, "SignalCosine", mean("grad_cosine", "exact", "ste")),
-            _macro(prefix, "SatWeight", mean("sat_weight", "ste", "exact")),
-            _macro(prefix, "SatSignalOut", mean("sat_signal_out", "ste", "exact"))]
+    return [
+        _macro(prefix, "WeightCosine", mean("grad_cosine", "ste", "exact")),
+        _macro(prefix, "SignalCosine", mean("grad_cosine", "exact", "ste")),
+        _macro(prefix, "SatWeight", mean("sat_weight", "ste", "exact")),
+        _macro(prefix, "SatSignalOut", mean("sat_signal_out", "ste", "exact")),
+    ]
 
 
 def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:

@@ -57,7 +57,8 @@ def status(sdir: Path, run_id: str) -> str:
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON to a temporary file and rename it into place (presence = complete)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+    # unique per host, process and thread: two writers of one file never share a temporary file
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w") as fh:
         json.dump(obj, fh, indent=1, sort_keys=True)
         fh.flush()
@@ -172,7 +173,9 @@ def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
         w.writerows(history)
 
 
-def execute_unit(sdir: str, unit: Unit, retry_failed: bool = False, n_threads: int = 1) -> list[dict[str, str]]:
+def execute_unit(
+    sdir: str, unit: Unit, retry_failed: bool = False, n_threads: int = 1
+) -> list[dict[str, str]]:
     """Run the unit's trials that are not done (nor failed, unless `retry_failed`) and claimable.
 
     Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}.
@@ -212,10 +215,17 @@ def execute_unit(sdir: str, unit: Unit, retry_failed: bool = False, n_threads: i
             except Exception:  # noqa: BLE001 - a failing trial must not stop the sweep
                 tb = traceback.format_exc()
                 for run_id, factors, _ in todo:
-                    write_json_atomic(trial_dir(root, run_id) / FAILED, {
-                        "run_id": run_id, "study": unit.study, "spec_hash": unit.spec_hash,
-                        "factors": factors, "traceback": tb, "error": tb.strip().splitlines()[-1],
-                    })
+                    write_json_atomic(
+                        trial_dir(root, run_id) / FAILED,
+                        {
+                            "run_id": run_id,
+                            "study": unit.study,
+                            "spec_hash": unit.spec_hash,
+                            "factors": factors,
+                            "traceback": tb,
+                            "error": tb.strip().splitlines()[-1],
+                        },
+                    )
                     events.append({"run_id": run_id, "status": "failed"})
                 return events
             for (run_id, factors, _), rec in zip(todo, records, strict=True):
@@ -244,9 +254,12 @@ def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
     units = []
     for members in groups.values():
         for i in range(0, len(members), bundle):
-            chunk = members[i:i + bundle]
-            units.append(Unit(spec.name, spec.hash(), tuple(
-                (t.run_id, t.factors, t.config.canonical()) for t in chunk)))
+            chunk = members[i : i + bundle]
+            units.append(
+                Unit(
+                    spec.name, spec.hash(), tuple((t.run_id, t.factors, t.config.canonical()) for t in chunk)
+                )
+            )
     return units
 
 
@@ -263,9 +276,10 @@ def prepare(spec: StudySpec, out: str | Path, allow_hypotheses_change: bool = Fa
         trials_exist = any((sdir / "trials").glob(f"*/{RECORD}"))
         if old.hypotheses_hash() != spec.hypotheses_hash() and trials_exist and not allow_hypotheses_change:
             raise HypothesesChanged(
-                f"the `hypotheses:` block of {spec.name!r} differs from the one stored in {stored} and trials "
-                "already exist: pre-registered hypotheses must not change after results exist. Restore the "
-                "original block, use a new study name, or pass --allow-hypotheses-change to record the change."
+                f"the `hypotheses:` block of {spec.name!r} differs from the one stored in {stored} and "
+                "trials already exist: pre-registered hypotheses must not change after results exist. "
+                "Restore the original block, use a new study name, or pass --allow-hypotheses-change "
+                "to record the change."
             )
     sdir.mkdir(parents=True, exist_ok=True)
     tmp = sdir / f".spec.yaml.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -309,20 +323,28 @@ def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tu
             yield fut.result()
 
 
-def _dask_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tuple,
-              scheduler: str | None, security: Any = None) -> Iterable[Any]:
+def _dask_map(
+    fn: Callable[..., Any],
+    units: list[Unit],
+    workers: int,
+    args: tuple,
+    scheduler: str | None,
+    security: Any = None,
+) -> Iterable[Any]:
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     if scheduler:
         client = Client(scheduler, security=security)
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+        )
         client = Client(cluster)
     try:
-        futures = client.map(fn, [args[0]] * len(units), units, *[[a] * len(units) for a in args[1:]],
-                             pure=False)
+        futures = client.map(
+            fn, [args[0]] * len(units), units, *[[a] * len(units) for a in args[1:]], pure=False
+        )
         for fut in as_completed(futures):
             yield fut.result()
     finally:
@@ -331,9 +353,18 @@ def _dask_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tup
             cluster.close()
 
 
-def run_study(spec: StudySpec, out: str | Path = "runs", workers: int | None = None, executor: str = "local",
-              scheduler: str | None = None, retry_failed: bool = False, bundle: int = DEFAULT_BUNDLE,
-              quiet: bool = False, allow_hypotheses_change: bool = False, security: Any = None) -> dict[str, int]:
+def run_study(
+    spec: StudySpec,
+    out: str | Path = "runs",
+    workers: int | None = None,
+    executor: str = "local",
+    scheduler: str | None = None,
+    retry_failed: bool = False,
+    bundle: int = DEFAULT_BUNDLE,
+    quiet: bool = False,
+    allow_hypotheses_change: bool = False,
+    security: Any = None,
+) -> dict[str, int]:
     """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo)."""
     from tqdm import tqdm
 
@@ -343,15 +374,28 @@ def run_study(spec: StudySpec, out: str | Path = "runs", workers: int | None = N
     sdir = prepare(spec, out, allow_hypotheses_change)
     trials = expand(spec)
     start_counts = summary_counts(sdir, trials)
-    pending = [t for t in trials if status(sdir, t.run_id) == "todo"
-               or (retry_failed and status(sdir, t.run_id) == "failed")]
+    pending = [
+        t
+        for t in trials
+        if status(sdir, t.run_id) == "todo" or (retry_failed and status(sdir, t.run_id) == "failed")
+    ]
     units = make_units(spec, pending, bundle)
-    bar = tqdm(total=len(trials), initial=len(trials) - len(pending), desc=spec.name, unit="trial",
-               disable=quiet, dynamic_ncols=True, smoothing=0.05)
+    bar = tqdm(
+        total=len(trials),
+        initial=len(trials) - len(pending),
+        desc=spec.name,
+        unit="trial",
+        disable=quiet,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
     failed = start_counts["failed"] if not retry_failed else 0
     args = (str(sdir), retry_failed, 1)
-    mapper = _local_map(execute_unit, units, workers, args) if executor == "local" else \
-        _dask_map(execute_unit, units, workers, args, scheduler, security)
+    mapper = (
+        _local_map(execute_unit, units, workers, args)
+        if executor == "local"
+        else _dask_map(execute_unit, units, workers, args, scheduler, security)
+    )
     t0 = time.perf_counter()
     for events in mapper:
         for ev in events:
@@ -362,14 +406,23 @@ def run_study(spec: StudySpec, out: str | Path = "runs", workers: int | None = N
     bar.close()
     counts = summary_counts(sdir, trials)
     elapsed = time.perf_counter() - t0
-    summary = {"study": spec.name, "trials": len(trials), **counts, "wall_time_s": round(elapsed, 1),
-               "workers": workers, "executor": executor, "bundle": bundle}
+    summary = {
+        "study": spec.name,
+        "trials": len(trials),
+        **counts,
+        "wall_time_s": round(elapsed, 1),
+        "workers": workers,
+        "executor": executor,
+        "bundle": bundle,
+    }
     run_log = sdir / "run_log.jsonl"
     with open(run_log, "a") as fh:
         fh.write(json.dumps(summary, sort_keys=True) + "\n")
     write_run_summary(sdir)
-    print(f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
-          f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}")
+    print(
+        f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
+        f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}"
+    )
     return counts
 
 
@@ -390,10 +443,20 @@ def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) 
     per_trial = estimate_trial_seconds(sdir)
     workers = workers or os.cpu_count() or 1
     eta = counts["todo"] * per_trial / workers
-    info = {"study": spec.name, "trials": len(trials), **counts, "cells": len({t.condition_key for t in trials}),
-            "seeds": len(spec.seed_list), "bundle": bundle, "workers": workers,
-            "est_seconds_per_trial": round(per_trial, 2), "est_total_seconds": round(eta)}
-    print(f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds); "
-          f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
-          f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial")
+    info = {
+        "study": spec.name,
+        "trials": len(trials),
+        **counts,
+        "cells": len({t.condition_key for t in trials}),
+        "seeds": len(spec.seed_list),
+        "bundle": bundle,
+        "workers": workers,
+        "est_seconds_per_trial": round(per_trial, 2),
+        "est_total_seconds": round(eta),
+    }
+    print(
+        f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds); "
+        f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
+        f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial"
+    )
     return info

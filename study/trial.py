@@ -43,8 +43,9 @@ def git_commit() -> str:
     """HEAD of the repository this code runs from, read once per process ('unknown' outside git)."""
     try:
         root = Path(__file__).resolve().parent.parent
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -60,14 +61,27 @@ def quiet_lightning() -> None:
 def make_trainer(epochs: int, logger: Any) -> L.Trainer:
     """A lean deterministic CPU Trainer: no checkpoints, progress bar, summary or sanity steps."""
     return L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, deterministic=True, logger=logger,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, log_every_n_steps=1, benchmark=False,
+        max_epochs=epochs,
+        accelerator="cpu",
+        devices=1,
+        deterministic=True,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        benchmark=False,
     )
 
 
-def summarize(config: TrialConfig, history: list[dict[str, Any]], diagnostics: list[dict[str, Any]],
-              diverged: bool, wall: float) -> dict[str, Any]:
+def summarize(
+    config: TrialConfig,
+    history: list[dict[str, Any]],
+    diagnostics: list[dict[str, Any]],
+    diverged: bool,
+    wall: float,
+) -> dict[str, Any]:
     """The record: configuration, final and best-validation metrics, per-epoch history, provenance."""
     last = history[-1] if history else {}
     nan = math.nan
@@ -106,8 +120,9 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
         config = TrialConfig.parse(config)
     quiet_lightning()
     start = time.perf_counter()
-    data = AnalogDataModule(config.dataset, config.batch_size, config.seed, config.split_seed,
-                            config.data_dir, config.n_samples)
+    data = AnalogDataModule(
+        config.dataset, config.batch_size, config.seed, config.split_seed, config.data_dir, config.n_samples
+    )
     data.setup("fit")
     probe = (data.data.train_x[: config.probe_size], data.data.train_y[: config.probe_size])
     seed_all(config.seed)  # the model's init is the first draw from the seeded generator
@@ -116,8 +131,11 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
     if out_dir is not None:
         logger = L.pytorch.loggers.CSVLogger(save_dir=str(out_dir), name="", version=config.run_id)
     trainer = make_trainer(config.epochs, logger)
-    trainer.fit(module, train_dataloaders=data.train_dataloader(),
-                val_dataloaders=[data.val_dataloader(), data.test_dataloader()])
+    trainer.fit(
+        module,
+        train_dataloaders=data.train_dataloader(),
+        val_dataloaders=[data.val_dataloader(), data.test_dataloader()],
+    )
     return summarize(config, module.history, module.diagnostics, module.diverged, time.perf_counter() - start)
 
 

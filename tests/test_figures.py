@@ -22,8 +22,12 @@ from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figur
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
 OTHER = {"weight": "signal_policy", "signal": "weight_policy"}
-COMPARISONS = [("weight", "exact", "ste", "primary"), ("signal", "exact", "ste", "primary"),
-               ("weight", "zero", "ste", "positive_control"), ("signal", "zero", "ste", "positive_control")]
+COMPARISONS = [
+    ("weight", "exact", "ste", "primary"),
+    ("signal", "exact", "ste", "primary"),
+    ("weight", "zero", "ste", "positive_control"),
+    ("signal", "zero", "ste", "positive_control"),
+]
 
 
 # --- a synthetic study ---------------------------------------------------------------------------
@@ -70,9 +74,21 @@ def write_study(
         for w, s, seed in itertools.product(weights, signals, range(n_seeds)):
             run_id = hashlib.sha1(repr((values, w, s, seed)).encode()).hexdigest()[:16]
             acc = _accuracy(cond, w, s, seed_effect[seed], rng)
-            rows.append({"study": root.name, "run_id": run_id, "spec_hash": "abc", **cond, "weight_policy": w,
-                         "signal_policy": s, "seed": seed, "test_acc": acc, "val_acc": acc + 0.2,
-                         "diverged": False, "failed": False})
+            rows.append(
+                {
+                    "study": root.name,
+                    "run_id": run_id,
+                    "spec_hash": "abc",
+                    **cond,
+                    "weight_policy": w,
+                    "signal_policy": s,
+                    "seed": seed,
+                    "test_acc": acc,
+                    "val_acc": acc + 0.2,
+                    "diverged": False,
+                    "failed": False,
+                }
+            )
             if not curves:
                 continue
             for epoch in range(1, epochs + 1):
@@ -119,12 +135,26 @@ def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
             mean, sd, n = d.mean(), d.std(ddof=1), len(d)
             half = sst.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
             p = float(sst.ttest_1samp(d, 0).pvalue)
-            p_tost = max(sst.t.sf((mean + 0.5) / (sd / math.sqrt(n)), n - 1),
-                         sst.t.cdf((mean - 0.5) / (sd / math.sqrt(n)), n - 1))
+            p_tost = max(
+                sst.t.sf((mean + 0.5) / (sd / math.sqrt(n)), n - 1),
+                sst.t.cdf((mean - 0.5) / (sd / math.sqrt(n)), n - 1),
+            )
             verdict = "different" if p < 0.05 else "equivalent" if p_tost < 0.05 else "inconclusive"
-            comp_rows.append({**head, "metric": "test_acc", "n_pairs": n, "mean_diff": mean,
-                              "ci_low": mean - half, "ci_high": mean + half, "ci_method": "bca",
-                              "p_adjusted": p, "p_tost": p_tost, "margin": 0.5, "verdict": verdict})
+            comp_rows.append(
+                {
+                    **head,
+                    "metric": "test_acc",
+                    "n_pairs": n,
+                    "mean_diff": mean,
+                    "ci_low": mean - half,
+                    "ci_high": mean + half,
+                    "ci_method": "bca",
+                    "p_adjusted": p,
+                    "p_tost": p_tost,
+                    "margin": 0.5,
+                    "verdict": verdict,
+                }
+            )
     pd.DataFrame(comp_rows).to_csv(out / "comparisons.csv", index=False)
     pd.DataFrame(diff_rows).to_csv(out / "differences.csv", index=False)
     omni = []
@@ -139,16 +169,32 @@ def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
         cd = sst.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2) * math.sqrt(k * (k + 1) / (6 * n))
         for combo in block.columns:
             w, s = combo.split("/")
-            omni.append({**dict(zip(conds, key, strict=True)), "combo": combo, "weight_policy": w,
-                         "signal_policy": s, "metric": "test_acc", "n_seeds": n,
-                         "mean_metric": block[combo].mean(), "mean_rank": ranks[combo], "friedman_stat": 1.0,
-                         "friedman_p": p, "cd": cd, "k": k})
+            omni.append(
+                {
+                    **dict(zip(conds, key, strict=True)),
+                    "combo": combo,
+                    "weight_policy": w,
+                    "signal_policy": s,
+                    "metric": "test_acc",
+                    "n_seeds": n,
+                    "mean_metric": block[combo].mean(),
+                    "mean_rank": ranks[combo],
+                    "friedman_stat": 1.0,
+                    "friedman_p": p,
+                    "cd": cd,
+                    "k": k,
+                }
+            )
     pd.DataFrame(omni).to_csv(out / "omnibus.csv", index=False)
 
 
 CORE = {"dataset": ["mnist"]}
-GRID = {"dataset": ["mnist"], "signal_norm": ["clamp", "l2norm_m"], "precision": [4, None],
-        "leakage": [None, 0.5]}
+GRID = {
+    "dataset": ["mnist"],
+    "signal_norm": ["clamp", "l2norm_m"],
+    "precision": [4, None],
+    "leakage": [None, 0.5],
+}
 
 
 # --- tests ----------------------------------------------------------------------------------------
@@ -158,8 +204,14 @@ def _by_name(results: list[FigureResult]) -> dict[str, FigureResult]:
 
 @pytest.fixture(scope="module")
 def grid_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[FigureResult], dict[str, bytes]]:
-    root = write_study(tmp_path_factory.mktemp("grid") / "grid", GRID, weights=("exact", "ste"), n_seeds=3,
-                       epochs=2, layers=1)
+    root = write_study(
+        tmp_path_factory.mktemp("grid") / "grid",
+        GRID,
+        weights=("exact", "ste"),
+        n_seeds=3,
+        epochs=2,
+        layers=1,
+    )
     results = make_figures(root, verbose=False)
     files = {p.name: p.read_bytes() for p in sorted((root / "figures").iterdir())}
     return root, results, files
@@ -212,13 +264,25 @@ def test_core_study_skips_figures_lacking_factors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root = write_study(tmp_path / "core", CORE, n_seeds=5, epochs=2, layers=1, curves=False)
-    _only(monkeypatch, "paired_differences", "effect_heatmap", "learning_curves", "gradient_mismatch",
-          "accuracy_vs_precision", "accuracy_vs_leakage")
+    _only(
+        monkeypatch,
+        "paired_differences",
+        "effect_heatmap",
+        "learning_curves",
+        "gradient_mismatch",
+        "accuracy_vs_precision",
+        "accuracy_vs_leakage",
+    )
     results = _by_name(make_figures(root))
     printed = capsys.readouterr().out
-    expected = [("effect_heatmap_weight", "normalization"), ("effect_heatmap_signal", "normalization"),
-                ("accuracy_vs_precision", "precision"), ("accuracy_vs_leakage", "leakage"),
-                ("learning_curves", "curves.csv.gz"), ("gradient_mismatch", "curves.csv.gz")]
+    expected = [
+        ("effect_heatmap_weight", "normalization"),
+        ("effect_heatmap_signal", "normalization"),
+        ("accuracy_vs_precision", "precision"),
+        ("accuracy_vs_leakage", "leakage"),
+        ("learning_curves", "curves.csv.gz"),
+        ("gradient_mismatch", "curves.csv.gz"),
+    ]
     for name, needle in expected:
         assert results[name].status == "skipped" and needle in results[name].reason, name
         assert f"skipped {name}: {results[name].reason}" in printed
@@ -233,8 +297,16 @@ def test_core_study_skips_figures_lacking_factors(
 def test_missing_stats_skip_with_reason_and_stale_files_go(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = write_study(tmp_path / "nostats", {"dataset": ["mnist"], "precision": [4, None]}, weights=("ste",),
-                       signals=("exact", "ste"), n_seeds=3, epochs=2, layers=1, stats=False)
+    root = write_study(
+        tmp_path / "nostats",
+        {"dataset": ["mnist"], "precision": [4, None]},
+        weights=("ste",),
+        signals=("exact", "ste"),
+        n_seeds=3,
+        epochs=2,
+        layers=1,
+        stats=False,
+    )
     _only(monkeypatch, "paired_differences", "effect_heatmap", "critical_difference", "learning_curves")
     (root / "figures").mkdir()
     (root / "figures" / "critical_difference.png").write_bytes(b"old")

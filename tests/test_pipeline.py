@@ -40,12 +40,19 @@ def test_smoke_end_to_end_in_a_copy(tmp_path: Path) -> None:
     repo = _copy_tracked(tmp_path / "repo")
     scratch = tmp_path / "smoke-out"
     env = {**_env(), "SMOKE_DIR": str(scratch), "WORKERS": "2"}
-    out = subprocess.run(["bash", "run_all.sh", "--smoke"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=900)
+    out = subprocess.run(
+        ["bash", "run_all.sh", "--smoke"], cwd=repo, env=env, capture_output=True, text=True, timeout=900
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study = scratch / "smoke"
-    for name in ("runs.csv", "curves.csv.gz", "report.md", "stats/comparisons.csv", "figures/index.md",
-                 "verify.json"):
+    for name in (
+        "runs.csv",
+        "curves.csv.gz",
+        "report.md",
+        "stats/comparisons.csv",
+        "figures/index.md",
+        "verify.json",
+    ):
         assert (study / name).exists(), name
     assert "36/36 done" in out.stdout + out.stderr
     assert "2/2 re-trained records identical" in out.stdout
@@ -62,13 +69,16 @@ def test_analyze_regenerates_committed_results_byte_identical(tmp_path: Path) ->
             shutil.rmtree(repo / "results" / s / sub, ignore_errors=True)
         (repo / "results" / s / "report.md").unlink(missing_ok=True)
     shutil.rmtree(repo / "paper" / "generated", ignore_errors=True)
-    out = subprocess.run(["bash", "run_all.sh", "--analyze"], cwd=repo, env=_env(), capture_output=True,
-                         text=True, timeout=600)
+    out = subprocess.run(
+        ["bash", "run_all.sh", "--analyze"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for s in present:
         for sub in ("stats", "figures"):
             _assert_same_tree(ROOT / "results" / s / sub, repo / "results" / s / sub)
-        assert filecmp.cmp(ROOT / "results" / s / "report.md", repo / "results" / s / "report.md", shallow=False)
+        assert filecmp.cmp(
+            ROOT / "results" / s / "report.md", repo / "results" / s / "report.md", shallow=False
+        )
     _assert_same_tree(ROOT / "paper" / "generated", repo / "paper" / "generated")
 
 
