@@ -60,7 +60,8 @@ def test_smoke_end_to_end_in_a_copy(tmp_path: Path) -> None:
 
 
 def test_analyze_regenerates_committed_results_byte_identical(tmp_path: Path) -> None:
-    present = [s for s in STUDIES if (ROOT / "results" / s / "runs.csv").exists()]
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True).stdout
+    present = [s for s in STUDIES if f"results/{s}/runs.csv" in tracked.split()]
     if not present:
         pytest.skip("no committed results yet")
     repo = _copy_tracked(tmp_path / "repo")
