@@ -45,8 +45,9 @@ analyze() {  # regenerate everything downstream of the tidy tables, for each stu
 }
 
 paper() {
-  say "paper inputs -> paper/generated/"
+  say "paper inputs -> paper/generated/, README answer block"
   python -m study paper "${STUDIES[@]/#/results/}"
+  python -m study readme "${STUDIES[@]/#/results/}"
   if [ -n "${NORMGRAD_NO_PDF:-}" ]; then
     return
   fi

@@ -213,6 +213,13 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_readme(args: argparse.Namespace) -> int:
+    from study.publish import readme_answer
+
+    readme_answer(args.dirs)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -233,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, helptext in (
         ("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
         ("summary", "print the headline answer of each study"),
+        ("readme", "rewrite the README's generated answer block from the studies' statistics"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dirs", type=Path, nargs="+", help="study folders")
@@ -247,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "report": _cmd_report,
         "paper": _cmd_paper,
         "summary": _cmd_summary,
+        "readme": _cmd_readme,
     }[args.command]
     from study.runner import HypothesesChanged
 

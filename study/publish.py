@@ -88,3 +88,65 @@ def summary(study_dirs: list[str | Path]) -> str:
     text = "\n".join(lines)
     print(text)
     return text
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+BEGIN, END = "<!-- ANSWER:BEGIN (written by `python -m study readme`) -->", "<!-- ANSWER:END -->"
+
+
+def _site_line(comp: pd.DataFrame, study: str, site: str) -> str:
+    rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
+    other = "signal_policy" if site == "weight" else "weight_policy"
+    informative = rows[rows[other].astype(str) != "zero"] if other in rows else rows
+    if informative.empty:
+        return f"- **{study}, {site} site:** no primary comparison."
+    counts = informative["verdict"].value_counts()
+    big = informative.loc[informative["mean_diff"].abs().idxmax()]
+    label = rows["comparison"].iloc[0]
+    cols = list(informative.columns)
+    keys = cols[cols.index("policy_b") + 1 : cols.index("metric")]  # condition columns, both policies
+    cond = ", ".join(f"{c}={big[c]}" for c in keys if str(big[c]) not in ("", "nan")) or "all"
+    return (
+        f"- **{study}, {site} site** (`{label}`, {len(informative)} condition(s), n = "
+        f"{int(informative['n_pairs'].min())}–{int(informative['n_pairs'].max())} paired seeds): "
+        f"{counts.get('different', 0)} different, {counts.get('equivalent', 0)} equivalent, "
+        f"{counts.get('inconclusive', 0)} inconclusive; largest effect {big['mean_diff']:+.2f} pp "
+        f"[95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] ({cond})."
+    )
+
+
+def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
+    """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
+    lines = [BEGIN, ""]
+    figure, margin = None, None
+    for sdir in map(Path, study_dirs):
+        comp_path = sdir / "stats" / "comparisons.csv"
+        if not comp_path.exists():
+            continue
+        comp = pd.read_csv(comp_path, keep_default_na=False, na_values=[""])
+        for site in ("weight", "signal"):
+            lines.append(_site_line(comp, sdir.name, site))
+        margin = margin if margin is not None or comp.empty else comp["margin"].iloc[0]
+        png = (sdir / "figures" / "paired_differences_signal.png").resolve()
+        if figure is None and png.exists() and png.is_relative_to(readme.resolve().parent):
+            figure = png
+    lines += [
+        "",
+        "Rows whose other site is `zero` are left out above: under `zero` no gradient reaches any "
+        "parameter, so those rows compare identical untrained networks. Verdicts: paired test with "
+        f"Holm correction (different), else TOST within ±{margin:g} pp (equivalent), else inconclusive; full "
+        "tables in each study's `report.md`.",
+    ]
+    if figure is not None:
+        rel = figure.relative_to(readme.resolve().parent)
+        lines += ["", f"![Per-seed paired differences at the signal site]({rel.as_posix()})"]
+    lines += ["", END]
+    block = "\n".join(lines)
+    text = readme.read_text()
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.replace("<!-- ANSWER -->", block)
+    readme.write_text(text)
+    print(f"README answer block -> {readme}")
+    return block
