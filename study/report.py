@@ -681,7 +681,9 @@ def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd
             if first is None
             else (f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
         )
+        identical = int(((rows["mean_diff"] == 0) & (rows["sd_diff"] == 0)).sum()) if len(rows) else 0
         out += [
+            _macro(prefix, f"{s}Identical", identical),
             _macro(prefix, f"{s}Answer", answer),
             _macro(prefix, f"{s}Better", better),
             _macro(prefix, f"{s}InformativeConditions", len(rows)),
@@ -712,7 +714,7 @@ def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd
 def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[str]:
     """Final-epoch gradient cosine and saturation, from curves.csv.gz (mean over layers and seeds)."""
     path = Path(study_dir) / "curves.csv.gz"
-    names = ["WeightCosine", "SignalCosine", "SatWeight", "SatSignalOut"]
+    names = ["WeightCosine", "SignalCosine", "SatWeight", "SatSignalOut", "SatSignalOutSte"]
     if not path.exists() or "weight_policy" not in runs:
         return [_macro(prefix, n, "--") for n in names]
     curves = pd.read_csv(path)
@@ -731,6 +733,7 @@ def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[s
         _macro(prefix, "SignalCosine", mean("grad_cosine", "exact", "ste")),
         _macro(prefix, "SatWeight", mean("sat_weight", "ste", "exact")),
         _macro(prefix, "SatSignalOut", mean("sat_signal_out", "ste", "exact")),
+        _macro(prefix, "SatSignalOutSte", mean("sat_signal_out", "ste", "ste")),
     ]
 
 
