@@ -44,10 +44,10 @@ analyze() {  # regenerate everything downstream of the tidy tables, for each stu
   done
 }
 
-paper() {
+paper() {  # study folders
   say "paper inputs -> paper/generated/, README answer block"
-  python -m study paper "${STUDIES[@]/#/results/}"
-  python -m study readme "${STUDIES[@]/#/results/}"
+  python -m study paper "$@"
+  python -m study readme "$@"
   if [ -n "${NORMGRAD_NO_PDF:-}" ]; then
     return
   fi
@@ -79,9 +79,14 @@ case "${1:-}" in
     ;;
   --analyze)
     setup
-    analyze "${STUDIES[@]/#/results/}"
-    paper
-    python -m study summary "${STUDIES[@]/#/results/}"
+    present=()
+    for s in "${STUDIES[@]}"; do
+      if [ -f "results/$s/runs.csv" ]; then present+=("results/$s"); else echo "results/$s/runs.csv missing: skipped"; fi
+    done
+    [ ${#present[@]} -gt 0 ] || { echo "no committed results to analyse; run ./run_all.sh first" >&2; exit 1; }
+    analyze "${present[@]}"
+    paper "${present[@]}"
+    python -m study summary "${present[@]}"
     ;;
   "")
     setup
@@ -92,7 +97,7 @@ case "${1:-}" in
       python -m study verify "results/$s" --sample "$VERIFY_SAMPLE"
     done
     analyze "${STUDIES[@]/#/results/}"
-    paper
+    paper "${STUDIES[@]/#/results/}"
     python -m study summary "${STUDIES[@]/#/results/}"
     ;;
   -h|--help)
