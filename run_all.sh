@@ -48,6 +48,10 @@ paper() {  # study folders
   say "paper inputs -> paper/generated/, README answer block"
   python -m study paper "$@"
   python -m study readme "$@"
+  build_pdf
+}
+
+build_pdf() {
   if [ -n "${NORMGRAD_NO_PDF:-}" ]; then
     return
   fi
@@ -84,9 +88,8 @@ case "${1:-}" in
       if [ -f "results/$s/runs.csv" ]; then present+=("results/$s"); else echo "results/$s/runs.csv missing: skipped"; fi
     done
     [ ${#present[@]} -gt 0 ] || { echo "no committed results to analyse; run ./run_all.sh first" >&2; exit 1; }
-    analyze "${present[@]}"
-    paper "${present[@]}"
-    python -m study summary "${present[@]}"
+    python -m study analyze "${present[@]}"  # one process: stats, figures, reports, paper inputs, README
+    build_pdf
     ;;
   "")
     setup

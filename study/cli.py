@@ -213,6 +213,22 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from study.figures import make_figures
+    from study.publish import build_paper_inputs, readme_answer, summary, write_report
+    from study.stats import compute_stats
+
+    for sdir in args.dirs:
+        print(f"==> statistics, figures and report: {sdir}")
+        print(f"statistics -> {compute_stats(sdir)}")
+        make_figures(sdir)
+        write_report(sdir)
+    build_paper_inputs(args.dirs)
+    readme_answer(args.dirs)
+    summary(args.dirs)
+    return 0
+
+
 def _cmd_readme(args: argparse.Namespace) -> int:
     from study.publish import readme_answer
 
@@ -241,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         ("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
         ("summary", "print the headline answer of each study"),
         ("readme", "rewrite the README's generated answer block from the studies' statistics"),
+        ("analyze", "stats, figures, report for each study, then paper inputs, README block, summary"),
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dirs", type=Path, nargs="+", help="study folders")
@@ -256,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "paper": _cmd_paper,
         "summary": _cmd_summary,
         "readme": _cmd_readme,
+        "analyze": _cmd_analyze,
     }[args.command]
     from study.runner import HypothesesChanged
 
