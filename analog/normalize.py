@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from analog.policies import get_policy
+from analog.policies import field_label, get_policy
 
 _NORM_FLOOR = 1e-4  # AnalogVNN clamps Lp norms below at 1e-4
 
@@ -106,7 +106,8 @@ def check_normalization(kind: str, field: str = "normalization") -> str:
     """Validate a normalization name for the field `field` (used in error messages)."""
     if kind not in _FORWARD:
         raise ValueError(
-            f"{field}: unknown normalization {kind!r}; allowed: {', '.join(available_normalizations())}"
+            field_label(field)
+            + f"unknown normalization {kind!r}; allowed: {', '.join(available_normalizations())}"
         )
     return kind
 

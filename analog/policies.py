@@ -23,6 +23,11 @@ Policy = Callable[[ForwardFn, Tensor], Tensor]
 _POLICIES: dict[str, Policy] = {}
 
 
+def field_label(field: str) -> str:
+    """ "FIELD: " for error messages, or nothing when the caller adds the field itself."""
+    return f"{field}: " if field else ""
+
+
 def register_policy(name: str) -> Callable[[Policy], Policy]:
     """Decorator registering ``fn(forward_fn, x) -> y`` as the gradient policy called `name`."""
     if not isinstance(name, str) or not name:
@@ -54,7 +59,8 @@ def check_policy(name: str, field: str = "policy") -> str:
     """Validate a policy name for the field `field` (used in error messages)."""
     if name not in _POLICIES:
         raise ValueError(
-            f"{field}: unknown gradient policy {name!r}; allowed: {', '.join(available_policies())}"
+            field_label(field)
+            + f"unknown gradient policy {name!r}; allowed: {', '.join(available_policies())}"
         )
     return name
 

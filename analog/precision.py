@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from analog.policies import straight_through
+from analog.policies import field_label, straight_through
 
 PRECISION_CLASSES: tuple[str, ...] = ("reduce", "stochastic")
 
@@ -19,7 +19,8 @@ def check_precision(precision: float, field: str = "precision") -> int:
         or precision != int(precision)
     ):
         raise ValueError(
-            f"{field}: must be an integer number of levels >= 1 (e.g. 16 = 2**4), got {precision!r}"
+            field_label(field)
+            + f"must be an integer number of levels >= 1 (e.g. 16 = 2**4), got {precision!r}"
         )
     return int(precision)
 

@@ -6,7 +6,15 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from analog.layers import AnalogConfig
 from analog.models import ACTIVATIONS
@@ -16,6 +24,14 @@ from analog.policies import check_policy
 from analog.precision import PRECISION_CLASSES, check_precision
 
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "mnist", "fashion_mnist")
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dataset": DATASETS,
+    "activation": ACTIVATIONS,
+    "precision_class": PRECISION_CLASSES,
+    "noise": NOISE_CLASSES,
+}
 
 
 class ConfigError(ValueError):
@@ -64,48 +80,28 @@ class TrialConfig(BaseModel):
     diagnostics: bool = True
     probe_size: int = Field(256, ge=1)
 
-    @field_validator("dataset")
+    @field_validator("dataset", "activation", "precision_class", "noise")
     @classmethod
-    def _dataset(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; allowed: {', '.join(DATASETS)}")
-        return v
-
-    @field_validator("activation")
-    @classmethod
-    def _activation(cls, v: str) -> str:
-        if v not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {v!r}; allowed: {', '.join(ACTIVATIONS)}")
+    def _choice(cls, v: str, info: ValidationInfo) -> str:
+        allowed = CHOICES[info.field_name]
+        if v not in allowed:
+            raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v
 
     @field_validator("weight_norm", "signal_norm")
     @classmethod
     def _norm(cls, v: str) -> str:
-        return check_normalization(v, "value")
+        return check_normalization(v, "")
 
     @field_validator("weight_policy", "signal_policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        return check_policy(v, "value")
-
-    @field_validator("precision_class")
-    @classmethod
-    def _precision_class(cls, v: str) -> str:
-        if v not in PRECISION_CLASSES:
-            raise ValueError(f"unknown precision class {v!r}; allowed: {', '.join(PRECISION_CLASSES)}")
-        return v
+        return check_policy(v, "")
 
     @field_validator("precision", "noise_precision")
     @classmethod
     def _precision(cls, v: int | None) -> int | None:
-        return None if v is None else check_precision(v, "value")
-
-    @field_validator("noise")
-    @classmethod
-    def _noise(cls, v: str) -> str:
-        if v not in NOISE_CLASSES:
-            raise ValueError(f"unknown noise {v!r}; allowed: {', '.join(NOISE_CLASSES)}")
-        return v
+        return None if v is None else check_precision(v, "")
 
     @field_validator("hidden")
     @classmethod

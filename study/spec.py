@@ -45,9 +45,9 @@ class StudySpec(BaseModel):
     @classmethod
     def _seeds(cls, v: int | list[int]) -> int | list[int]:
         if isinstance(v, int) and v < 1:
-            raise ValueError("seeds: a count >= 1 or a list of integers")
+            raise ValueError("a count >= 1 or a list of integers")
         if isinstance(v, list) and (not v or len(set(v)) != len(v)):
-            raise ValueError("seeds: the list must be non-empty and without repeats")
+            raise ValueError("the list must be non-empty and without repeats")
         return v
 
     @property
