@@ -11,21 +11,11 @@ from typing import Any
 
 import yaml
 
+from study.collect import METRICS
 from study.runner import RECORD, trial_dir, write_json_atomic
 from study.spec import expand, parse_spec
 
-COMPARED = (
-    "test_acc",
-    "test_loss",
-    "val_acc",
-    "val_loss",
-    "train_acc",
-    "train_loss",
-    "best_val_acc",
-    "test_acc_at_best_val",
-    "epochs_run",
-    "diverged",
-)
+COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv reports
 
 
 def retrain(record: dict[str, Any]) -> dict[str, Any]:
