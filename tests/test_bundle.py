@@ -236,18 +236,30 @@ def test_bundle_noise_has_the_sequential_distribution_and_is_independent_per_mem
     assert abs(float(corr)) < 0.05
 
 
-# A noisy 3-epoch digits run: paired by seed (same initial weights and batch order), the two paths differ
-# only in their noise draws. The project's equivalence margin is 0.5 pp (hypotheses.margin).
-NOISY = {**TINY, "hidden": [32, 16], "epochs": 3, "batch_size": 64, "lr": 0.01}
-NOISY_SEEDS = list(range(20))
+# Noise on in training and evaluation, paired by seed (same initial weights and batch order): the two
+# paths differ only in their noise draws. The project's equivalence margin is 0.5 pp (hypotheses.margin).
+# The setting is chosen for power, measured while writing this test (32 seeds, bundles of 8, one run
+# each): at the core noise strength (leakage 0.5 at 16 levels, std 0.046) two noise realisations of one
+# seed disagree by a paired SD of 1.1-1.3 pp on mnist5k's 1,000 test images, and 2-4% of runs of *either*
+# path (4/144 sequential, 5/144 bundled) lose an output class for good (exact clamp on the output signal,
+# ~81% accuracy) - TOST at 0.5 pp would need ~100 seeds. With the noise at 64 levels (std 0.0116, still
+# ~28% of the mean |weight| of the first layer at initialisation) and 256-level precision the paired SD is 0.58 pp (mean
+# difference -0.003 pp): 32 seeds give a 90% CI of about +-0.17 pp.
+NOISY = {
+    "dataset": "mnist5k",
+    "hidden": [64],
+    "epochs": 5,
+    "batch_size": 128,
+    "lr": 0.002,
+    "precision": 256,
+    "noise": "gaussian",
+    "leakage": 0.5,
+    "noise_precision": 64,
+    "noise_at_eval": True,
+    "diagnostics": False,
+}
+NOISY_SEEDS = list(range(32))
 PROJECT_MARGIN = 0.5
-# Measured while writing this test (this config, bundles of 8): 20 seeds -> mean difference
-# (bundle - sequential) 0.96 pp, SD of the paired differences 4.99 pp, TOST(0.5 pp) p = 0.66; 40 seeds ->
-# 0.87 pp, SD 4.35 pp, TOST p = 0.70, paired t p = 0.21. One noise realisation against another moves a
-# 3-epoch digits run by several points (360 test images, 0.28 pp each), so TOST at 0.5 pp would need ~250
-# seeds. The asserted equivalence margin is therefore wider and explicit; the 0.5 pp TOST runs too (xfail,
-# not silently loosened).
-WIDE_MARGIN = 5.0
 
 
 @pytest.fixture(scope="module")
@@ -272,21 +284,12 @@ def _report(a: np.ndarray, b: np.ndarray, margin: float) -> str:
 
 @pytest.mark.slow
 def test_noisy_bundle_accuracy_equivalent_to_sequential(noisy_pairs, record_property):
+    """Bundled and sequential final test accuracies are equivalent by the project's TOST at 0.5 pp."""
     bundled, sequential = noisy_pairs
-    print(_report(bundled, sequential, PROJECT_MARGIN))
-    print(_report(bundled, sequential, WIDE_MARGIN))
-    record_property("tost_project_margin", _report(bundled, sequential, PROJECT_MARGIN))
-    assert bundled.mean() > 60 and sequential.mean() > 60  # both paths train
-    assert sst.ttest_rel(bundled, sequential).pvalue > 0.01, _report(bundled, sequential, WIDE_MARGIN)
-    p, _, _ = tost(bundled, sequential, WIDE_MARGIN, 0.05)
-    assert p < 0.05, _report(bundled, sequential, WIDE_MARGIN)
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(
-    reason="underpowered: paired SD ~5 pp on digits at 3 epochs; 0.5 pp needs ~250 seeds", strict=False
-)
-def test_noisy_bundle_equivalent_at_project_margin(noisy_pairs):
-    bundled, sequential = noisy_pairs
+    report = _report(bundled, sequential, PROJECT_MARGIN)
+    print(report)
+    record_property("tost_project_margin", report)
+    assert bundled.mean() > 80 and sequential.mean() > 80, report  # both paths train
+    assert bundled.std() > 0 and not np.array_equal(bundled, sequential), report  # the noise is on
     p, _, _ = tost(bundled, sequential, PROJECT_MARGIN, 0.05)
-    assert p < 0.05, _report(bundled, sequential, PROJECT_MARGIN)
+    assert p < 0.05, report
