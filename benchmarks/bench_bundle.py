@@ -2,10 +2,16 @@
 
 Each K runs in its own subprocess (1 torch thread) so its peak RSS is its own:
 
-    python benchmarks/bench_bundle.py [--epochs 2] [--ks 1,4,8,16,32]
+    python benchmarks/bench_bundle.py [--epochs 2] [--ks 1,4,8,16,32] [--setting core|small]
 
 K = 1 is the sequential path (`run_trial`); K > 1 trains K seeds as one vectorised model
-(`run_bundle`). Prints a table with trials/min, the speed-up over K = 1 and peak RSS.
+(`run_bundle`). Prints a table with trials/min, the speed-up over K = 1 and peak RSS, then a
+least-squares line through the bundles' times, seconds = fixed + marginal * K: `marginal` is what one
+more member costs inside a bundle, so (K = 1 seconds) / marginal is the speed-up no bundle size can
+exceed (Amdahl's law for the part of a trial that bundling shares).
+
+`core` is the core study's setting; `small` is the same analog network shrunk to the size where a
+step is dominated by per-operation overhead (8x8 digits, 64-32-10), for comparison.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -30,9 +37,17 @@ CORE = {
     "signal_policy": "exact",
     "diagnostics": True,
 }
+SETTINGS = {
+    "core": CORE,
+    "small": {**CORE, "dataset": "digits", "hidden": [64, 32], "batch_size": 64},
+}
+DESCRIPTION = {
+    "core": "mnist5k, 784-256-128-10",
+    "small": "digits, 64-64-32-10",
+}
 
 
-def one(k: int, epochs: int) -> dict:
+def one(k: int, epochs: int, setting: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -40,8 +55,9 @@ def one(k: int, epochs: int) -> dict:
     from study.data import load_split
     from study.trial import run_trial
 
-    load_split("mnist5k")  # data loading is not what is measured
-    configs = [{**CORE, "epochs": epochs, "seed": s} for s in range(k)]
+    base = SETTINGS[setting]
+    load_split(base["dataset"])  # data loading is not what is measured
+    configs = [{**base, "epochs": epochs, "seed": s} for s in range(k)]
     start = time.perf_counter()
     if k == 1:
         run_trial(configs[0])
@@ -58,15 +74,25 @@ def main() -> None:
     )
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--ks", default="1,4,8,16,32")
+    parser.add_argument("--setting", choices=sorted(SETTINGS), default="core")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(one(args.one, args.epochs)))
+        print(json.dumps(one(args.one, args.epochs, args.setting)))
         return
     rows = []
     for k in map(int, args.ks.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--one", str(k), "--epochs", str(args.epochs)],
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                str(k),
+                "--epochs",
+                str(args.epochs),
+                "--setting",
+                args.setting,
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -75,7 +101,7 @@ def main() -> None:
         print(f"  K={k} done", file=sys.stderr)
     base = next(r for r in rows if r["k"] == 1)["trials_per_min"] if any(r["k"] == 1 for r in rows) else None
     print(
-        f"core setting (mnist5k, 784-256-128-10, clamp, 2**4 levels, Gaussian leakage 0.5), "
+        f"{args.setting} setting ({DESCRIPTION[args.setting]}, clamp, 2**4 levels, Gaussian leakage 0.5), "
         f"{args.epochs} epochs per trial, 1 torch thread"
     )
     print(f"{'K':>4} {'seconds':>9} {'trials/min':>11} {'vs K=1':>7} {'peak RSS MiB':>13}")
@@ -84,6 +110,16 @@ def main() -> None:
         print(
             f"{r['k']:>4} {r['seconds']:>9.1f} {r['trials_per_min']:>11.2f} {ratio:>7} "
             f"{r['peak_rss_mb']:>13.0f}"
+        )
+    bundles = [r for r in rows if r["k"] > 1]
+    if base and len(bundles) >= 2:
+        ks = [r["k"] for r in bundles]
+        secs = [r["seconds"] for r in bundles]
+        marginal, fixed = statistics.linear_regression(ks, secs)
+        k1 = next(r for r in rows if r["k"] == 1)["seconds"]
+        print(
+            f"bundle seconds ~ {fixed:.2f} + {marginal:.3f} * K; one trial alone {k1:.2f} s; "
+            f"ceiling on the speed-up (K -> inf): {k1 / marginal:.2f}x"
         )
 
 

@@ -10,6 +10,7 @@ part of what a user waits for); each run starts from an empty output folder.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -24,13 +25,15 @@ GRID = {
 }
 
 
-def timed(spec, executor: str, workers: int, bundle: int) -> float:
+def timed(spec, executor: str, workers: int, bundle: int) -> tuple[float, float]:
+    """Wall seconds of the whole sweep, and the mean wall time of one trial inside its worker."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         counts = run_study(spec, Path(out), workers=workers, executor=executor, bundle=bundle, quiet=True)
         seconds = time.perf_counter() - start
         assert counts["failed"] == 0 and counts["todo"] == 0, counts
-    return seconds
+        walls = [json.loads(p.read_text())["wall_time_s"] for p in Path(out).glob("*/trials/*/record.json")]
+    return seconds, sum(walls) / len(walls)
 
 
 def main() -> None:
@@ -45,9 +48,10 @@ def main() -> None:
     runs = [("local", 1), ("local", 2), ("dask", 2)]
     results = {r: timed(spec, *r, args.bundle) for r in runs}
     print(f"grid: {n} trials (digits, 64-128-64-10, 8 epochs), bundle {args.bundle}")
-    print(f"{'executor':>9} {'workers':>8} {'seconds':>8} {'trials/min':>11}")
-    for (ex, w), s in results.items():
-        print(f"{ex:>9} {w:>8} {s:>8.1f} {60 * n / s:>11.1f}")
+    print(f"{'executor':>9} {'workers':>8} {'seconds':>8} {'trials/min':>11} {'s/trial in worker':>18}")
+    for (ex, w), (s, per_trial) in results.items():
+        print(f"{ex:>9} {w:>8} {s:>8.1f} {60 * n / s:>11.1f} {per_trial:>18.3f}")
+    results = {k: v[0] for k, v in results.items()}
     speedup = results[("local", 1)] / results[("local", 2)]
     print(f"2 workers vs 1: {speedup:.2f}x (parallel efficiency {speedup / 2:.0%}; target >= 1.7x)")
     print(

@@ -323,6 +323,20 @@ def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tu
             yield fut.result()
 
 
+# Dask's worker background services (a stack-sampling profiler every 10 ms, a 20 ms event-loop tick,
+# system and memory monitors) compete for the GIL and the cores with Python-heavy training steps: on
+# 2 cores they made each trial ~19% slower than in a plain process (benchmarks/README.md, bench_sweep).
+# These settings keep the services but at intervals that cost nothing measurable; they apply to the
+# LocalCluster the runner starts (its nannies pass them to the worker processes). Workers started
+# elsewhere read their own Dask configuration: see the README for the same values as DASK_* variables.
+LEAN_WORKER_CONFIG: dict[str, Any] = {
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "5s",
+    "distributed.worker.memory.monitor-interval": "1s",
+}
+
+
 def _dask_map(
     fn: Callable[..., Any],
     units: list[Unit],
@@ -331,26 +345,32 @@ def _dask_map(
     scheduler: str | None,
     security: Any = None,
 ) -> Iterable[Any]:
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cluster = None
-    if scheduler:
-        client = Client(scheduler, security=security)
-    else:
-        cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
-        )
-        client = Client(cluster)
-    try:
-        futures = client.map(
-            fn, [args[0]] * len(units), units, *[[a] * len(units) for a in args[1:]], pure=False
-        )
-        for fut in as_completed(futures):
-            yield fut.result()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+    with dask.config.set(LEAN_WORKER_CONFIG):
+        cluster = None
+        if scheduler:
+            client = Client(scheduler, security=security)
+        else:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
+            client = Client(cluster)
+        try:
+            futures = client.map(
+                fn, [args[0]] * len(units), units, *[[a] * len(units) for a in args[1:]], pure=False
+            )
+            for fut in as_completed(futures):
+                yield fut.result()
+        finally:
+            client.close()
+            if cluster is not None:
+                cluster.close()
 
 
 def run_study(

@@ -243,8 +243,8 @@ def test_bundle_noise_has_the_sequential_distribution_and_is_independent_per_mem
 # seed disagree by a paired SD of 1.1-1.3 pp on mnist5k's 1,000 test images, and 2-4% of runs of *either*
 # path (4/144 sequential, 5/144 bundled) lose an output class for good (exact clamp on the output signal,
 # ~81% accuracy) - TOST at 0.5 pp would need ~100 seeds. With the noise at 64 levels (std 0.0116, still
-# ~28% of the mean |weight| of the first layer at initialisation) and 256-level precision the paired SD is 0.58 pp (mean
-# difference -0.003 pp): 32 seeds give a 90% CI of about +-0.17 pp.
+# ~28% of the first layer's mean |weight| at initialisation) and 256-level precision, the paired SD is
+# 0.58 pp (mean difference -0.003 pp): 32 seeds give a 90% CI of about +-0.17 pp.
 NOISY = {
     "dataset": "mnist5k",
     "hidden": [64],

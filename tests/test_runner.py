@@ -304,6 +304,21 @@ def test_dask_local_cluster_gives_the_local_records(tmp_path):
 # ------------------------------------------------------------------------------------ failing trials
 
 
+@pytest.mark.slow
+def test_dask_local_cluster_workers_run_with_the_lean_config():
+    """The worker processes of the runner's LocalCluster get LEAN_WORKER_CONFIG (profiler off, slow ticks),
+    and the caller's Dask configuration is restored afterwards."""
+    import dask
+
+    keys = list(R.LEAN_WORKER_CONFIG)
+    before = {k: dask.config.get(k) for k in keys}
+    probe = lambda sdir, unit, *rest: {k: __import__("dask").config.get(k) for k in keys}  # noqa: E731
+    seen = list(R._dask_map(probe, ["u1", "u2"], 1, ("sdir",), None))
+    assert seen == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
+    assert {k: dask.config.get(k) for k in keys} == before
+    assert before["distributed.worker.profile.enabled"] is True  # the library default was overridden
+
+
 def test_failing_trials_are_reported_and_retried(tmp_path, monkeypatch, capsys):
     spec_path = write_spec(
         tmp_path / "fail.yaml",
