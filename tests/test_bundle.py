@@ -266,7 +266,7 @@ PROJECT_MARGIN = 0.5
 def noisy_pairs() -> tuple[np.ndarray, np.ndarray]:
     configs = _configs(NOISY, NOISY_SEEDS)
     bundled = []
-    for i in range(0, len(configs), 8):  # bundles of 8, as the runner's default
+    for i in range(0, len(configs), 8):  # bundles of 8, as the canonical studies ran
         bundled += [r["test_acc"] for r in run_bundle(configs[i : i + 8])]
     sequential = [run_trial(c)["test_acc"] for c in configs]
     return np.array(bundled), np.array(sequential)
