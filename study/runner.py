@@ -26,7 +26,7 @@ from study.spec import StudySpec, Trial, expand, spec_to_yaml
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
 STALE_AFTER_S = 120.0
 HEARTBEAT_S = 10.0
-DEFAULT_BUNDLE = 16
+DEFAULT_BUNDLE = 32
 
 
 class HypothesesChanged(RuntimeError):
