@@ -326,9 +326,10 @@ def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tu
 # Dask's worker background services (a stack-sampling profiler every 10 ms, a 20 ms event-loop tick,
 # system and memory monitors) compete for the GIL and the cores with Python-heavy training steps: on
 # 2 cores they made each trial ~19% slower than in a plain process (benchmarks/README.md, bench_sweep).
-# These settings keep the services but at intervals that cost nothing measurable; they apply to the
-# LocalCluster the runner starts (its nannies pass them to the worker processes). Workers started
-# elsewhere read their own Dask configuration: see the README for the same values as DASK_* variables.
+# These settings turn the profiler off (the dashboard, off here anyway, loses its profile) and slow
+# the others to intervals that cost nothing measurable. They apply to the LocalCluster the runner
+# starts (its nannies pass them to the worker processes); workers started elsewhere read their own
+# Dask configuration: see the README for the same values as DASK_* variables.
 LEAN_WORKER_CONFIG: dict[str, Any] = {
     "distributed.worker.profile.enabled": False,
     "distributed.admin.tick.interval": "1s",

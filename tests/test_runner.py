@@ -301,9 +301,6 @@ def test_dask_local_cluster_gives_the_local_records(tmp_path):
     assert summary["executor"] == "dask" and summary["done"] == 4
 
 
-# ------------------------------------------------------------------------------------ failing trials
-
-
 @pytest.mark.slow
 def test_dask_local_cluster_workers_run_with_the_lean_config():
     """The worker processes of the runner's LocalCluster get LEAN_WORKER_CONFIG (profiler off, slow ticks),
@@ -317,6 +314,9 @@ def test_dask_local_cluster_workers_run_with_the_lean_config():
     assert seen == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
     assert {k: dask.config.get(k) for k in keys} == before
     assert before["distributed.worker.profile.enabled"] is True  # the library default was overridden
+
+
+# ------------------------------------------------------------------------------------ failing trials
 
 
 def test_failing_trials_are_reported_and_retried(tmp_path, monkeypatch, capsys):
