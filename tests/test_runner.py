@@ -306,6 +306,7 @@ def test_dask_local_cluster_workers_run_with_the_lean_config():
     """The worker processes of the runner's LocalCluster get LEAN_WORKER_CONFIG (profiler off, slow ticks),
     and the caller's Dask configuration is restored afterwards."""
     import dask
+    import distributed  # noqa: F401 - registers the distributed.* configuration defaults
 
     keys = list(R.LEAN_WORKER_CONFIG)
     before = {k: dask.config.get(k) for k in keys}
