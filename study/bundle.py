@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from analog import build_classifier, gradient_mismatch, set_noise
+from analog import gradient_mismatch, set_noise
 from study.config import TrialConfig
 from study.data import load_split, train_batches
+from study.module import build_network
 from study.trial import make_trainer, quiet_lightning, summarize
 
 STAGES = ("train", "val", "test")
@@ -45,15 +46,7 @@ def check_bundle(configs: list[TrialConfig]) -> None:
 def member_model(config: TrialConfig, n_features: int, n_classes: int) -> nn.Module:
     """The network the sequential path builds for `config` (seeded exactly as run_trial seeds it)."""
     L.seed_everything(config.seed, workers=True, verbose=False)
-    return build_classifier(
-        n_features,
-        n_classes,
-        config.hidden,
-        config.activation,
-        None if config.digital else config.analog_config(),
-        config.digital,
-        config.final_activation,
-    )
+    return build_network(config, n_features, n_classes)
 
 
 class _BundleBatches:

@@ -17,6 +17,20 @@ from study.config import TrialConfig
 STAGES = ("train", "val", "test")
 
 
+def build_network(config: TrialConfig, n_features: int, n_classes: int) -> torch.nn.Module:
+    """The analog (or digital) classifier `config` describes; the one place a trial's network is built,
+    so the sequential and the bundled paths draw the same initial weights from the same seed."""
+    return build_classifier(
+        n_features,
+        n_classes,
+        config.hidden,
+        config.activation,
+        None if config.digital else config.analog_config(),
+        config.digital,
+        config.final_activation,
+    )
+
+
 class AnalogClassifier(L.LightningModule):
     """Cross-entropy classifier over an `analog` network; Adam; accuracy per split with torchmetrics.
 
@@ -30,15 +44,7 @@ class AnalogClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.config = config
-        self.net = build_classifier(
-            n_features,
-            n_classes,
-            config.hidden,
-            config.activation,
-            None if config.digital else config.analog_config(),
-            config.digital,
-            config.final_activation,
-        )
+        self.net = build_network(config, n_features, n_classes)
         self.acc = torch.nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(n_classes, average="micro") for s in STAGES}
         )
