@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ import yaml
 
 from study.runner import FAILED, RECORD, trial_dir
 from study.spec import expand, parse_spec
+from study.tables import write_table
 
 METRICS = (
     "test_acc",
@@ -99,14 +98,11 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
             curves += _curves(trial.run_id, rec)
     runs = pd.DataFrame(rows)
     runs_path = sdir / "runs.csv"
-    runs.to_csv(runs_path, index=False, float_format="%.6g")
+    write_table(runs, runs_path, raw=True)
     cdf = pd.DataFrame(curves, columns=["run_id", "epoch", "metric", "layer", "value"])
     cdf["layer"] = cdf["layer"].astype("Int64")
     curves_path = sdir / "curves.csv.gz"
-    buf = io.StringIO()
-    cdf.to_csv(buf, index=False, float_format="%.6g")
-    with open(curves_path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        gz.write(buf.getvalue().encode())
+    write_table(cdf, curves_path, raw=True)
     n_failed = int(runs["failed"].sum())
     n_missing = int((runs["status"] == "missing").sum())
     print(

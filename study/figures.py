@@ -26,7 +26,14 @@ from matplotlib.lines import Line2D
 
 from study import style as st
 from study.hypotheses import SITES, Hypotheses
-from study.tables import POLICY_COLUMNS, SITE_COLUMN, condition_columns, load_runs, load_spec_dict
+from study.tables import (
+    POLICY_COLUMNS,
+    SITE_COLUMN,
+    condition_columns,
+    load_runs,
+    load_spec_dict,
+    write_text_atomic,
+)
 
 OTHER_SITE = {"weight": "signal", "signal": "weight"}
 ROLE_ORDER = {"primary": 0, "positive_control": 1, "secondary": 2}
@@ -1258,7 +1265,7 @@ def make_figures(study_dir: Path, verbose: bool = True) -> list[FigureResult]:
                 if verbose:
                     print(line, flush=True)
     _remove_stale(out_dir, results)
-    (out_dir / "index.md").write_text(render_index(ctx.name, results))
+    write_text_atomic(out_dir / "index.md", render_index(ctx.name, results))
     return results
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.tables import write_text_atomic
+
 PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
 
 
@@ -28,7 +30,7 @@ def write_report(sdir: str | Path) -> Path:
         body = re.sub(r"^# ", "## ", body, flags=re.M)
         text += "\n" + body.rstrip() + "\n"
     out = sdir / "report.md"
-    out.write_text(text)
+    write_text_atomic(out, text)
     print(f"report -> {out}")
     return out
 
@@ -51,8 +53,8 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
         for f in sorted((sdir / "figures").glob("*.pdf")):
             shutil.copyfile(f, dest / "figures" / f.name)
         inputs.append(f"\\input{{generated/{name}/macros.tex}}")
-    (out / "macros.tex").write_text(
-        "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
+    write_text_atomic(
+        out / "macros.tex", "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
     )
     print(f"paper inputs -> {out}")
     return out
@@ -147,6 +149,6 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.replace("<!-- ANSWER -->", block)
-    readme.write_text(text)
+    write_text_atomic(readme, text)
     print(f"README answer block -> {readme}")
     return block

@@ -27,7 +27,7 @@ from study.stats import (
     skipped_conditions,
     trial_table,
 )
-from study.tables import SITE_COLUMN, condition_columns, load_runs, load_spec_dict
+from study.tables import SITE_COLUMN, condition_columns, load_runs, load_spec_dict, write_text_atomic
 
 VERDICTS = ("different", "equivalent", "inconclusive")
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
@@ -541,7 +541,7 @@ def write_report(study_dir: Path) -> Path:
     lines += missing_section(missing, comp, runs, spec, hyp) + provenance_section(runs)
     lines += verification_section(study_dir) + run_section(study_dir)
     path = study_dir / "stats" / "report.md"
-    path.write_text("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
@@ -815,7 +815,7 @@ def write_latex(study_dir: Path) -> Path:
     bayes = read_stats_csv(study_dir, "bayes.csv", spec)
     lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes)
     lines += mechanism_macros(prefix, study_dir, runs)
-    (out / "macros.tex").write_text(head + "\n".join(lines) + "\n")
+    write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     for site in ("weight", "signal"):
-        (out / f"comparisons_{site}.tex").write_text(comparisons_tex(comp, spec, site))
+        write_text_atomic(out / f"comparisons_{site}.tex", comparisons_tex(comp, spec, site))
     return out

@@ -3,8 +3,8 @@
 `compute_stats(DIR)` reads `DIR/spec.yaml` and `DIR/runs.csv` and writes `DIR/stats/`
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `bayes.csv`, `omnibus.csv`, `posthoc.csv`,
 `model.csv`, `model.txt`, `report.md` and `latex/`). Every output is a deterministic function of the
-two inputs: rows are sorted by stable keys, floats are written with `%.6g` and the bootstrap is seeded
-by `hypotheses.bootstrap_seed`.
+two inputs: rows are sorted by stable keys, floats follow the number policy of `study.tables` (the same
+digits on every machine) and the bootstrap is seeded by `hypotheses.bootstrap_seed`.
 
 Pre-registered decision rule per comparison row (site, a, b, condition):
 `different` if the adjusted p of the primary test is < alpha (paired t-test when Shapiro-Wilk on the
@@ -30,9 +30,19 @@ from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from study.hypotheses import Comparison, Hypotheses
-from study.tables import POLICY_COLUMNS, SITE_COLUMN, condition_columns, load_runs, load_spec_dict
+from study.tables import (
+    FLOAT_FORMAT,
+    POLICY_COLUMNS,
+    SITE_COLUMN,
+    condition_columns,
+    format_number,
+    load_runs,
+    load_spec_dict,
+    tidy_floats,
+    write_table,
+    write_text_atomic,
+)
 
-FLOAT_FORMAT = "%.6g"
 POLICY_ORDER = ("exact", "ste", "zero")
 POWER = 0.8
 CI_LEVEL = 0.95
@@ -722,11 +732,9 @@ def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) 
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = smf.mixedlm(formula, data, groups=data["seed"]).fit(reml=True)
-            summary = str(result.summary())
     except Exception as exc:  # noqa: BLE001 - the stage must not crash on an unfittable design
         return "\n".join(head + [f"model not fitted: {type(exc).__name__}: {exc}"]) + "\n", empty
     messages = sorted({f"{w.category.__name__}: {' '.join(str(w.message).split())}" for w in caught})
-    lines = head + ["", summary.rstrip(), "", f"warnings ({len(messages)}):"] + [f"- {m}" for m in messages]
     names = list(result.fe_params.index)
     ci = result.conf_int().loc[names]
     frame = pd.DataFrame(
@@ -740,6 +748,20 @@ def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) 
             "ci_high": ci[1].to_numpy(),
         }
     )
+    # model.txt is written from the same rounded numbers as model.csv (statsmodels' own summary prints
+    # exact zeros as "-0.000" or "0.000" depending on the machine's last bits)
+    fit = {
+        "method": "REML",
+        "seeds (groups)": int(result.model.n_groups),
+        "scale (residual variance)": result.scale,
+        "seed variance": float(np.asarray(result.cov_re)[0, 0]),
+        "log-likelihood": result.llf,
+        "converged": "yes" if result.converged else "no",
+    }
+    fit_lines = [f"{k}: {format_number(v) if isinstance(v, float) else v}" for k, v in fit.items()]
+    table_text = tidy_floats(frame).to_string(index=False, float_format=lambda x: FLOAT_FORMAT % x)
+    lines = head + fit_lines + ["", "fixed effects:", table_text, "", f"warnings ({len(messages)}):"]
+    lines += [f"- {m}" for m in messages]
     return "\n".join(lines) + "\n", frame
 
 
@@ -747,8 +769,8 @@ def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) 
 
 
 def write_csv(frame: pd.DataFrame, path: Path) -> None:
-    """Deterministic CSV: no index, `%.6g` floats, `\\n` line endings."""
-    frame.to_csv(path, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
+    """Deterministic CSV at the number policy of `study.tables`, written atomically."""
+    write_table(frame, path)
 
 
 def _finish(frame: pd.DataFrame, columns: list[str], by: list[str], orders: dict) -> pd.DataFrame:
@@ -775,9 +797,9 @@ def compute_stats(study_dir: Path) -> Path:
     comparisons = _finish(comparisons, ROW_KEYS + keys + STAT_COLUMNS + ["_index"], by, orders)
     write_csv(comparisons.drop(columns="_index"), out / "comparisons.csv")
     diff_cols = ROW_KEYS + keys + ["seed", "value_a", "value_b", "diff"]
-    write_csv(
-        _finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols], out / "differences.csv"
-    )
+    # per-seed measurements and their exact differences: data, not estimates (`RAW_FLOAT_FORMAT`)
+    diffs = _finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols]
+    write_table(diffs, out / "differences.csv", raw=True)
     miss_cols = ROW_KEYS + keys + ["seed"] + MISSING_STATUS
     write_csv(_finish(missing, miss_cols + ["_index"], by + ["seed"], orders)[miss_cols], out / "missing.csv")
     write_csv(bayes_table(comparisons, spec, hyp), out / "bayes.csv")
@@ -787,7 +809,7 @@ def compute_stats(study_dir: Path) -> Path:
     write_csv(post, out / "posthoc.csv")
 
     text, model = fit_mixed_model(table, spec, hyp)
-    (out / "model.txt").write_text(text)
+    write_text_atomic(out / "model.txt", text)
     write_csv(model, out / "model.csv")
 
     write_latex(study_dir)

@@ -7,6 +7,7 @@ files are byte-identical when regenerated from the same inputs.
 from __future__ import annotations
 
 import contextlib
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import matplotlib as mpl
 import seaborn as sns
 from matplotlib.figure import Figure
+
+from study.tables import replace_atomically
 
 # --- sizes (inches) --------------------------------------------------------------------------------
 ONE_COLUMN = 3.4
@@ -278,6 +281,8 @@ def save_figure(fig: Figure, directory: Path, name: str) -> list[Path]:
     pdf, png = directory / f"{name}.pdf", directory / f"{name}.png"
     common = {"bbox_inches": "tight", "pad_inches": 0.03, "facecolor": "white"}
     with style():
-        fig.savefig(pdf, format="pdf", metadata=PDF_METADATA, **common)
-        fig.savefig(png, format="png", dpi=DPI, metadata=PNG_METADATA, **common)
+        for path, extra in ((pdf, {"metadata": PDF_METADATA}), (png, {"dpi": DPI, "metadata": PNG_METADATA})):
+            buf = io.BytesIO()  # written whole, then renamed: an interrupted run leaves no half figure
+            fig.savefig(buf, format=path.suffix[1:], **extra, **common)
+            replace_atomically(path, buf.getvalue())
     return [pdf, png]

@@ -1,12 +1,36 @@
-"""Reading the tidy tables a study writes, and naming their columns (shared by stats and figures)."""
+"""Reading and writing the tidy tables a study writes, and naming their columns (shared by all stages).
+
+Number policy of every generated table (the statistics, and what reports, macros and figures read from
+them): floats are written with `SIG_DIGITS` significant digits, and values whose magnitude is below
+`ZERO_TOL` are written as 0, except in p-value columns. Estimates computed by different machines
+(BLAS, SIMD widths, libm) differ in their last bits; an effect that is exactly zero comes out as
+±1e-13 with machine-dependent digits. Four digits are more than any estimate here supports (the
+narrowest confidence interval of a committed study is ~0.5 pp wide around effects of ~74 pp), and
+1e-9 is far below any effect a study can resolve (one test image out of 10,000 is 0.01 pp), so the
+written tables are the same on every machine. Raw per-trial measurements (`runs.csv`,
+`curves.csv.gz`) keep `RAW_FLOAT_FORMAT`: they are data, not estimates, and are not regenerated.
+"""
 
 from __future__ import annotations
 
+import gzip
+import io
+import os
+import re
+import socket
+import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
+
+SIG_DIGITS = 4
+ZERO_TOL = 1e-9
+FLOAT_FORMAT = f"%.{SIG_DIGITS}g"
+RAW_FLOAT_FORMAT = "%.6g"
+_P_COLUMN = re.compile(r"(^p$|^p_|_p$)")
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
 PRESET_COLUMN = "policies"
@@ -37,3 +61,73 @@ def condition_columns(spec: dict[str, Any]) -> list[str]:
     """Factor columns that define a condition: every spec factor except the gradient policies."""
     skip = set(POLICY_COLUMNS) | {PRESET_COLUMN, "seed"}
     return [name for name in (spec.get("factors") or {}) if name not in skip]
+
+
+def is_p_column(name: str) -> bool:
+    """p-value columns (`p`, `p_*`, `*_p`): tiny values there are results, not noise around zero."""
+    return bool(_P_COLUMN.search(str(name)))
+
+
+def tidy_number(x: float, keep_tiny: bool = False) -> float:
+    """`x` as the number policy writes it: 0 below `ZERO_TOL` (unless `keep_tiny`), else `SIG_DIGITS`."""
+    if not np.isfinite(x):
+        return x
+    if x == 0 or (abs(x) < ZERO_TOL and not keep_tiny):
+        return 0.0
+    return float(FLOAT_FORMAT % x) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def format_number(x: float, keep_tiny: bool = False) -> str:
+    """One number as the tables write it."""
+    return FLOAT_FORMAT % tidy_number(x, keep_tiny)
+
+
+def tidy_floats(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of `frame` with every float column rounded by the number policy (see module docstring)."""
+    out = frame.copy()
+    for col in out.columns:
+        if pd.api.types.is_float_dtype(out[col]):
+            keep = is_p_column(col)
+            out[col] = [tidy_number(v, keep) if pd.notna(v) else v for v in out[col]]
+    return out
+
+
+def replace_atomically(path: Path, data: bytes) -> None:
+    """Write `data` to a temporary file beside `path`, fsync, and rename it into place.
+
+    A crash or a full disk leaves the old file (or none), never a truncated one that the next stage reads.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """`replace_atomically` for text (UTF-8)."""
+    replace_atomically(path, text.encode())
+
+
+def write_table(frame: pd.DataFrame, path: Path, raw: bool = False) -> None:
+    """Deterministic CSV, written atomically: no index, `\\n` line endings, gzip (mtime 0) for `.gz`.
+
+    Generated tables follow the number policy; `raw=True` (per-trial measurements) writes `RAW_FLOAT_FORMAT`.
+    """
+    path = Path(path)
+    buf = io.StringIO()
+    data = frame if raw else tidy_floats(frame)
+    data.to_csv(buf, index=False, float_format=RAW_FLOAT_FORMAT if raw else FLOAT_FORMAT, lineterminator="\n")
+    payload = buf.getvalue().encode()
+    if path.suffix == ".gz":
+        raw_buf = io.BytesIO()
+        with gzip.GzipFile(fileobj=raw_buf, mode="wb", mtime=0, filename="") as gz:
+            gz.write(payload)
+        payload = raw_buf.getvalue()
+    replace_atomically(path, payload)
