@@ -276,8 +276,12 @@ def main(argv: list[str] | None = None) -> int:
         "analyze": _cmd_analyze,
     }[args.command]
     from study.runner import HypothesesChanged
+    from study.tables import require_study_dir
 
     try:
+        for d in [getattr(args, "dir", None), *getattr(args, "dirs", [])]:
+            if d is not None:
+                require_study_dir(d)
         return handler(args)
     except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged) as err:
         print(f"error: {err}", file=sys.stderr)

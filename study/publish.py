@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.tables import write_text_atomic
+from study.tables import require_study_dir, write_text_atomic
 
 PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
 
@@ -36,22 +36,36 @@ def write_report(sdir: str | Path) -> Path:
 
 
 def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED) -> Path:
-    """Copy each study's LaTeX macros/tables and figure PDFs into `paper/generated/<study>/`."""
+    """Copy each study's LaTeX macros/tables and figure PDFs into `paper/generated/<study>/`.
+
+    Every folder is checked first (a study with `spec.yaml` and `stats/latex/`, names distinct); only
+    `out/<study>/` folders are replaced, each built beside its destination and swapped in whole.
+    """
+    dirs = [require_study_dir(d, ("spec.yaml", "stats/latex")) for d in study_dirs]
+    names = [d.resolve().name for d in dirs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"study folders with the same name given twice: {', '.join(twice)}")
     out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
     inputs = []
-    for sdir in map(Path, study_dirs):
-        name = sdir.name
-        dest = out / name
-        if dest.exists():
-            shutil.rmtree(dest)
-        (dest / "figures").mkdir(parents=True)
-        latex = sdir / "stats" / "latex"
-        if not latex.exists():
-            raise FileNotFoundError(f"{latex} not found: run `python -m study stats {sdir}` first")
-        for f in sorted(latex.glob("*.tex")):
-            shutil.copyfile(f, dest / f.name)
+    for sdir, name in zip(dirs, names, strict=True):
+        dest = root / name
+        if dest.parent != root:  # cannot happen for a valid name; the one guard before any rmtree
+            raise ValueError(f"refusing to write {dest}: not directly inside {root}")
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "figures").mkdir(parents=True)
+        for f in sorted((sdir / "stats" / "latex").glob("*.tex")):
+            shutil.copyfile(f, tmp / f.name)
         for f in sorted((sdir / "figures").glob("*.pdf")):
-            shutil.copyfile(f, dest / "figures" / f.name)
+            shutil.copyfile(f, tmp / "figures" / f.name)
+        old = root / f".{name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if dest.exists():
+            dest.rename(old)
+        tmp.rename(dest)
+        shutil.rmtree(old, ignore_errors=True)
         inputs.append(f"\\input{{generated/{name}/macros.tex}}")
     write_text_atomic(
         out / "macros.tex", "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
@@ -121,7 +135,7 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
     """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
     lines = [BEGIN, ""]
     figure, margin = None, None
-    for sdir in map(Path, study_dirs):
+    for sdir in (require_study_dir(d) for d in study_dirs):
         comp_path = sdir / "stats" / "comparisons.csv"
         if not comp_path.exists():
             continue

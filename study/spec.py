@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.config import ConfigError, TrialConfig, format_validation_error
 from study.hypotheses import Hypotheses
+from study.tables import STUDY_NAME_PATTERN
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).parent / "specs"
@@ -32,7 +33,7 @@ class StudySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")
+    name: str = Field(pattern=STUDY_NAME_PATTERN)
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
     factors: dict[str, list[Any]] = Field(default_factory=dict)

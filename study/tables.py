@@ -31,10 +31,30 @@ ZERO_TOL = 1e-9
 FLOAT_FORMAT = f"%.{SIG_DIGITS}g"
 RAW_FLOAT_FORMAT = "%.6g"
 _P_COLUMN = re.compile(r"(^p$|^p_|_p$)")
+STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
 PRESET_COLUMN = "policies"
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
+
+
+def require_study_dir(path: str | Path, needs: tuple[str, ...] = ("spec.yaml",)) -> Path:
+    """`path` if it is a study folder (its name a valid study name, holding `needs`), else a ValueError.
+
+    Later stages write and delete below folders named after the study, so `.`, `..`, `/` or a folder
+    that is not a study must never pass for one.
+    """
+    p = Path(path)
+    name = p.resolve().name
+    if not re.match(STUDY_NAME_PATTERN, name) or p.name in ("", ".", ".."):
+        raise ValueError(
+            f"{str(path)!r} is not a study folder: give OUT/<study>, whose name starts with a letter and "
+            "holds only letters, digits, '_' and '-' (e.g. results/core)"
+        )
+    missing = [n for n in needs if not (p / n).exists()]
+    if missing:
+        raise ValueError(f"{path} is not a study folder with results: {', '.join(missing)} missing")
+    return p
 
 
 def load_spec_dict(study_dir: Path) -> dict[str, Any]:
