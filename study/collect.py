@@ -11,18 +11,8 @@ import yaml
 
 from study.runner import FAILED, RECORD, trial_dir
 from study.spec import expand, parse_spec
-from study.tables import write_table
+from study.tables import METRICS, write_table
 
-METRICS = (
-    "test_acc",
-    "test_loss",
-    "val_acc",
-    "val_loss",
-    "train_acc",
-    "train_loss",
-    "best_val_acc",
-    "test_acc_at_best_val",
-)
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 DIAG_METRICS = {
     "cosine": "grad_cosine",

@@ -23,6 +23,7 @@ from analog.normalize import check_normalization
 from analog.policies import check_policy
 from analog.precision import PRECISION_CLASSES, check_precision
 
+MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
 DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "mnist", "fashion_mnist")
 
 
@@ -47,13 +48,13 @@ class TrialConfig(BaseModel):
     ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # data
     dataset: str = "mnist5k"
     data_dir: str | None = None
     n_samples: int | None = Field(None, ge=100)
-    split_seed: int = 0
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
     # network
     hidden: tuple[int, ...] = (256, 128)
     activation: str = "gelu"
@@ -76,7 +77,7 @@ class TrialConfig(BaseModel):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(10, ge=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     diagnostics: bool = True
     probe_size: int = Field(256, ge=1)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from study.tables import METRICS
 
 SITES = ("weight", "signal")
 
@@ -42,7 +44,7 @@ class Hypotheses(BaseModel):
     (`family: role`), all rows of each comparison separately (`per_comparison`), or every row (`all`).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     metric: str = "test_acc"
     margin: float = Field(0.5, gt=0)
@@ -53,4 +55,11 @@ class Hypotheses(BaseModel):
     diverged: Literal["include", "exclude"] = "include"
     normality_alpha: float = Field(0.05, gt=0, lt=1)
     bootstrap_resamples: int = Field(9999, ge=100)
-    bootstrap_seed: int = 0
+    bootstrap_seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str) -> str:
+        if v not in METRICS:
+            raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(METRICS)} (the columns of runs.csv)")
+        return v

@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from analog.policies import PRESETS, available_policies, resolve_preset
-from study.config import ConfigError, TrialConfig, format_validation_error
+from study.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 from study.hypotheses import Hypotheses
 from study.tables import STUDY_NAME_PATTERN
 
@@ -49,6 +49,9 @@ class StudySpec(BaseModel):
             raise ValueError("a count >= 1 or a list of integers")
         if isinstance(v, list) and (not v or len(set(v)) != len(v)):
             raise ValueError("the list must be non-empty and without repeats")
+        bad = [s for s in ([v - 1] if isinstance(v, int) else v) if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
         return v
 
     @property
@@ -126,10 +129,20 @@ def cells(spec: StudySpec) -> list[dict[str, Any]]:
 def expand(spec: StudySpec) -> list[Trial]:
     """Every trial of the study: cells × seeds."""
     trials = []
+    first: dict[str, dict[str, Any]] = {}
     for cell in cells(spec):
         for seed in spec.seed_list:
-            trials.append(Trial(factors=cell, config=resolve_config(spec.base, cell, seed)))
+            trial = Trial(factors=cell, config=resolve_config(spec.base, cell, seed))
+            other = first.setdefault(trial.condition_key, cell)
+            if other is not cell and seed == spec.seed_list[0] and not _same_policy_alias(other, cell):
+                raise ValueError(f"cells {other} and {cell} give the same configuration; keep one of them")
+            trials.append(trial)
     return trials
+
+
+def _same_policy_alias(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Two cells that differ only in their `policies` preset name (e.g. `analogvnn` and `ste/exact`)."""
+    return {k: v for k, v in a.items() if k != "policies"} == {k: v for k, v in b.items() if k != "policies"}
 
 
 def _check(spec_dict: dict[str, Any]) -> list[str]:
@@ -138,6 +151,8 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
     base = spec_dict.get("base") or {}
     if not isinstance(base, dict):
         return errors  # reported by the StudySpec validation ("base: Input should be a valid dictionary")
+    if "seed" in base:
+        errors.append("base.seed: seeds are set by the top-level `seeds:` (a count or a list), not in base")
     base_ok = True
     try:
         TrialConfig.parse({**base, "seed": 0})
@@ -155,16 +170,56 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
         if not isinstance(values, list) or not values:
             errors.append(f"factors.{name}: must be a non-empty list of values, got {values!r}")
             continue
+        resolved: dict[str, Any] = {}
         for value in values if base_ok else []:
-            errors += _check_value(base, name, value)
+            problems = _check_value(base, name, value)
+            errors += problems
+            if not problems and name != "policies":  # preset names may alias one pair (deduplicated)
+                rid = resolve_config(base, {name: value}, 0).run_id
+                if rid in resolved:
+                    errors.append(
+                        f"factors.{name}: values {resolved[rid]!r} and {value!r} give the same "
+                        "configuration (a repeat or another spelling of one value); list each value once"
+                    )
+                resolved.setdefault(rid, value)
+    errors += _check_rules(spec_dict, factors)
+    return errors
+
+
+def _check_rules(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """`exclude`/`include` rules name factors only, with values the factors list.
+
+    A rule keyed by a base field or a typo silently matched nothing (exclude) or changed a field the
+    statistics do not see (include: trials that differ in more than the compared policy got paired).
+    An include cell is a point of the full grid that the exclude rules dropped, so it names every factor.
+    """
+    errors = []
+    names = ", ".join(factors) or "(none)"
     for where in ("exclude", "include"):
         rules = spec_dict.get(where) or []
-        for i, rule in enumerate(rules if isinstance(rules, list) else []):
-            for key in rule if isinstance(rule, dict) else []:
-                if key not in factors and where == "exclude":
-                    errors.append(
-                        f"{where}[{i}].{key}: not a factor of this study; factors: {', '.join(factors)}"
-                    )
+        if not isinstance(rules, list):
+            continue  # reported by the StudySpec validation
+        for i, rule in enumerate(rules):
+            if not isinstance(rule, dict) or not rule:
+                errors.append(f"{where}[{i}]: must be a non-empty mapping of factor names to values")
+                continue
+            for key, want in rule.items():
+                if key not in factors:
+                    errors.append(f"{where}[{i}].{key}: not a factor of this study; factors: {names}")
+                    continue
+                listed = factors[key] if isinstance(factors[key], list) else []
+                values = want if isinstance(want, list) and where == "exclude" else [want]
+                for v in values:
+                    if not any(v == x and type(v) is type(x) for x in listed):
+                        errors.append(
+                            f"{where}[{i}].{key}: value {v!r} is not one of the factor's values {listed!r}"
+                        )
+            absent = [f for f in factors if f not in rule] if where == "include" else []
+            if absent:
+                errors.append(
+                    f"{where}[{i}]: an include cell gives a value for every factor; missing: "
+                    f"{', '.join(absent)}"
+                )
     return errors
 
 

@@ -119,7 +119,9 @@ def trial_status(runs: pd.DataFrame, hyp: Hypotheses) -> pd.Series:
 def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd.DataFrame:
     """One row per (condition, weight_policy, signal_policy, seed): `value`, `status`, `diverged`.
 
-    Duplicated trials keep the first usable one (ordered by `run_id`), so the pairing never shifts.
+    A trial listed twice (one `run_id`, e.g. two preset names of one policy pair) keeps its first usable
+    row (ordered by `run_id`), so the pairing never shifts. Two *different* trials on one row differ in
+    something that is not a factor, and pairing either would compare more than the policy: refused.
     """
     keys = key_columns(spec)
     missing = [c for c in keys + ["seed", hyp.metric] if c not in runs]
@@ -131,6 +133,17 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["status"] = trial_status(runs, hyp)
     table["diverged"] = _truthy(runs, "diverged")
     table["_order"] = runs["run_id"].astype(str) if "run_id" in runs else ""
+    clash = table.groupby(keys + ["seed"], sort=False)["_order"].nunique()
+    clash = clash[clash > 1]
+    if len(clash):
+        first = dict(zip(keys + ["seed"], clash.index[0], strict=True))
+        ids = sorted(table.loc[(table[keys + ["seed"]] == pd.Series(first)).all(axis=1), "_order"])
+        raise ValueError(
+            f"runs.csv: {len(clash)} row(s) of factors and seed hold trials with different configurations, "
+            f"e.g. {first}: run_ids {', '.join(ids)}. They differ in a field that is not a factor, so "
+            "pairing them would compare more than the gradient policy; fix the spec's cells "
+            "(every field that varies must be a factor) and collect again"
+        )
     table["_bad"] = table["status"] != "ok"
     table = table.sort_values(keys + ["seed", "_bad", "_order"], kind="mergesort")
     table = table.drop_duplicates(keys + ["seed"], keep="first")

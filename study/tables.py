@@ -31,6 +31,17 @@ ZERO_TOL = 1e-9
 FLOAT_FORMAT = f"%.{SIG_DIGITS}g"
 RAW_FLOAT_FORMAT = "%.6g"
 _P_COLUMN = re.compile(r"(^p$|^p_|_p$)")
+# per-trial metrics of a record, as columns of runs.csv (what `hypotheses.metric` may name)
+METRICS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "test_acc_at_best_val",
+)
 STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")

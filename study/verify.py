@@ -11,9 +11,9 @@ from typing import Any
 
 import yaml
 
-from study.collect import METRICS
 from study.runner import RECORD, trial_dir, write_json_atomic
 from study.spec import expand, parse_spec
+from study.tables import METRICS
 
 COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv reports
 

@@ -73,3 +73,123 @@ def test_cli_refuses_a_dot_study_folder(tmp_path: Path, capsys: pytest.CaptureFi
     for argv in (["paper", "."], ["stats", ".."], ["readme", str(tmp_path)]):
         assert main(argv) == 2, argv
         assert "is not a study folder" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- spec rules and values
+
+BASE = {"dataset": "digits", "hidden": [16], "epochs": 1, "diagnostics": False}
+
+
+def _spec(**over) -> dict:
+    spec = {
+        "name": "s",
+        "base": dict(BASE),
+        "factors": {"precision": [4, 16], "weight_policy": ["exact", "ste"]},
+        "seeds": 2,
+    }
+    spec.update(over)
+    return spec
+
+
+def _errors(spec: dict) -> str:
+    from study.config import ConfigError
+    from study.spec import parse_spec
+
+    with pytest.raises(ConfigError) as err:
+        parse_spec(spec)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "needle"),
+    [
+        ({"lr": 0.01, "precision": 4, "weight_policy": "ste"}, "include[0].lr: not a factor of this study"),
+        ({"precison": 4, "weight_policy": "ste"}, "include[0].precison: not a factor"),
+        ({"precision": 4}, "missing: weight_policy"),
+        ({"precision": 8, "weight_policy": "ste"}, "include[0].precision: value 8 is not one of"),
+        ({"precision": 4.0, "weight_policy": "ste"}, "value 4.0 is not one of"),
+        ({}, "include[0]: must be a non-empty mapping"),
+    ],
+)
+def test_include_cells_name_every_factor_with_listed_values(rule: dict, needle: str) -> None:
+    assert needle in _errors(_spec(include=[rule]))
+
+
+def test_exclude_rules_with_unknown_values_are_errors() -> None:
+    text = _errors(_spec(exclude=[{"precision": [4, 64]}, {"seed": 1}]))
+    assert "exclude[0].precision: value 64 is not one of the factor's values [4, 16]" in text
+    assert "exclude[1].seed: not a factor of this study; factors: precision, weight_policy" in text
+
+
+def test_an_include_cell_the_exclude_dropped_is_accepted() -> None:
+    from study.spec import expand, parse_spec
+
+    spec = parse_spec(_spec(exclude=[{"precision": 4}], include=[{"precision": 4, "weight_policy": "ste"}]))
+    assert len(expand(spec)) == 3 * 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("lr", float("inf"), "base.lr"),
+        ("lr", float("nan"), "base.lr"),
+        ("divide", float("nan"), "divide"),
+        ("leakage", float("inf"), "leakage"),
+        ("seed", -1, "seed"),
+        ("split_seed", 2**40, "split_seed"),
+    ],
+)
+def test_non_finite_and_out_of_range_base_values_are_errors(field: str, value: float, needle: str) -> None:
+    assert needle in _errors(_spec(base={**BASE, field: value}))
+
+
+@pytest.mark.parametrize(
+    ("hyp", "needle"),
+    [
+        ({"margin": float("inf")}, "hypotheses.margin"),
+        ({"margin": float("nan")}, "hypotheses.margin"),
+        ({"alpha": float("nan")}, "hypotheses.alpha"),
+        ({"normality_alpha": float("inf")}, "hypotheses.normality_alpha"),
+        ({"metric": "test_accuracy"}, "unknown metric 'test_accuracy'; allowed: test_acc, test_loss"),
+        ({"bootstrap_seed": -3}, "hypotheses.bootstrap_seed"),
+    ],
+)
+def test_bad_hypotheses_values_are_errors(hyp: dict, needle: str) -> None:
+    assert needle in _errors(_spec(hypotheses=hyp))
+
+
+def test_negative_seeds_and_repeated_factor_spellings_are_reported_together() -> None:
+    spec = _spec(seeds=[0, -2], factors={"precision": [16, 16.0], "lr": [0.01, 0.010, 1e-2]})
+    spec["hypotheses"] = {"metric": "accuracy"}
+    text = _errors(spec)
+    assert "seeds" in text and "[-2]" in text
+    assert "factors.precision: values 16 and 16.0 give the same configuration" in text
+    assert "factors.lr: values 0.01 and 0.01 give the same configuration" in text
+    assert "unknown metric 'accuracy'" in text
+
+
+def test_preset_names_of_one_policy_pair_are_one_trial_not_an_error() -> None:
+    from study.spec import expand, parse_spec
+
+    spec = parse_spec(_spec(factors={"policies": ["analogvnn", "ste/exact", "exact/exact"]}))
+    assert len({t.run_id for t in expand(spec)}) == 2 * 2
+
+
+def test_statistics_refuse_to_pair_trials_whose_configurations_differ(tmp_path: Path) -> None:
+    import pandas as pd
+    import yaml
+
+    from study.stats import compute_stats
+
+    rows = [
+        {"run_id": f"{i:016x}", "weight_policy": wp, "signal_policy": "exact", "seed": s, "test_acc": 80.0}
+        for i, (wp, s) in enumerate([("exact", 0), ("ste", 0), ("exact", 1), ("ste", 1)])
+    ]
+    rows.append({**rows[0], "run_id": "f" * 16, "test_acc": 70.0})  # same factors, another configuration
+    (tmp_path / "spec.yaml").write_text(
+        yaml.safe_dump({"name": "s", "factors": {"weight_policy": ["exact", "ste"]}, "seeds": 2})
+    )
+    pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+    with pytest.raises(ValueError, match="different configurations.*0000000000000000, ffffffffffffffff"):
+        compute_stats(tmp_path)
+    assert not (tmp_path / "stats" / "comparisons.csv").exists()
