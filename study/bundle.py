@@ -3,8 +3,10 @@
 Each member starts from the weights its seed gives in the sequential path (bit-identical), sees
 the same data order its seed gives sequentially, draws its own noise (``vmap(randomness="different")``)
 and has its own Adam state (Adam over stacked parameters is element-wise; the loss is the sum of the
-members' losses, so each member's gradient is its own). A member whose loss turns non-finite is
-masked out of the summed loss and recorded as diverged; the others go on.
+members' losses, so each member's gradient is its own). Divergence follows the sequential rule
+(`study.module.AnalogClassifier`): a member whose loss is non-finite (that step is skipped for it) or
+whose parameters are non-finite after a step is frozen as it stands, evaluated at the end of that
+epoch, and leaves the bundle; the others go on.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class BundleClassifier(L.LightningModule):
         self.n_classes = n_classes
         self.probe = probe
         self.alive = torch.ones(self.k, dtype=torch.bool)
+        self.diverged_at: list[dict[str, int] | None] = [None] * self.k
+        self._frozen: dict[int, list[Tensor]] = {}  # a diverged member's parameters, kept as they were
         self.histories: list[list[dict[str, Any]]] = [[] for _ in configs]
         self.diagnostics: list[list[dict[str, Any]]] = [[] for _ in configs]
         self._reset_sums()
@@ -116,13 +120,17 @@ class BundleClassifier(L.LightningModule):
     def _reset_sums(self) -> None:
         self._loss = {s: torch.zeros(self.k, dtype=torch.float64) for s in STAGES}
         self._correct = {s: torch.zeros(self.k, dtype=torch.float64) for s in STAGES}
-        self._n = {s: 0 for s in STAGES}
+        self._n = {s: torch.zeros(self.k, dtype=torch.float64) for s in STAGES}
 
-    def _accumulate(self, stage: str, logits: Tensor, y: Tensor, losses: Tensor) -> None:
+    def _accumulate(
+        self, stage: str, logits: Tensor, y: Tensor, losses: Tensor, members: Tensor | None = None
+    ) -> None:
+        """Add a batch to the sums of `members` (a boolean mask; default all)."""
         y = y if y.dim() == 2 else y.expand(self.k, -1)
-        self._loss[stage] += losses.detach().double() * y.shape[1]
-        self._correct[stage] += (logits.detach().argmax(-1) == y).sum(1).double()
-        self._n[stage] += y.shape[1]
+        w = torch.ones(self.k, dtype=torch.float64) if members is None else members.double()
+        self._loss[stage] += torch.where(w > 0, losses.detach().double(), 0.0) * y.shape[1]
+        self._correct[stage] += (logits.detach().argmax(-1) == y).sum(1).double() * w
+        self._n[stage] += y.shape[1] * w
 
     @staticmethod
     def _member_losses(logits: Tensor, y: Tensor) -> Tensor:
@@ -138,13 +146,29 @@ class BundleClassifier(L.LightningModule):
         x, y = batch
         logits = self(x)
         losses = self._member_losses(logits, y)
-        finite = torch.isfinite(losses.detach())
-        self.alive &= finite
+        for k in torch.nonzero(self.alive & ~torch.isfinite(losses.detach())).flatten().tolist():
+            self._diverge(k)  # frozen before this step, which it skips
         if not bool(self.alive.any()):
             self.trainer.should_stop = True
             return None
-        self._accumulate("train", logits, y, torch.where(self.alive, losses.detach(), 0.0))
+        self._accumulate("train", logits, y, losses, self.alive)
         return losses[self.alive].sum()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            for k, params in self._frozen.items():  # Adam's momentum would move a frozen member
+                for p, kept in zip(self.stacked, params, strict=True):
+                    p[k] = kept
+            finite = torch.stack([torch.isfinite(p.reshape(self.k, -1)).all(1) for p in self.stacked]).all(0)
+        for k in torch.nonzero(self.alive & ~finite).flatten().tolist():
+            self._diverge(k)
+        if not bool(self.alive.any()):
+            self.trainer.should_stop = True
+
+    def _diverge(self, k: int) -> None:
+        self.alive[k] = False
+        self.diverged_at[k] = {"epoch": self.current_epoch + 1, "step": self.global_step}
+        self._frozen[k] = [p[k].detach().clone() for p in self.stacked]
 
     def on_validation_epoch_start(self) -> None:
         if not self.config.noise_at_eval:
@@ -161,13 +185,13 @@ class BundleClassifier(L.LightningModule):
             return
         epoch = self.current_epoch + 1
         for k in range(self.k):
-            if not bool(self.alive[k]):
-                continue
+            if self.diverged_at[k] is not None and self.diverged_at[k]["epoch"] < epoch:
+                continue  # left the bundle in an earlier epoch
             row: dict[str, Any] = {"epoch": epoch}
             for s in STAGES:
-                n = self._n[s]
-                row[f"{s}_loss"] = float(self._loss[s][k] / n) if n else math.nan
-                row[f"{s}_acc"] = round(100.0 * float(self._correct[s][k] / n), 4) if n else math.nan
+                n = float(self._n[s][k])
+                row[f"{s}_loss"] = float(self._loss[s][k]) / n if n else math.nan
+                row[f"{s}_acc"] = round(100.0 * float(self._correct[s][k]) / n, 4) if n else math.nan
             self.histories[k].append(row)
             if self.config.diagnostics and self.probe is not None and not self.config.digital:
                 self.diagnostics[k].append({"epoch": epoch, "layers": self._probe_mismatch(k)})
@@ -212,7 +236,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     records = []
     for k, cfg in enumerate(configs):
         rec = summarize(
-            cfg, module.histories[k], module.diagnostics[k], not bool(module.alive[k]), wall / len(configs)
+            cfg, module.histories[k], module.diagnostics[k], module.diverged_at[k], wall / len(configs)
         )
         rec["bundle_size"] = len(configs)
         rec["bundle_seeds"] = [c.seed for c in configs]

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from study.config import ConfigError, TrialConfig
+from study.tables import read_yaml
 
 TRAIN_HELP = {
     "dataset": "data: mnist5k, digits, mnist1d (offline), or mnist, fashion_mnist (IDX files, --data-dir)",
@@ -77,7 +78,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     data: dict[str, Any] = {}
     if args.config:
-        data.update(yaml.safe_load(args.config.read_text()) or {})
+        data.update(read_yaml(args.config, "fix the configuration file") or {})
     for name in TrialConfig.model_fields:
         text = getattr(args, name)
         if text is not None:
@@ -125,8 +126,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.add_argument(
         "--allow-hypotheses-change",
-        action="store_true",
-        help="continue although the pre-registered hypotheses differ from the stored spec",
+        metavar="REASON",
+        help="continue although the pre-registered hypotheses differ from the stored spec; the reason "
+        "is logged in OUT/<study>/hypotheses_log.jsonl and shown in the report",
     )
 
 
@@ -285,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
         return handler(args)
     except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a file or folder the command must write or read: say which, no traceback
+        print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)

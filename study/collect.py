@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 from study.runner import FAILED, RECORD, trial_dir
 from study.spec import expand, parse_spec
-from study.tables import METRICS, write_table
+from study.tables import METRICS, RESTORE_SPEC, check_spec_hashes, read_yaml, write_table
 
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 DIAG_METRICS = {
@@ -77,12 +76,15 @@ def _read(path: Path) -> dict[str, Any] | None:
 def collect(sdir: str | Path) -> tuple[Path, Path]:
     """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`."""
     sdir = Path(sdir)
-    spec = parse_spec(yaml.safe_load((sdir / "spec.yaml").read_text()))
+    spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     spec_hash = spec.hash()
+    trials = expand(spec)
+    records = {t.run_id: _read(trial_dir(sdir, t.run_id) / RECORD) for t in trials}
+    check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
-    for trial in expand(spec):
+    for trial in trials:
         d = trial_dir(sdir, trial.run_id)
-        rec, fail = _read(d / RECORD), _read(d / FAILED)
+        rec, fail = records[trial.run_id], _read(d / FAILED)
         rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
         if rec:
             curves += _curves(trial.run_id, rec)

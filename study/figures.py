@@ -28,10 +28,13 @@ from study import style as st
 from study.hypotheses import SITES, Hypotheses
 from study.tables import (
     POLICY_COLUMNS,
+    REDO_COLLECT,
+    REDO_STATS,
     SITE_COLUMN,
     condition_columns,
     load_runs,
     load_spec_dict,
+    read_csv,
     write_text_atomic,
 )
 
@@ -135,7 +138,7 @@ class StudyContext:
         path = self.study_dir / "stats" / f"{name}.csv"
         if not path.exists():
             return None
-        header = pd.read_csv(path, nrows=0).columns
+        header = read_csv(path, REDO_STATS, nrows=0).columns
         text = {
             *self.conditions,
             *POLICY_COLUMNS,
@@ -152,7 +155,13 @@ class StudyContext:
             "combo_b",
         }
         dtypes = {c: str for c in header if c in text}
-        table = pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+        table = read_csv(
+            path,
+            REDO_STATS,
+            dtype=dtypes,
+            keep_default_na=False,
+            na_values=[""],
+        )
         return table.assign(**{c: table[c].fillna("none") for c in self.conditions if c in table})
 
     def curves(self) -> pd.DataFrame | None:
@@ -162,7 +171,11 @@ class StudyContext:
             if not path.exists():
                 self._cache["curves"] = None
             else:
-                curves = pd.read_csv(path, dtype={"run_id": str, "metric": str})
+                curves = read_csv(
+                    path,
+                    REDO_COLLECT,
+                    dtype={"run_id": str, "metric": str},
+                )
                 curves["layer"] = pd.to_numeric(curves["layer"], errors="coerce")
                 curves["value"] = pd.to_numeric(curves["value"], errors="coerce")
                 keep = ["run_id", "seed", *self.conditions, *POLICY_COLUMNS]

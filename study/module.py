@@ -36,7 +36,10 @@ class AnalogClassifier(L.LightningModule):
 
     Validation runs two dataloaders each epoch (0 = validation, 1 = test), so the record holds
     per-epoch test metrics too. Evaluation keeps the analog noise on unless `noise_at_eval` is false.
-    A non-finite training loss stops training and marks the trial diverged.
+    Divergence (one definition, shared with the bundled path): a non-finite training loss (that step
+    is skipped) or non-finite parameters after an optimizer step. Training stops; the network as it
+    stands is evaluated at the end of that epoch, which closes the history; `diverged_at` records
+    the epoch and the optimizer step.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class AnalogClassifier(L.LightningModule):
         )
         self.probe = probe
         self.diverged = False
+        self.diverged_at: dict[str, int] | None = None
         self.history: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, Any]] = []
         self._loss_sum = {s: 0.0 for s in STAGES}
@@ -71,11 +75,19 @@ class AnalogClassifier(L.LightningModule):
         logits = self(x)
         loss = F.cross_entropy(logits, y)
         if not torch.isfinite(loss):
-            self.diverged = True
-            self.trainer.should_stop = True
+            self._diverge()
             return None
         self._accumulate("train", logits, y, loss)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self.diverged and not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            self._diverge()
+
+    def _diverge(self) -> None:
+        self.diverged = True
+        self.diverged_at = {"epoch": self.current_epoch + 1, "step": self.global_step}
+        self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
         if not self.config.noise_at_eval:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.tables import require_study_dir, write_text_atomic
+from study.tables import REDO_STATS, read_csv, require_study_dir, write_text_atomic
 
 PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
 
@@ -82,7 +82,7 @@ def summary(study_dirs: list[str | Path]) -> str:
         if not comp_path.exists():
             lines.append(f"{sdir.name}: no statistics yet ({comp_path} missing)")
             continue
-        comp = pd.read_csv(comp_path, keep_default_na=False, na_values=[""])
+        comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
         lines.append(f"{sdir.name} ({sdir}):")
         for (label, role), g in comp.groupby(["comparison", "role"], sort=False):
             counts = g["verdict"].value_counts()
@@ -139,7 +139,7 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         comp_path = sdir / "stats" / "comparisons.csv"
         if not comp_path.exists():
             continue
-        comp = pd.read_csv(comp_path, keep_default_na=False, na_values=[""])
+        comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
         for site in ("weight", "signal"):
             lines.append(_site_line(comp, sdir.name, site))
         margin = margin if margin is not None or comp.empty else comp["margin"].iloc[0]

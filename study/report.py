@@ -27,7 +27,18 @@ from study.stats import (
     skipped_conditions,
     trial_table,
 )
-from study.tables import SITE_COLUMN, condition_columns, load_runs, load_spec_dict, write_text_atomic
+from study.tables import (
+    HYPOTHESES_LOG,
+    REDO_COLLECT,
+    REDO_STATS,
+    SITE_COLUMN,
+    condition_columns,
+    load_runs,
+    load_spec_dict,
+    read_csv,
+    read_jsonl,
+    write_text_atomic,
+)
 
 VERDICTS = ("different", "equivalent", "inconclusive")
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
@@ -56,7 +67,13 @@ def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataF
         ]
     )
     path = Path(study_dir) / "stats" / name
-    frame = pd.read_csv(path, dtype={c: str for c in text_cols}, keep_default_na=False, na_values=[""])
+    frame = read_csv(
+        path,
+        REDO_STATS,
+        dtype={c: str for c in text_cols},
+        keep_default_na=False,
+        na_values=[""],
+    )
     for column in text_cols:
         if column in frame:
             frame[column] = frame[column].fillna("")
@@ -329,7 +346,7 @@ def model_section(study_dir: Path) -> list[str]:
         lines += [f"- warnings: {body[0].rstrip('):')}"] + [
             f"  {ln}" for ln in body[1:] if ln.startswith("- ")
         ]
-    model = pd.read_csv(Path(study_dir) / "stats" / "model.csv")
+    model = read_csv(Path(study_dir) / "stats" / "model.csv", REDO_STATS)
     terms = model[model["term"].astype(str).str.contains("policy")]
     if len(terms):
         rows = [
@@ -443,6 +460,23 @@ def design_section(spec: dict[str, Any], runs: pd.DataFrame, hyp: Hypotheses) ->
     return lines + [""]
 
 
+def preregistration_section(study_dir: Path) -> list[str]:
+    """Every change of the pre-registered hypotheses after trials existed, with its reason (or none)."""
+    changes = read_jsonl(Path(study_dir) / HYPOTHESES_LOG)
+    lines = ["## Pre-registration", ""]
+    if not changes:
+        return lines + ["No change of the `hypotheses:` block after the first trial is logged.", ""]
+    lines.append(f"The `hypotheses:` block was changed {len(changes)} time(s) after trials existed:")
+    for c in changes:
+        diff = ", ".join(
+            f"`{k}` {json.dumps(c['old'].get(k))} → {json.dumps(c['new'].get(k))}"
+            for k in sorted(set(c["old"]) | set(c["new"]))
+            if c["old"].get(k) != c["new"].get(k)
+        )
+        lines.append(f"- {c['time']}: {diff}; reason: {c['reason']}")
+    return lines + [""]
+
+
 def missing_section(
     missing: pd.DataFrame, comp: pd.DataFrame, runs: pd.DataFrame, spec: dict, hyp
 ) -> list[str]:
@@ -538,6 +572,7 @@ def write_report(study_dir: Path) -> Path:
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
     lines += bayes_section(bayes) + methods_section(comp, hyp) + design_section(spec, runs, hyp)
+    lines += preregistration_section(study_dir)
     lines += missing_section(missing, comp, runs, spec, hyp) + provenance_section(runs)
     lines += verification_section(study_dir) + run_section(study_dir)
     path = study_dir / "stats" / "report.md"
@@ -717,7 +752,7 @@ def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[s
     names = ["WeightCosine", "SignalCosine", "SatWeight", "SatSignalOut", "SatSignalOutSte"]
     if not path.exists() or "weight_policy" not in runs:
         return [_macro(prefix, n, "--") for n in names]
-    curves = pd.read_csv(path)
+    curves = read_csv(path, REDO_COLLECT)
     diag = curves[curves["metric"].isin(["grad_cosine", "sat_weight", "sat_signal_out"])]
     last = diag[diag["epoch"] == diag.groupby("run_id")["epoch"].transform("max")]
     cells = runs[["run_id", "weight_policy", "signal_policy"]].astype(str)

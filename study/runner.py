@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from study.spec import StudySpec, Trial, expand, spec_to_yaml
+from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
 STALE_AFTER_S = 120.0
@@ -263,29 +264,59 @@ def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
     return units
 
 
-def prepare(spec: StudySpec, out: str | Path, allow_hypotheses_change: bool = False) -> Path:
-    """Create the study folder and store the spec; refuse if pre-registered hypotheses changed."""
+def prepare(spec: StudySpec, out: str | Path, hypotheses_change_reason: str | None = None) -> Path:
+    """Create the study folder and store the spec; refuse if pre-registered hypotheses changed.
+
+    Once trials exist, every change of the stored spec is appended to `spec_log.jsonl` (old and new
+    hash, the keys that changed), so later stages accept records run under an earlier version of it
+    (e.g. before more seeds were added) and nothing else. A change of the `hypotheses:` block needs a
+    reason, which goes to `hypotheses_log.jsonl` and into the report.
+    """
     sdir = study_dir(out, spec)
     stored = sdir / "spec.yaml"
     if stored.exists():
-        import yaml
-
         from study.spec import parse_spec
 
-        old = parse_spec(yaml.safe_load(stored.read_text()))
+        old = parse_spec(read_yaml(stored, RESTORE_SPEC))
         trials_exist = any((sdir / "trials").glob(f"*/{RECORD}"))
-        if old.hypotheses_hash() != spec.hypotheses_hash() and trials_exist and not allow_hypotheses_change:
-            raise HypothesesChanged(
-                f"the `hypotheses:` block of {spec.name!r} differs from the one stored in {stored} and "
-                "trials already exist: pre-registered hypotheses must not change after results exist. "
-                "Restore the original block, use a new study name, or pass --allow-hypotheses-change "
-                "to record the change."
-            )
+        if old.hash() != spec.hash() and trials_exist:
+            _log_spec_change(sdir, old, spec, hypotheses_change_reason)
     sdir.mkdir(parents=True, exist_ok=True)
     tmp = sdir / f".spec.yaml.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(spec_to_yaml(spec))
     os.replace(tmp, stored)  # atomic: a runner starting at the same moment never reads a half-written spec
     return sdir
+
+
+def _log_spec_change(sdir: Path, old: StudySpec, new: StudySpec, reason: str | None) -> None:
+    now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    entry = {"time": now, "old_hash": old.hash(), "new_hash": new.hash()}
+    if old.hypotheses_hash() != new.hypotheses_hash():
+        if reason is None or not reason.strip():
+            raise HypothesesChanged(
+                f"the `hypotheses:` block of {new.name!r} differs from the one stored in "
+                f"{sdir / 'spec.yaml'} and trials already exist: pre-registered hypotheses must not change "
+                "after results exist. "
+                "Restore the original block, use a new study name, or pass "
+                "--allow-hypotheses-change REASON to record the change and its reason (shown in the report)."
+            )
+        hyp = {
+            **entry,
+            "reason": reason.strip(),
+            "old": old.hypotheses.model_dump(mode="json"),
+            "new": new.hypotheses.model_dump(mode="json"),
+        }
+        _append_jsonl(sdir / HYPOTHESES_LOG, hyp)
+    before, after = old.model_dump(mode="json"), new.model_dump(mode="json")
+    changed = sorted(k for k in after if before.get(k) != after.get(k))
+    _append_jsonl(sdir / SPEC_LOG, {**entry, "changed": changed})
+
+
+def _append_jsonl(path: Path, entry: dict[str, Any]) -> None:
+    with open(path, "a") as fh:
+        fh.write(json.dumps(entry, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def summary_counts(sdir: Path, trials: Iterable[Trial]) -> dict[str, int]:
@@ -383,7 +414,7 @@ def run_study(
     retry_failed: bool = False,
     bundle: int = DEFAULT_BUNDLE,
     quiet: bool = False,
-    allow_hypotheses_change: bool = False,
+    hypotheses_change_reason: str | None = None,
     security: Any = None,
 ) -> dict[str, int]:
     """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo)."""
@@ -392,7 +423,7 @@ def run_study(
     if executor not in ("local", "dask"):
         raise ValueError(f"--executor: unknown {executor!r}; allowed: local, dask")
     workers = workers or os.cpu_count() or 1
-    sdir = prepare(spec, out, allow_hypotheses_change)
+    sdir = prepare(spec, out, hypotheses_change_reason)
     trials = expand(spec)
     start_counts = summary_counts(sdir, trials)
     pending = [

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 from study.hypotheses import Hypotheses
-from study.tables import STUDY_NAME_PATTERN
+from study.tables import STUDY_NAME_PATTERN, read_yaml
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).parent / "specs"
@@ -262,6 +262,15 @@ def parse_spec(data: dict[str, Any]) -> StudySpec:
     return spec
 
 
+def stored_spec_hash(data: dict[str, Any]) -> str:
+    """The hash of a stored spec, without re-checking its values against today's TrialConfig.
+
+    Analysis reads studies run by earlier versions; a stricter check added since must not make their
+    hash (and so their records) unreadable.
+    """
+    return StudySpec.model_validate(data).hash()
+
+
 def load_spec(path: str | Path) -> StudySpec:
     """Read a spec file (a path, or the name of a spec shipped in study/specs/)."""
     p = Path(path)
@@ -270,8 +279,7 @@ def load_spec(path: str | Path) -> StudySpec:
     if not p.exists():
         shipped = ", ".join(sorted(f.stem for f in SPECS_DIR.glob("*.yaml")))
         raise FileNotFoundError(f"spec {path!r} not found (shipped specs: {shipped})")
-    with open(p) as fh:
-        return parse_spec(yaml.safe_load(fh))
+    return parse_spec(read_yaml(p, "fix the spec file"))
 
 
 def spec_to_yaml(spec: StudySpec) -> str:

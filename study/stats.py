@@ -30,10 +30,12 @@ from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from study.hypotheses import Comparison, Hypotheses
+from study.spec import stored_spec_hash
 from study.tables import (
     FLOAT_FORMAT,
     POLICY_COLUMNS,
     SITE_COLUMN,
+    check_spec_hashes,
     condition_columns,
     format_number,
     load_runs,
@@ -799,7 +801,13 @@ def compute_stats(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     spec = load_spec_dict(study_dir)
     hyp = load_hypotheses(spec)
-    table = trial_table(load_runs(study_dir), spec, hyp)
+    runs = load_runs(study_dir)
+    if "spec_hash" in runs:
+        current = stored_spec_hash(spec)
+        check_spec_hashes(
+            study_dir, current, dict(zip(runs["run_id"], runs["spec_hash"].fillna(""), strict=True))
+        )
+    table = trial_table(runs, spec, hyp)
     orders = value_orders(spec, table)
     out = study_dir / "stats"
     out.mkdir(parents=True, exist_ok=True)

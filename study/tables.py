@@ -42,6 +42,10 @@ METRICS = (
     "best_val_acc",
     "test_acc_at_best_val",
 )
+# what to do when a stage's input is damaged (the messages of read_yaml / read_csv)
+REDO_STATS = "run `python -m study stats` on the study again"
+REDO_COLLECT = "run `python -m study collect` on the study again"
+RESTORE_SPEC = "restore it from the spec file the study was run with"
 STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
@@ -68,13 +72,48 @@ def require_study_dir(path: str | Path, needs: tuple[str, ...] = ("spec.yaml",))
     return p
 
 
+class UnreadableFile(ValueError):
+    """A file a stage needs is there but cannot be used; the message names it and what to do."""
+
+
+def read_yaml(path: str | Path, what_to_do: str = "fix it") -> Any:
+    """`yaml.safe_load` of a file; a syntax error names the file and line, a read error the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise UnreadableFile(f"{path}: cannot read it ({reason}); {what_to_do}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise UnreadableFile(f"{where}: YAML syntax error ({problem}); {what_to_do}") from None
+
+
+def read_csv(path: str | Path, what_to_do: str, **kwargs: Any) -> pd.DataFrame:
+    """`pd.read_csv` of a table a stage wrote; a damaged file (bad gzip, truncated) names the file."""
+    path = Path(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0] or type(err).__name__
+        raise UnreadableFile(f"{path}: damaged or unreadable ({reason}); {what_to_do}") from None
+
+
 def load_spec_dict(study_dir: Path) -> dict[str, Any]:
     """The spec the runner stored in `study_dir/spec.yaml`, as a plain dict (safe_load)."""
     path = Path(study_dir) / "spec.yaml"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m study run SPEC` first")
-    with open(path) as fh:
-        return yaml.safe_load(fh) or {}
+    data = read_yaml(path, RESTORE_SPEC)
+    if not isinstance(data, dict):
+        raise UnreadableFile(f"{path}: not a study spec (a YAML mapping); restore it")
+    return data
 
 
 def load_runs(study_dir: Path) -> pd.DataFrame:
@@ -85,7 +124,8 @@ def load_runs(study_dir: Path) -> pd.DataFrame:
     spec = load_spec_dict(study_dir)
     factors = condition_columns(spec) + list(POLICY_COLUMNS) + [PRESET_COLUMN]
     dtypes = {c: str for c in factors}
-    return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=[""])
+    redo = f"run `python -m study collect {Path(study_dir)}` again"
+    return read_csv(path, redo, dtype=dtypes, keep_default_na=False, na_values=[""])
 
 
 def condition_columns(spec: dict[str, Any]) -> list[str]:
@@ -162,3 +202,42 @@ def write_table(frame: pd.DataFrame, path: Path, raw: bool = False) -> None:
             gz.write(payload)
         payload = raw_buf.getvalue()
     replace_atomically(path, payload)
+
+
+# -- the study's spec lineage ----------------------------------------------------------------------
+
+SPEC_LOG = "spec_log.jsonl"  # every change of the stored spec after trials existed (old -> new hash)
+HYPOTHESES_LOG = "hypotheses_log.jsonl"  # every change of the pre-registered hypotheses, with its reason
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The entries of a JSON-lines log (none when the file does not exist)."""
+    import json
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def known_spec_hashes(study_dir: Path, current: str) -> set[str]:
+    """`current` and every earlier hash of the stored spec that the runner logged as a change."""
+    return {current} | {e["old_hash"] for e in read_jsonl(Path(study_dir) / SPEC_LOG)}
+
+
+def check_spec_hashes(study_dir: Path, current: str, trials: dict[str, str]) -> None:
+    """Refuse trials (run_id -> spec hash) run under a spec that is neither the stored one nor logged.
+
+    That happens when `spec.yaml` was edited by hand, or records were copied in from another study:
+    their results would be analysed under a spec they were not run with.
+    """
+    known = known_spec_hashes(study_dir, current)
+    bad = sorted((rid, h) for rid, h in trials.items() if h and h not in known)
+    if bad:
+        shown = ", ".join(f"{rid} (spec {h})" for rid, h in bad[:10]) + (" ..." if len(bad) > 10 else "")
+        raise ValueError(
+            f"{study_dir}: {len(bad)} trial(s) were run under a spec whose hash is neither the stored "
+            f"spec's ({current}) nor one logged in {SPEC_LOG}: {shown}. The stored spec.yaml was edited "
+            "outside the runner, or records come from another study: restore spec.yaml, or run the "
+            "changed spec with `python -m study run` (which logs the change) and re-run those trials"
+        )

@@ -79,7 +79,7 @@ def summarize(
     config: TrialConfig,
     history: list[dict[str, Any]],
     diagnostics: list[dict[str, Any]],
-    diverged: bool,
+    diverged_at: dict[str, int] | None,
     wall: float,
 ) -> dict[str, Any]:
     """The record: configuration, final and best-validation metrics, per-epoch history, provenance."""
@@ -99,7 +99,8 @@ def summarize(
         "best_epoch": best.get("epoch"),
         "test_acc_at_best_val": best.get("test_acc", nan),
         "epochs_run": len(history),
-        "diverged": bool(diverged),
+        "diverged": diverged_at is not None,
+        "diverged_at": diverged_at,
         "wall_time_s": wall,
         "history": history,
         "diagnostics": diagnostics,
@@ -136,7 +137,8 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
         train_dataloaders=data.train_dataloader(),
         val_dataloaders=[data.val_dataloader(), data.test_dataloader()],
     )
-    return summarize(config, module.history, module.diagnostics, module.diverged, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return summarize(config, module.history, module.diagnostics, module.diverged_at, wall)
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

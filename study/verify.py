@@ -9,11 +9,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from study.runner import RECORD, trial_dir, write_json_atomic
 from study.spec import expand, parse_spec
-from study.tables import METRICS
+from study.tables import METRICS, RESTORE_SPEC, read_yaml
 
 COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv reports
 
@@ -54,7 +52,7 @@ def verify(sdir: str | Path, sample: int = 5, seed: int = 0) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     sdir = Path(sdir)
-    spec = parse_spec(yaml.safe_load((sdir / "spec.yaml").read_text()))
+    spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     done = [t.run_id for t in expand(spec) if (trial_dir(sdir, t.run_id) / RECORD).exists()]
     if sample < 1:
         raise ValueError(f"--sample: must be >= 1, got {sample}")

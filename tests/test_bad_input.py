@@ -193,3 +193,140 @@ def test_statistics_refuse_to_pair_trials_whose_configurations_differ(tmp_path: 
     with pytest.raises(ValueError, match="different configurations.*0000000000000000, ffffffffffffffff"):
         compute_stats(tmp_path)
     assert not (tmp_path / "stats" / "comparisons.csv").exists()
+
+
+# --------------------------------------------------------------------------- the spec a record was run under
+
+
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A finished 2-trial study (tiny trials, sequential, one worker)."""
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    spec = _spec(factors={"weight_policy": ["exact", "ste"]}, seeds=1)
+    out = tmp_path_factory.mktemp("ran")
+    run_study(parse_spec(spec), out, workers=1, bundle=1, quiet=True)
+    return out / "s", spec
+
+
+def _copy(ran: tuple[Path, dict], dest: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(ran[0], dest / "s"))
+
+
+def test_collect_refuses_records_run_under_a_hand_edited_spec(ran, tmp_path: Path) -> None:
+    import yaml
+
+    from study.collect import collect
+
+    sdir = _copy(ran, tmp_path)
+    spec = yaml.safe_load((sdir / "spec.yaml").read_text())
+    spec["description"] = "edited by hand after the run"
+    (sdir / "spec.yaml").write_text(yaml.safe_dump(spec))
+    with pytest.raises(ValueError, match=r"2 trial\(s\) were run under a spec whose hash is neither"):
+        collect(sdir)
+    assert not (sdir / "runs.csv").exists()
+
+
+def test_a_spec_changed_through_the_runner_is_logged_and_its_records_accepted(ran, tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from study.collect import collect
+    from study.runner import run_study
+    from study.spec import parse_spec
+
+    sdir = _copy(ran, tmp_path)
+    old_hash = parse_spec(ran[1]).hash()
+    more = parse_spec({**ran[1], "seeds": 2, "description": "two seeds now"})
+    run_study(more, tmp_path, workers=1, bundle=1, quiet=True)
+    (entry,) = [json.loads(ln) for ln in (sdir / "spec_log.jsonl").read_text().splitlines()]
+    assert entry["old_hash"] == old_hash and entry["new_hash"] == more.hash()
+    assert entry["changed"] == ["description", "seeds"]
+    runs = pd.read_csv(collect(sdir)[0])
+    assert sorted(runs["spec_hash"]) == sorted([old_hash, old_hash, more.hash(), more.hash()])
+
+
+def test_stats_refuse_a_table_with_trials_of_an_unknown_spec(ran, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from study.collect import collect
+    from study.stats import compute_stats
+
+    sdir = _copy(ran, tmp_path)
+    runs = pd.read_csv(collect(sdir)[0])
+    runs.loc[0, "spec_hash"] = "0123456789abcdef"
+    runs.to_csv(sdir / "runs.csv", index=False)
+    with pytest.raises(ValueError, match=f"{runs.loc[0, 'run_id']} \\(spec 0123456789abcdef\\)"):
+        compute_stats(sdir)
+
+
+def test_a_hypotheses_change_needs_a_reason_that_the_report_shows(ran, tmp_path: Path) -> None:
+    from study.cli import main
+    from study.collect import collect
+    from study.runner import HypothesesChanged, run_study
+    from study.spec import parse_spec
+    from study.stats import compute_stats
+
+    sdir = _copy(ran, tmp_path)
+    changed = parse_spec({**ran[1], "hypotheses": {"margin": 1.0}})
+    for reason in (None, "", "   "):
+        with pytest.raises(HypothesesChanged, match="--allow-hypotheses-change REASON"):
+            run_study(changed, tmp_path, workers=1, quiet=True, hypotheses_change_reason=reason)
+    assert not (sdir / "hypotheses_log.jsonl").exists()
+    with pytest.raises(SystemExit):  # the flag without its reason is a usage error
+        main(["run", "x.yaml", "--allow-hypotheses-change"])
+    run_study(changed, tmp_path, workers=1, quiet=True, hypotheses_change_reason="pilot SD was 2 pp")
+    collect(sdir)
+    report = (compute_stats(sdir) / "report.md").read_text()
+    assert "## Pre-registration" in report and "`margin` 0.5 → 1.0; reason: pilot SD was 2 pp" in report
+
+
+# --------------------------------------------------------------------------- damaged inputs
+
+
+def test_a_yaml_syntax_error_names_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.cli import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: s\nfactors:\n  precision: [4, 16\nseeds: 2\n")
+    assert main(["run", str(bad), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}:4: YAML syntax error") and "fix the spec file" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_an_unreadable_or_damaged_input_names_the_file(
+    ran, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.cli import main
+    from study.collect import collect
+
+    sdir = _copy(ran, tmp_path)
+    collect(sdir)
+    (sdir / "curves.csv.gz").write_bytes(b"\x1f\x8b\x08\x00 truncated")
+    assert main(["figures", str(sdir)]) == 2
+    err = capsys.readouterr().err
+    assert f"{sdir / 'curves.csv.gz'}: damaged or unreadable" in err and "python -m study collect" in err
+    (sdir / "runs.csv").write_bytes(b'a,b\n"unterminated\n')
+    assert main(["stats", str(sdir)]) == 2
+    assert f"{sdir / 'runs.csv'}: damaged or unreadable" in capsys.readouterr().err
+    (sdir / "spec.yaml").write_bytes(b"\xff\xfe not text")
+    assert main(["collect", str(sdir)]) == 2
+    assert f"{sdir / 'spec.yaml'}: cannot read it (not UTF-8 text)" in capsys.readouterr().err
+
+
+def test_a_folder_where_a_file_is_expected_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from study.cli import main
+
+    (tmp_path / "spec.yaml").mkdir()
+    assert main(["run", str(tmp_path / "spec.yaml"), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot read it" in err and len(err.splitlines()) == 1

@@ -544,11 +544,15 @@ def test_changed_hypotheses_are_refused(finished, tmp_path, capsys):
                 "1",
                 "--quiet",
                 "--allow-hypotheses-change",
+                "margin too narrow for the observed SD",
             ]
         )
         == 0
     )
     assert yaml.safe_load((sdir / "spec.yaml").read_text())["hypotheses"]["margin"] == 2.0
+    (logged,) = [json.loads(ln) for ln in (sdir / "hypotheses_log.jsonl").read_text().splitlines()]
+    assert logged["reason"] == "margin too narrow for the observed SD"
+    assert (logged["old"]["margin"], logged["new"]["margin"]) == (0.5, 2.0)
 
 
 def test_changed_hypotheses_allowed_before_any_result(tmp_path):

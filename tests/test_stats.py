@@ -19,6 +19,7 @@ from scipy import stats as sst
 
 from study import stats as S
 from study.report import latex_escape, macro_prefix
+from study.spec import stored_spec_hash
 
 POLICIES = ("exact", "ste", "zero")
 SEEDS = list(range(8))
@@ -91,7 +92,7 @@ def make_spec(name: str = "core", **hypotheses) -> dict:
 def write_study(path: Path, runs: pd.DataFrame, spec: dict) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    runs.to_csv(path / "runs.csv", index=False)
+    runs.assign(spec_hash=stored_spec_hash(spec)).to_csv(path / "runs.csv", index=False)  # run under it
     return path
 
 
