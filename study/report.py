@@ -525,7 +525,9 @@ def provenance_section(runs: pd.DataFrame) -> list[str]:
             lines.append(f"- {column}: {', '.join(f'`{v}`' for v in values) or 'n/a'}")
     failed = runs["failed"].astype(str).str.lower().isin({"true", "1"}).sum() if "failed" in runs else 0
     diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}).sum() if "diverged" in runs else 0
-    lines.append(f"- trials: {len(runs)} total, {int(failed)} failed, {int(diverged)} diverged")
+    never = int(runs["status"].astype(str).eq("missing").sum()) if "status" in runs else 0
+    not_run = f", {never} not run" if never else ""
+    lines.append(f"- trials: {len(runs)} total, {int(failed)} failed, {int(diverged)} diverged{not_run}")
     return lines + [""]
 
 

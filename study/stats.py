@@ -30,10 +30,11 @@ from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
 from study.hypotheses import Comparison, Hypotheses
-from study.spec import stored_spec_hash
+from study.spec import StudySpec, cells, stored_spec_hash
 from study.tables import (
     FLOAT_FORMAT,
     POLICY_COLUMNS,
+    REDO_COLLECT,
     SITE_COLUMN,
     check_spec_hashes,
     condition_columns,
@@ -111,10 +112,14 @@ def _truthy(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def trial_status(runs: pd.DataFrame, hyp: Hypotheses) -> pd.Series:
-    """Per trial: `failed` (raised or no metric), `diverged` (only when the spec excludes them) or `ok`."""
+    """Per trial: `absent` (never ran: collect's `missing`), `failed` (raised or no metric), `diverged`
+    (only when the spec excludes them) or `ok`."""
+    never = (
+        runs["status"].astype(str).eq("missing") if "status" in runs else pd.Series(False, index=runs.index)
+    )
     failed = _truthy(runs, "failed") | pd.to_numeric(runs[hyp.metric], errors="coerce").isna()
     diverged = _truthy(runs, "diverged") & (hyp.diverged == "exclude")
-    status = np.where(failed, "failed", np.where(diverged, "diverged", "ok"))
+    status = np.where(never, "absent", np.where(failed, "failed", np.where(diverged, "diverged", "ok")))
     return pd.Series(status, index=runs.index, name="status")
 
 
@@ -150,6 +155,52 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table = table.sort_values(keys + ["seed", "_bad", "_order"], kind="mergesort")
     table = table.drop_duplicates(keys + ["seed"], keep="first")
     return table.drop(columns=["_order", "_bad"]).reset_index(drop=True)
+
+
+def _cell_text(value: Any) -> str:
+    """A factor value as runs.csv spells it, numbers normalised (16, 16.0 and '16' alike)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError):
+        return str(value).strip()
+
+
+def check_coverage(runs: pd.DataFrame, spec: dict[str, Any], study_dir: Path | str = "runs.csv") -> None:
+    """runs.csv must hold exactly one row per cell x seed of the spec (done, failed or missing alike).
+
+    A table truncated by a crash, or collected from another spec, would otherwise be analysed as if
+    complete; the message says which cells and seeds are absent or extra.
+    """
+    spec_model = StudySpec.model_validate(spec)
+    names = list(spec_model.factors)
+    absent = [n for n in [*names, "seed"] if n not in runs]
+    if absent:
+        raise ValueError(f"{study_dir}: runs.csv lacks the factor columns {absent}; {REDO_COLLECT}")
+    want = {
+        (*(_cell_text(cell.get(n)) for n in names), str(seed))
+        for cell in cells(spec_model)
+        for seed in spec_model.seed_list
+    }
+    rows = runs[names].astype(object).where(runs[names].notna(), None).map(_cell_text)
+    have = list(zip(*(rows[n] for n in names), runs["seed"].astype(int).astype(str), strict=True))
+    missing, extra = sorted(want - set(have)), sorted(set(have) - want)
+    if missing or extra:
+
+        def show(keys: list[tuple]) -> str:
+            return "; ".join(
+                ", ".join(f"{n}={v}" for n, v in zip([*names, "seed"], k, strict=True)) for k in keys[:5]
+            )
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} cell x seed row(s) of the spec missing (e.g. {show(missing)})")
+        if extra:
+            parts.append(f"{len(extra)} row(s) not in the spec (e.g. {show(extra)})")
+        raise ValueError(f"{study_dir}: runs.csv does not cover the spec: {'; '.join(parts)}; {REDO_COLLECT}")
 
 
 def expected_seeds(spec: dict[str, Any], table: pd.DataFrame) -> list[int]:
@@ -807,6 +858,7 @@ def compute_stats(study_dir: Path) -> Path:
         check_spec_hashes(
             study_dir, current, dict(zip(runs["run_id"], runs["spec_hash"].fillna(""), strict=True))
         )
+    check_coverage(runs, spec, study_dir)
     table = trial_table(runs, spec, hyp)
     orders = value_orders(spec, table)
     out = study_dir / "stats"

@@ -330,3 +330,23 @@ def test_a_folder_where_a_file_is_expected_is_one_line(
     assert main(["run", str(tmp_path / "spec.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert "cannot read it" in err and len(err.splitlines()) == 1
+
+
+def test_stats_refuse_a_table_that_does_not_cover_the_spec(ran, tmp_path: Path) -> None:
+    import pandas as pd
+
+    from study.collect import collect
+    from study.stats import compute_stats
+
+    sdir = _copy(ran, tmp_path)
+    full = pd.read_csv(collect(sdir)[0])
+    full.iloc[:1].to_csv(sdir / "runs.csv", index=False)  # what a crash mid-write used to leave
+    with pytest.raises(
+        ValueError, match=r"1 cell x seed row\(s\) of the spec missing \(e.g. weight_policy=ste"
+    ):
+        compute_stats(sdir)
+    extra = pd.concat([full, full.iloc[:1].assign(seed=7)])
+    extra.to_csv(sdir / "runs.csv", index=False)
+    with pytest.raises(ValueError, match=r"1 row\(s\) not in the spec \(e.g. weight_policy=exact, seed=7\)"):
+        compute_stats(sdir)
+    assert not (sdir / "stats" / "comparisons.csv").exists()

@@ -431,7 +431,9 @@ def test_missing_and_diverged_never_shift_pairing(tmp_path):
     runs.loc[diverged, "diverged"] = True
     absent = cell & (runs["signal_policy"] == "ste") & (runs["seed"] == 6)
     full = runs.copy()
-    runs = runs[~absent].sample(frac=1.0, random_state=0)  # shuffled rows must not matter
+    # collect's row for a trial that never ran: status `missing`, no metric
+    runs.loc[absent, ["status", "test_acc"]] = ["missing", np.nan]
+    runs = runs.sample(frac=1.0, random_state=0)  # shuffled rows must not matter
 
     out = S.compute_stats(write_study(tmp_path / "ex", runs, make_spec(diverged="exclude")))
     missing = read(out, "missing.csv")
@@ -476,7 +478,7 @@ def test_missing_and_diverged_never_shift_pairing(tmp_path):
     assert row["n_pairs"].item() == 5
     report = (out / "report.md").read_text()
     assert "## Missing data" in report and "diverged" in report and "absent" in report and "failed" in report
-    assert "trials: 143 total, 1 failed, 1 diverged" in report
+    assert "trials: 144 total, 1 failed, 1 diverged, 1 not run" in report
 
     # default (diverged: include): the diverged trial is data, only failed and absent are missing
     out = S.compute_stats(write_study(tmp_path / "in", runs, make_spec()))
@@ -516,7 +518,7 @@ def test_report_optional_sections_and_skips(tmp_path):
 
 def test_too_few_pairs_is_inconclusive_and_loss_flips_better(tmp_path):
     runs = make_runs(seeds=[0])
-    out = S.compute_stats(write_study(tmp_path / "one", runs, make_spec()))
+    out = S.compute_stats(write_study(tmp_path / "one", runs, {**make_spec(), "seeds": [0]}))
     comp = read(out, "comparisons.csv")
     assert set(comp["verdict"]) == {"inconclusive"} and comp["p_ttest"].isna().all()
     assert "model not fitted" in (out / "model.txt").read_text()
