@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from study.runner import FAILED, RECORD, trial_dir
+from study.runner import FAILED, RECORD, InvalidRecord, load_record, trial_dir
 from study.spec import expand, parse_spec
 
 METRICS = (
@@ -78,25 +78,44 @@ def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
     return rows
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read_failed(path: Path) -> dict[str, Any] | None:
+    """failed.json (None if absent); an unreadable one still marks the trial failed, saying so."""
     try:
-        return json.loads(path.read_text())
+        fail = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        return {"error": f"unreadable {path.name} ({err})"}
+    return fail if isinstance(fail, dict) else {"error": f"unreadable {path.name} (not a JSON object)"}
 
 
 def collect(sdir: str | Path) -> tuple[Path, Path]:
-    """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`."""
+    """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`.
+
+    Refuses (a ValueError naming every bad file at once) when any record.json is invalid: a table that
+    silently dropped or mislabelled those trials would be wrong; `python -m study run` sets them aside
+    and runs those trials again."""
     sdir = Path(sdir)
     spec = parse_spec(yaml.safe_load((sdir / "spec.yaml").read_text()))
     spec_hash = spec.hash()
-    rows, curves = [], []
+    rows, curves, bad = [], [], []
     for trial in expand(spec):
         d = trial_dir(sdir, trial.run_id)
-        rec, fail = _read(d / RECORD), _read(d / FAILED)
+        try:
+            rec = load_record(d / RECORD, trial.run_id)
+        except InvalidRecord as err:
+            bad.append(str(err))
+            continue
+        fail = _read_failed(d / FAILED)
         rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
         if rec:
             curves += _curves(trial.run_id, rec)
+    if bad:
+        raise ValueError(
+            f"{len(bad)} invalid record(s) in {sdir}; no table written. Run the study again "
+            "(`python -m study run SPEC --out OUT`) to set them aside and re-run those trials:\n  "
+            + "\n  ".join(bad)
+        )
     runs = pd.DataFrame(rows)
     runs_path = sdir / "runs.csv"
     runs.to_csv(runs_path, index=False, float_format="%.6g")

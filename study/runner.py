@@ -2,7 +2,9 @@
 
 Layout: ``OUT/<study>/spec.yaml`` and ``OUT/<study>/trials/<run_id>/`` holding ``config.json``, the
 per-epoch CSV log and ``record.json`` — written to a temporary file and renamed into place last, so
-its presence means done. A trial that raises leaves ``failed.json`` (with the traceback) instead.
+a valid one means done (`load_record` checks it parses, is complete and belongs to the trial; an
+invalid one is moved aside to ``record.json.corrupt-<time>`` and the trial run again). A trial that
+raises leaves ``failed.json`` (with the traceback) instead.
 A trial is claimed with an ``O_EXCL`` lock file (host, pid, heartbeat); a claim whose owner is dead,
 or silent for longer than `STALE_AFTER_S`, is taken over.
 """
@@ -10,14 +12,17 @@ or silent for longer than `STALE_AFTER_S`, is taken over.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +49,126 @@ def trial_dir(sdir: Path, run_id: str) -> Path:
     return sdir / "trials" / run_id
 
 
+# what every record holds (study.trial.summarize writes the first group, the runner adds the second)
+RECORD_KEYS = (
+    "run_id",
+    "config",
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "best_epoch",
+    "test_acc_at_best_val",
+    "epochs_run",
+    "diverged",
+    "wall_time_s",
+    "history",
+    "diagnostics",
+    "versions",
+    "study",
+    "spec_hash",
+    "factors",
+)
+_NUMBER_KEYS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "test_acc_at_best_val",
+    "wall_time_s",
+)
+
+
+class InvalidRecord(ValueError):
+    """A `record.json` that is not a complete record of its trial (unreadable, incomplete or foreign)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    # the same hash as TrialConfig.run_id, computed from the stored dict (no re-validation, so a record
+    # stays readable when TrialConfig later gains fields)
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_problem(rec: Any, run_id: str) -> str | None:
+    """Why `rec` (a parsed record.json) is not a complete record of trial `run_id`; None if it is."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object (a {type(rec).__name__})"
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        return f"incomplete: missing {', '.join(missing)}"
+    if rec["run_id"] != run_id:
+        return f"foreign: run_id {rec['run_id']!r}, but the trial is {run_id!r}"
+    if not isinstance(rec["config"], dict) or _config_hash(rec["config"]) != run_id:
+        return f"foreign: its config is not the configuration of trial {run_id!r}"
+    for key in ("history", "diagnostics"):
+        if not isinstance(rec[key], list):
+            return f"bad {key}: a list expected, got {type(rec[key]).__name__}"
+    for key in _NUMBER_KEYS:
+        v = rec[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"bad {key}: a number expected, got {v!r}"
+    return None
+
+
+def load_record(path: Path, run_id: str) -> dict[str, Any] | None:
+    """The record at `path` (None if there is none); `InvalidRecord` if it is not a record of `run_id`."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidRecord(path, f"unreadable ({err})") from None
+    if not text.strip():
+        raise InvalidRecord(path, "empty")
+    try:
+        rec = json.loads(text)
+    except ValueError as err:
+        raise InvalidRecord(path, f"not valid JSON, truncated or corrupt ({err})") from None
+    problem = record_problem(rec, run_id)
+    if problem:
+        raise InvalidRecord(path, problem)
+    return rec
+
+
 def status(sdir: Path, run_id: str) -> str:
-    """'done', 'failed' or 'todo' for one trial."""
+    """'done', 'failed' or 'todo' for one trial. An invalid record does not count as done: the trial is
+    'todo' (or 'failed'), and the runner sets the record aside (`set_aside_invalid_record`) when it
+    claims the trial."""
     d = trial_dir(sdir, run_id)
-    if (d / RECORD).exists():
-        return "done"
+    try:
+        if load_record(d / RECORD, run_id) is not None:
+            return "done"
+    except InvalidRecord:
+        pass
     if (d / FAILED).exists():
         return "failed"
     return "todo"
+
+
+def set_aside_invalid_record(sdir: Path, run_id: str) -> Path | None:
+    """Move an invalid record.json to `record.json.corrupt-<UTC time>` (kept for inspection, never deleted);
+    returns the new path, or None when the record is valid or absent. Call it only while holding the claim."""
+    path = trial_dir(sdir, run_id) / RECORD
+    try:
+        load_record(path, run_id)
+        return None
+    except InvalidRecord as err:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        dest = path.with_name(f"{RECORD}.corrupt-{stamp}")
+        os.replace(path, dest)
+        print(f"warning: {err}; moved to {dest.name}, the trial is run again", file=sys.stderr, flush=True)
+        return dest
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -195,6 +312,9 @@ def execute_unit(
         if st == "done" or (st == "failed" and not retry_failed):
             events.append({"run_id": run_id, "status": "skipped"})
         elif try_claim(root, run_id):
+            set_aside_invalid_record(root, run_id)
+            for tmp in trial_dir(root, run_id).glob(".*.tmp"):  # left by a writer killed mid-write
+                tmp.unlink(missing_ok=True)
             todo.append((run_id, factors, cfg))
         else:
             events.append({"run_id": run_id, "status": "busy"})

@@ -173,16 +173,8 @@ def _fake_run_trial(calls: list[str], workers: set[int], lock: threading.Lock):
             calls.append(config.run_id)
             workers.add(threading.get_ident())
         time.sleep(0.02)
-        return {
-            "run_id": config.run_id,
-            "config": config.canonical(),
-            "test_acc": 50.0,
-            "wall_time_s": 0.02,
-            "history": [{"epoch": 1, "test_acc": 50.0}],
-            "diagnostics": [],
-            "epochs_run": 1,
-            "diverged": False,
-        }
+        row = {"epoch": 1, **{f"{s}_{m}": 50.0 for s in ("train", "val", "test") for m in ("acc", "loss")}}
+        return trial_mod.summarize(config, [row], [], False, 0.02)  # a complete record
 
     return run_trial
 
@@ -262,11 +254,20 @@ def test_try_claim(tmp_path):
     _write_claim(tmp_path, "crashed", None, age_s=R.STALE_AFTER_S + 30)
     assert R.try_claim(tmp_path, "crashed")  # empty and old: its writer died mid-write
 
-    done = R.trial_dir(tmp_path, "done")
-    done.mkdir(parents=True)
-    (done / R.RECORD).write_text("{}")
-    assert not R.try_claim(tmp_path, "done")
+    config = trial_mod.TrialConfig.parse(TINY)
+    row = {"epoch": 1, **{f"{s}_{m}": 50.0 for s in ("train", "val", "test") for m in ("acc", "loss")}}
+    rec = {
+        **trial_mod.summarize(config, [row], [], False, 0.1),
+        "study": "s",
+        "spec_hash": "h",
+        "factors": {},
+    }
+    done = R.trial_dir(tmp_path, config.run_id)
+    R.write_json_atomic(done / R.RECORD, rec)
+    assert not R.try_claim(tmp_path, config.run_id)  # a valid record: done
     assert not (done / R.CLAIM).exists()
+    (done / R.RECORD).write_text("{}")
+    assert R.try_claim(tmp_path, config.run_id)  # an invalid record is not done
 
 
 def test_heartbeat_touches_claims(tmp_path, monkeypatch):

@@ -1,0 +1,141 @@
+"""Faults a long study meets: corrupt records, stale and stolen claims, unfinished runs, killed parents,
+Ctrl-C, oversized grids and insecure Dask addresses. Training is replaced by a stub wherever the test is
+about the runner rather than the training, so these tests stay fast."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY, write_spec
+
+import study.runner as R
+import study.trial as trial_mod
+from study.cli import main
+from study.collect import collect
+from study.spec import expand, load_spec
+
+
+def _spec(name: str, seeds: int, factors: dict[str, list], **base: Any) -> dict[str, Any]:
+    return {"name": name, "base": {**TINY, **base}, "factors": factors, "seeds": seeds}
+
+
+def _fingerprint(path: Path) -> tuple[int, int, bytes]:
+    st = path.stat()
+    return st.st_ino, st.st_mtime_ns, path.read_bytes()
+
+
+def _stub_trials(monkeypatch: pytest.MonkeyPatch, calls: list[str], seconds: float = 0.0) -> None:
+    """Replace training by a stub that returns a complete record (after `seconds`) and logs its run_id."""
+
+    def run_trial(config, out_dir=None):
+        calls.append(config.run_id)
+        time.sleep(seconds)
+        row = {
+            "epoch": 1,
+            **{f"{s}_{m}": 50.0 for s in ("train", "val", "test") for m in ("acc", "loss")},
+        }
+        return trial_mod.summarize(config, [row], [], False, seconds)
+
+    monkeypatch.setattr(trial_mod, "run_trial", run_trial)
+
+
+def _run(spec_path: Path, out: Path, *extra: str) -> int:
+    args = ["--workers", "1", "--bundle", "1", "--quiet", *extra]
+    return main(["run", str(spec_path), "--out", str(out), *args])
+
+
+# ------------------------------------------------------------------------------ item 5: invalid records
+
+
+@pytest.fixture
+def stub_study(tmp_path, monkeypatch) -> tuple[Path, Path, list[str], list[str]]:
+    """A finished 6-trial study run with the stub: (spec path, study dir, run_ids, stub call log)."""
+    calls: list[str] = []
+    _stub_trials(monkeypatch, calls)
+    spec_path = write_spec(tmp_path / "recs.yaml", _spec("recs", 3, {"weight_policy": ["ste", "exact"]}))
+    assert _run(spec_path, tmp_path / "out") == 0
+    run_ids = [t.run_id for t in expand(load_spec(spec_path))]
+    assert sorted(calls) == sorted(run_ids)
+    calls.clear()
+    return spec_path, tmp_path / "out" / "recs", run_ids, calls
+
+
+def _corrupt(sdir: Path, run_ids: list[str]) -> dict[str, bytes]:
+    """Five kinds of bad record.json on the first five trials; returns the bad bytes written."""
+    path = {rid: R.trial_dir(sdir, rid) / R.RECORD for rid in run_ids}
+    good = path[run_ids[0]].read_bytes()
+    incomplete = json.loads(path[run_ids[4]].read_text())
+    del incomplete["history"]
+    bad = {
+        run_ids[0]: b"",  # empty
+        run_ids[1]: path[run_ids[1]].read_bytes()[: len(good) // 2],  # truncated
+        run_ids[2]: path[run_ids[3]].read_bytes(),  # foreign: another trial's record
+        run_ids[3]: b"\x00\xffnot json at all",  # not JSON (not even UTF-8)
+        run_ids[4]: json.dumps(incomplete).encode(),  # a key missing
+    }
+    for rid, data in bad.items():
+        path[rid].write_bytes(data)
+    return bad
+
+
+def test_invalid_records_are_set_aside_and_rerun(stub_study, tmp_path, capsys):
+    """Empty, truncated, foreign, non-JSON and incomplete records are not 'done': the next run moves each to
+    record.json.corrupt-<time> (bytes kept) and re-runs exactly those trials; the valid trial is untouched."""
+    spec_path, sdir, run_ids, calls = stub_study
+    bad = _corrupt(sdir, run_ids)
+    keep = run_ids[5]
+    kept_files = {p: _fingerprint(p) for p in R.trial_dir(sdir, keep).rglob("*") if p.is_file()}
+    assert {R.status(sdir, rid) for rid in bad} == {"todo"} and R.status(sdir, keep) == "done"
+
+    # a dry run counts them as to do and touches nothing
+    before = {p: _fingerprint(p) for p in sdir.rglob("*") if p.is_file()}
+    assert main(["run", str(spec_path), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    assert "1 done, 0 failed, 5 to do" in capsys.readouterr().out
+    assert {p: _fingerprint(p) for p in sdir.rglob("*") if p.is_file()} == before
+
+    assert _run(spec_path, tmp_path / "out") == 0
+    assert sorted(calls) == sorted(bad)
+    err = capsys.readouterr().err
+    for rid, data in bad.items():
+        d = R.trial_dir(sdir, rid)
+        aside = list(d.glob(f"{R.RECORD}.corrupt-*"))
+        assert len(aside) == 1 and aside[0].read_bytes() == data, rid
+        assert aside[0].name in err
+        assert R.load_record(d / R.RECORD, rid)["run_id"] == rid  # a valid record again
+    assert {p: _fingerprint(p) for p in R.trial_dir(sdir, keep).rglob("*") if p.is_file()} == kept_files
+    assert not list(sdir.glob(f"trials/*/{R.CLAIM}"))
+
+
+def test_collect_names_every_invalid_record(stub_study, capsys):
+    """collect refuses a study with invalid records in one message that names each bad file and why."""
+    _, sdir, run_ids, _ = stub_study
+    bad = _corrupt(sdir, run_ids)
+    with pytest.raises(ValueError, match="5 invalid record") as info:
+        collect(sdir)
+    msg = str(info.value)
+    for rid in bad:
+        assert str(R.trial_dir(sdir, rid) / R.RECORD) in msg
+    for reason in ("empty", "not valid JSON", "foreign", "missing history"):
+        assert reason in msg
+    assert not (sdir / "runs.csv").exists()
+    assert main(["collect", str(sdir)]) == 2
+    err = capsys.readouterr().err
+    assert all(rid in err for rid in bad)
+
+
+def test_load_record_accepts_real_records_and_rejects_a_changed_config(stub_study):
+    _, sdir, run_ids, _ = stub_study
+    path = R.trial_dir(sdir, run_ids[0]) / R.RECORD
+    rec = R.load_record(path, run_ids[0])
+    assert rec is not None and R.record_problem(rec, run_ids[0]) is None
+    assert R.load_record(path.with_name("absent.json"), run_ids[0]) is None
+    rec["config"]["lr"] = 0.5  # the run_id is right but the configuration is not this trial's
+    assert "foreign" in R.record_problem(rec, run_ids[0])
+    assert "not a JSON object" in R.record_problem([1, 2], run_ids[0])
+    rec = R.load_record(path, run_ids[0])
+    rec["test_acc"] = "high"
+    assert "bad test_acc" in R.record_problem(rec, run_ids[0])
