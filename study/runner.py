@@ -5,8 +5,8 @@ per-epoch CSV log and ``record.json`` — written to a temporary file and rename
 a valid one means done (`load_record` checks it parses, is complete and belongs to the trial; an
 invalid one is moved aside to ``record.json.corrupt-<time>`` and the trial run again). A trial that
 raises leaves ``failed.json`` (with the traceback) instead.
-A trial is claimed with an ``O_EXCL`` lock file (host, pid, heartbeat); a claim whose owner is dead,
-or silent for longer than `STALE_AFTER_S`, is taken over.
+A trial is claimed with an ``O_EXCL`` lock file (host, pid, owner id, heartbeat); a claim whose owner is
+dead, or silent for longer than `STALE_AFTER_S`, is taken over, and a runner releases only its own claim.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -212,8 +213,18 @@ def _claim_is_stale(path: Path) -> bool:
     return age > STALE_AFTER_S
 
 
-def try_claim(sdir: Path, run_id: str) -> bool:
-    """Atomically claim a trial (O_EXCL). Takes over a stale claim. False if someone else holds it."""
+def claim_owner(path: Path) -> str | None:
+    """The owner id written in a claim file (None when it is absent, unreadable or has none)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("owner") if isinstance(info, dict) else None
+
+
+def try_claim(sdir: Path, run_id: str) -> str | None:
+    """Atomically claim a trial (O_EXCL); takes over a stale claim. Returns the claim's owner id (a fresh
+    uuid, needed to release it), or None if someone else holds it or the trial is done."""
     d = trial_dir(sdir, run_id)
     d.mkdir(parents=True, exist_ok=True)
     path = d / CLAIM
@@ -222,44 +233,55 @@ def try_claim(sdir: Path, run_id: str) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             if not _claim_is_stale(path):
-                return False
-            stale = path.with_name(f"{CLAIM}.stale.{os.getpid()}")
+                return None
+            stale = path.with_name(f"{CLAIM}.stale.{os.getpid()}.{uuid.uuid4().hex}")
             try:
                 os.replace(path, stale)  # only one taker wins the rename
                 stale.unlink()
             except OSError:
-                return False
+                return None
             continue
+        owner = uuid.uuid4().hex
         with os.fdopen(fd, "w") as fh:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, fh)
+            info = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "owner": owner}
+            json.dump(info, fh)
         if status(sdir, run_id) == "done":  # finished by another runner between our check and claim
-            release(sdir, run_id)
-            return False
-        return True
-    return False
+            release(sdir, run_id, owner)
+            return None
+        return owner
+    return None
 
 
-def release(sdir: Path, run_id: str) -> None:
+def release(sdir: Path, run_id: str, owner: str) -> bool:
+    """Remove the claim if it is still `owner`'s (True); a claim another runner has taken over (ours
+    looked stale to it) is left alone, so that a third runner cannot start the same trial."""
+    path = trial_dir(sdir, run_id) / CLAIM
+    if claim_owner(path) != owner:
+        return False
     try:
-        (trial_dir(sdir, run_id) / CLAIM).unlink()
+        path.unlink()
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
 class Heartbeat:
-    """Touches the claim files of the trials being run, so other runners see they are alive."""
+    """Touches the claim files of the trials being run (every `HEARTBEAT_S`, from a daemon thread, so it
+    goes on while the main thread trains), so other runners see they are alive. A claim another runner
+    has taken over is not touched: its liveness is its new owner's to show."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths, self._stop = paths, threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+    def __init__(self, claims: dict[Path, str]) -> None:
+        self.claims, self._stop = claims, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="claim-heartbeat")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            for p in self.paths:
-                try:
-                    os.utime(p)
-                except OSError:
-                    pass
+            for path, owner in self.claims.items():
+                if claim_owner(path) == owner:
+                    try:
+                        os.utime(path)
+                    except OSError:
+                        pass
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -307,11 +329,13 @@ def execute_unit(
     root = Path(sdir)
     events: list[dict[str, Any]] = []
     todo = []
+    owners: dict[str, str] = {}
     for run_id, factors, cfg in unit.trials:
         st = status(root, run_id)
         if st == "done" or (st == "failed" and not retry_failed):
             events.append({"run_id": run_id, "status": "skipped"})
-        elif try_claim(root, run_id):
+        elif owner := try_claim(root, run_id):
+            owners[run_id] = owner
             set_aside_invalid_record(root, run_id)
             for tmp in trial_dir(root, run_id).glob(".*.tmp"):  # left by a writer killed mid-write
                 tmp.unlink(missing_ok=True)
@@ -320,7 +344,7 @@ def execute_unit(
             events.append({"run_id": run_id, "status": "busy"})
     if not todo:
         return events
-    claims = [trial_dir(root, r) / CLAIM for r, _, _ in todo]
+    claims = {trial_dir(root, r) / CLAIM: owners[r] for r, _, _ in todo}
     try:
         with Heartbeat(claims):
             for run_id, _, cfg in todo:
@@ -357,7 +381,7 @@ def execute_unit(
                 events.append({"run_id": run_id, "status": "done", "wall_time_s": rec["wall_time_s"]})
     finally:
         for run_id, _, _ in todo:
-            release(root, run_id)
+            release(root, run_id, owners[run_id])
     return events
 
 

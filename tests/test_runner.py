@@ -232,11 +232,13 @@ def test_try_claim(tmp_path):
     import socket
 
     host = socket.gethostname()
-    assert R.try_claim(tmp_path, "a")
+    owner = R.try_claim(tmp_path, "a")
+    assert owner
     claim = json.loads((R.trial_dir(tmp_path, "a") / R.CLAIM).read_text())
-    assert claim["pid"] == os.getpid() and claim["host"] == host
+    assert claim["pid"] == os.getpid() and claim["host"] == host and claim["owner"] == owner
     assert not R.try_claim(tmp_path, "a")  # held by a live process (this one)
-    R.release(tmp_path, "a")
+    assert not R.release(tmp_path, "a", "someone-else")  # only the owner releases it
+    assert R.release(tmp_path, "a", owner)
     assert R.try_claim(tmp_path, "a")  # free again
 
     _write_claim(tmp_path, "dead", {"host": host, "pid": _dead_pid(), "time": time.time()})
@@ -272,9 +274,9 @@ def test_try_claim(tmp_path):
 
 def test_heartbeat_touches_claims(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "HEARTBEAT_S", 0.05)
-    path = _write_claim(tmp_path, "beat", {"host": "h", "pid": 1, "time": 0}, age_s=1000)
+    path = _write_claim(tmp_path, "beat", {"host": "h", "pid": 1, "time": 0, "owner": "me"}, age_s=1000)
     old = path.stat().st_mtime
-    with R.Heartbeat([path]):
+    with R.Heartbeat({path: "me"}):
         time.sleep(0.3)
     assert path.stat().st_mtime > old + 900
 

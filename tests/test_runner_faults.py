@@ -5,6 +5,8 @@ about the runner rather than the training, so these tests stay fast."""
 from __future__ import annotations
 
 import json
+import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -139,3 +141,82 @@ def test_load_record_accepts_real_records_and_rejects_a_changed_config(stub_stud
     rec = R.load_record(path, run_ids[0])
     rec["test_acc"] = "high"
     assert "bad test_acc" in R.record_problem(rec, run_ids[0])
+
+
+# ---------------------------------------------------------------------- item 7: live and stolen claims
+
+
+def _torch_work(seconds: float) -> None:
+    import torch
+
+    a = torch.randn(128, 128)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a.T / 128)
+
+
+@pytest.mark.parametrize("work", ["sleep", "torch"])
+def test_live_claim_never_goes_stale_during_a_long_trial(tmp_path, monkeypatch, work):
+    """A trial three times longer than STALE_AFTER_S (training in the main thread, torch holding the core):
+    the heartbeat keeps its claim fresh, so no other runner may take it over at any moment."""
+    monkeypatch.setattr(R, "STALE_AFTER_S", 0.4)
+    monkeypatch.setattr(R, "HEARTBEAT_S", 0.05)
+    calls: list[str] = []
+    _stub_trials(monkeypatch, calls)
+    stub = trial_mod.run_trial
+
+    def long_trial(config, out_dir=None):
+        time.sleep(1.2) if work == "sleep" else _torch_work(1.2)
+        return stub(config, out_dir)
+
+    monkeypatch.setattr(trial_mod, "run_trial", long_trial)
+    spec = load_spec(write_spec(tmp_path / "long.yaml", _spec("long", 1, {"weight_policy": ["ste"]})))
+    (rid,) = [t.run_id for t in expand(spec)]
+    claim = R.trial_dir(tmp_path / "out" / "long", rid) / R.CLAIM
+    seen, stolen, stop = [], [], threading.Event()
+
+    def other_runner() -> None:  # polls as a second runner would
+        while not stop.is_set():
+            if claim.exists():
+                seen.append(R._claim_is_stale(claim))
+                if R.try_claim(claim.parent.parent.parent, rid):
+                    stolen.append(time.monotonic())
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=other_runner)
+    watcher.start()
+    try:
+        counts = R.run_study(spec, tmp_path / "out", workers=1, bundle=1, quiet=True)
+    finally:
+        stop.set()
+        watcher.join()
+    assert counts["done"] == 1 and calls == [rid]
+    assert len(seen) > 20 and not any(seen) and not stolen
+
+
+def test_release_spares_a_claim_taken_over_by_another_runner(tmp_path, monkeypatch):
+    """Runner A's claim is taken over mid-trial (A looked stale to runner B): when A finishes it must neither
+    delete nor touch B's claim, or a third runner would start the trial B is running."""
+    monkeypatch.setattr(R, "HEARTBEAT_S", 0.02)
+    calls: list[str] = []
+    _stub_trials(monkeypatch, calls)
+    stub = trial_mod.run_trial
+    theirs = {"host": "elsewhere.invalid", "pid": 1, "time": time.time(), "owner": "runner-b"}
+
+    def taken_over(config, out_dir=None):
+        claim = Path(out_dir) / config.run_id / R.CLAIM
+        assert json.loads(claim.read_text())["pid"] == os.getpid()  # A holds it while it trains
+        claim.write_text(json.dumps(theirs))  # B's takeover (rename + O_EXCL, here at once)
+        t = time.time() - 5
+        os.utime(claim, (t, t))
+        time.sleep(0.2)  # A's heartbeat beats ~10 times meanwhile
+        return stub(config, out_dir)
+
+    monkeypatch.setattr(trial_mod, "run_trial", taken_over)
+    spec = load_spec(write_spec(tmp_path / "steal.yaml", _spec("steal", 1, {"weight_policy": ["ste"]})))
+    (rid,) = [t.run_id for t in expand(spec)]
+    R.run_study(spec, tmp_path / "out", workers=1, bundle=1, quiet=True)
+    claim = R.trial_dir(tmp_path / "out" / "steal", rid) / R.CLAIM
+    assert claim.exists(), "runner A deleted runner B's claim"
+    assert json.loads(claim.read_text()) == theirs
+    assert time.time() - claim.stat().st_mtime > 4, "runner A's heartbeat kept touching B's claim"
