@@ -160,7 +160,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.allow_hypotheses_change,
         security,
     )
-    return 1 if counts["failed"] else 0
+    left = counts["failed"] + counts["todo"]
+    if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study
+        from study.runner import held_elsewhere, study_dir, unfinished_message
+        from study.spec import expand
+
+        trials = expand(spec)
+        held = held_elsewhere(study_dir(args.out, spec), trials) if counts["todo"] else 0
+        print(f"error: {unfinished_message(spec.name, len(trials), counts, held)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:

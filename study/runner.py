@@ -439,6 +439,30 @@ def summary_counts(sdir: Path, trials: Iterable[Trial]) -> dict[str, int]:
     return counts
 
 
+def held_elsewhere(sdir: Path, trials: Iterable[Trial]) -> int:
+    """How many of `trials` are not done but claimed by a live runner (being run right now elsewhere)."""
+    n = 0
+    for t in trials:
+        claim = trial_dir(sdir, t.run_id) / CLAIM
+        if claim.exists() and status(sdir, t.run_id) != "done" and not _claim_is_stale(claim):
+            n += 1
+    return n
+
+
+def unfinished_message(name: str, total: int, counts: dict[str, int], held: int = 0) -> str:
+    """One line saying what is left of a study and how to finish it ('' when every trial is done)."""
+    left = counts["failed"] + counts["todo"]
+    if not left:
+        return ""
+    parts = [f"{counts['failed']} failed", f"{counts['todo']} to do"]
+    if held:
+        parts.append(f"{held} of them being run by another runner")
+    hint = "run the same command again to resume"
+    if counts["failed"]:
+        hint += " (add --retry-failed to run the failed trials again)"
+    return f"{name}: {left} of {total} trials not done ({', '.join(parts)}); {hint}"
+
+
 def estimate_trial_seconds(sdir: Path, default: float = 10.0) -> float:
     """Mean wall time of the finished trials (or `default` when none is finished)."""
     times = []

@@ -145,9 +145,10 @@ def test_sigkill_resume_with_two_concurrent_runners(tmp_path):
 
     runners = [_start_runner(wrapper, spec_path, out, log2, tmp_path) for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runners]
+    # a runner skips trials the other one holds, so only the runner that finishes last sees all 10 done;
+    # the other exits 1, saying the trials it left are being run by the other runner
     for r, (_, stderr) in zip(runners, outputs, strict=True):
-        assert r.returncode == 0, stderr
-    # a runner skips trials the other one holds, so only the runner that finishes last sees all 10 done
+        assert r.returncode == 0 or (r.returncode == 1 and "being run by another runner" in stderr), stderr
     assert any("10/10 done" in stdout for stdout, _ in outputs), outputs
 
     after = _records(sdir)

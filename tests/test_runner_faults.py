@@ -220,3 +220,60 @@ def test_release_spares_a_claim_taken_over_by_another_runner(tmp_path, monkeypat
     assert claim.exists(), "runner A deleted runner B's claim"
     assert json.loads(claim.read_text()) == theirs
     assert time.time() - claim.stat().st_mtime > 4, "runner A's heartbeat kept touching B's claim"
+
+
+# ------------------------------------------------------------------ item 8: exit 1 when anything is left
+
+
+def test_run_exits_nonzero_when_trials_are_left(tmp_path, monkeypatch, capsys):
+    """A trial held by another live runner is left to do: `run` exits 1 with the counts, not 0."""
+    import socket
+
+    calls: list[str] = []
+    _stub_trials(monkeypatch, calls)
+    spec_path = write_spec(tmp_path / "left.yaml", _spec("left", 2, {"weight_policy": ["ste"]}))
+    held, free = [t.run_id for t in expand(load_spec(spec_path))]
+    claim = R.trial_dir(tmp_path / "out" / "left", held) / R.CLAIM
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "owner": "other"}))
+    assert _run(spec_path, tmp_path / "out") == 1
+    assert calls == [free]
+    err = capsys.readouterr().err
+    assert "left: 1 of 2 trials not done (0 failed, 1 to do, 1 of them being run by another runner)" in err
+    assert "run the same command again" in err and "--retry-failed" not in err
+    claim.unlink()  # the other runner gave up: the next run finishes the study
+    assert _run(spec_path, tmp_path / "out") == 0
+    assert calls == [free, held]
+
+
+def test_run_all_stops_with_the_message_when_a_study_is_unfinished(tmp_path):
+    """run_all.sh (set -e) stops at an unfinished study with its own line after the runner's counts, and
+    collects nothing; `python` is a stand-in here that logs its arguments."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    fake = bindir / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {tmp_path / "calls.log"}\n'
+        'if [ "$3" = run ]; then echo "error: smoke: 3 of 36 trials not done (3 failed, 0 to do)" >&2; '
+        "exit 1; fi\n"
+    )
+    fake.chmod(0o755)
+    env = {
+        **os.environ,
+        "NORMGRAD_NO_SETUP": "1",
+        "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        "SMOKE_DIR": str(tmp_path / "smoke"),
+        "WORKERS": "2",
+    }
+    out = subprocess.run(
+        ["bash", str(root / "run_all.sh"), "--smoke"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1, out.stderr
+    assert "3 of 36 trials not done" in out.stderr
+    assert "run_all.sh: stopped" in out.stderr and "again to resume" in out.stderr
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert len(calls) == 1 and calls[0].startswith("-m study run smoke")  # no collect, no analysis
