@@ -132,9 +132,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from study.runner import dry_run, run_study
-    from study.spec import load_spec
+    from study.spec import load_spec_checked
 
-    spec = load_spec(args.spec)
+    spec = load_spec_checked(args.spec)  # an oversized grid is refused before anything builds it
     if args.dry_run:
         dry_run(spec, args.out, args.workers, args.bundle)
         return 0

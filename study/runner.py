@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from study.spec import StudySpec, Trial, expand, spec_to_yaml
+from study.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
 STALE_AFTER_S = 120.0
@@ -560,6 +560,7 @@ def run_study(
     if executor not in ("local", "dask"):
         raise ValueError(f"--executor: unknown {executor!r}; allowed: local, dask")
     workers = workers or os.cpu_count() or 1
+    check_grid_size(spec)
     sdir = prepare(spec, out, allow_hypotheses_change)
     trials = expand(spec)
     start_counts = summary_counts(sdir, trials)
@@ -625,7 +626,8 @@ def write_run_summary(sdir: Path) -> Path:
 
 
 def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
-    """Trial counts and an estimated time, without running anything."""
+    """Trial counts and an estimated time, without running anything (an oversized grid is refused)."""
+    check_grid_size(spec)
     sdir = study_dir(out, spec)
     trials = expand(spec)
     counts = summary_counts(sdir, trials) if sdir.exists() else {"done": 0, "failed": 0, "todo": len(trials)}

@@ -277,3 +277,81 @@ def test_run_all_stops_with_the_message_when_a_study_is_unfinished(tmp_path):
     assert "run_all.sh: stopped" in out.stderr and "again to resume" in out.stderr
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 1 and calls[0].startswith("-m study run smoke")  # no collect, no analysis
+
+
+# ----------------------------------------------------------------------------- item 12: oversized grids
+
+
+def test_count_cells_equals_the_built_grid():
+    """count_cells == len(cells) on random small grids with exclude rules (also naming non-factors, lists,
+    empty rules) and include cells (in the grid, excluded, partial, repeated)."""
+    import random
+
+    from study.spec import StudySpec, cells, count_cells
+
+    rng = random.Random(0)
+
+    def rule(keys: list[str]) -> dict:
+        chosen = rng.sample(keys, rng.randint(0, min(2, len(keys))))
+        return {k: rng.choice([rng.randint(0, 3), [rng.randint(0, 3), None], None]) for k in chosen}
+
+    def cell(names: list[str], keys: list[str]) -> dict:
+        chosen = names if rng.random() < 0.7 else rng.sample(keys, rng.randint(0, len(keys)))
+        return {k: rng.randint(0, 3) for k in chosen}
+
+    for _ in range(300):
+        names = rng.sample("abcd", rng.randint(0, 3))
+        factors = {n: [rng.randint(0, 3) for _ in range(rng.randint(1, 4))] for n in names}
+        keys = [*names, "z"]
+        spec = StudySpec.model_validate(
+            {
+                "name": "g",
+                "factors": factors,
+                "exclude": [rule(keys) for _ in range(rng.randint(0, 3))],
+                "include": [cell(names, keys) for _ in range(rng.randint(0, 3))],
+                "seeds": 1,
+            }
+        )
+        assert count_cells(spec) == len(cells(spec)), spec
+
+
+def test_oversized_grid_is_refused_without_building_it(tmp_path, monkeypatch, capsys):
+    """A 3.2-million-cell grid: `run` and `run --dry-run` exit 2 naming the count and the limit, and never
+    build the grid (cells() is made to fail on anything large)."""
+    import math
+
+    import study.spec as spec_mod
+
+    real_cells = spec_mod.cells
+
+    def small_cells_only(spec):
+        assert math.prod(map(len, spec.factors.values())) <= 1000, "the oversized grid was built"
+        return real_cells(spec)
+
+    monkeypatch.setattr(spec_mod, "cells", small_cells_only)
+    twenty = list(range(1, 21))
+    factors = {
+        "lr": [i / 1000 for i in twenty],
+        "batch_size": twenty,
+        "epochs": twenty,
+        "probe_size": twenty,
+        "split_seed": twenty,
+    }
+    huge = write_spec(tmp_path / "huge.yaml", _spec("huge", 3, factors))
+    for extra in (["--dry-run"], []):
+        assert main(["run", str(huge), "--out", str(tmp_path / "out"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "3,200,000 grid cells x 3 seeds = 9,600,000 trials" in err and "100,000 cells" in err
+    assert not (tmp_path / "out").exists()
+
+    many_seeds = write_spec(tmp_path / "seeds.yaml", _spec("seeds", 1_000_001, {"lr": [0.01]}))
+    assert main(["run", str(many_seeds), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "1,000,001 trials" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+    # within the limits the count is exact and cheap, exclude rules included
+    spec = spec_mod.StudySpec.model_validate(
+        {"name": "x", "factors": factors, "exclude": [{"lr": 0.001}, {"epochs": [1, 2]}], "seeds": 1}
+    )
+    assert spec_mod.count_cells(spec) == 19 * 20 * 18 * 20 * 20
+    with pytest.raises(spec_mod.ConfigError, match="2,736,000 grid cells"):
+        R.dry_run(spec, tmp_path / "out", 1, 1)
