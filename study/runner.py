@@ -506,6 +506,69 @@ LEAN_WORKER_CONFIG: dict[str, Any] = {
 }
 
 
+def local_cluster_security() -> Any:
+    """`Security.temporary()`: a self-signed certificate made for this cluster, required by every peer."""
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError as err:  # distributed needs the `cryptography` package to make the certificate
+        raise ValueError(
+            f"--executor dask: the LocalCluster runs with TLS, which needs the `cryptography` package "
+            f"({err}); install it with `pip install -e '.[dask]'`"
+        ) from None
+
+
+def check_scheduler_address(address: str, tls: bool, insecure: bool = False) -> None:
+    """Refuse (ValueError naming the option) a Dask scheduler address that would expose the study: a plain
+    (unencrypted, unauthenticated) address off loopback unless `insecure`, TLS without a TLS setup, or TLS
+    files given for a plain address (they would be ignored)."""
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text  # Dask's default protocol
+    rest = rest.split("/")[0]
+    if rest.startswith("["):  # [IPv6]:port
+        host = rest[1 : rest.find("]")] if "]" in rest else ""
+    else:
+        host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest  # host:port, host, or bare IPv6
+    if not text or not host:
+        raise ValueError(f"--scheduler: no host in {address!r}; e.g. tls://head:8786")
+    if scheme in ("tls", "wss"):
+        if not tls:
+            raise ValueError(
+                f"--scheduler {address}: a TLS scheduler needs --tls-ca, --tls-cert and --tls-key"
+            )
+        return
+    if scheme not in ("tcp", "ws", "ucx"):
+        raise ValueError(
+            f"--scheduler {address}: unknown protocol {scheme!r}; allowed: tls://HOST:PORT (with "
+            "--tls-ca/--tls-cert/--tls-key), or tcp://HOST:PORT on loopback (elsewhere only with --insecure)"
+        )
+    if tls:
+        raise ValueError(
+            f"--tls-ca/--tls-cert/--tls-key: given with the plain address {address}, where they would be "
+            "ignored; use tls://HOST:PORT"
+        )
+    if not _is_loopback(host) and not insecure:
+        raise ValueError(
+            f"--scheduler {address}: a plain {scheme}:// address off this machine is neither encrypted nor "
+            "authenticated (anyone who reaches it can run code as you); use tls://HOST:PORT with "
+            "--tls-ca/--tls-cert/--tls-key, or pass --insecure to accept that on a trusted network"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _dask_map(
     fn: Callable[..., Any],
     units: list[Unit],
@@ -522,11 +585,15 @@ def _dask_map(
         if scheduler:
             client = Client(scheduler, security=security)
         else:
+            # TLS with throw-away certificates, on loopback: another local user can neither connect to the
+            # scheduler (which runs whatever it is sent) nor read the traffic
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
+                protocol="tls://",
+                security=local_cluster_security(),
                 dashboard_address=None,
             )
             client = Client(cluster)
@@ -553,12 +620,17 @@ def run_study(
     quiet: bool = False,
     allow_hypotheses_change: bool = False,
     security: Any = None,
+    insecure: bool = False,
 ) -> dict[str, int]:
-    """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo)."""
+    """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo).
+
+    A Dask `scheduler` must be TLS (with `security`) or on loopback, unless `insecure`."""
     from tqdm import tqdm
 
     if executor not in ("local", "dask"):
         raise ValueError(f"--executor: unknown {executor!r}; allowed: local, dask")
+    if executor == "dask" and scheduler is not None:
+        check_scheduler_address(scheduler, tls=security is not None, insecure=insecure)
     workers = workers or os.cpu_count() or 1
     check_grid_size(spec)
     sdir = prepare(spec, out, allow_hypotheses_change)

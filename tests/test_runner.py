@@ -305,18 +305,28 @@ def test_dask_local_cluster_gives_the_local_records(tmp_path):
     assert summary["executor"] == "dask" and summary["done"] == 4
 
 
+def _probe_worker(keys: list[str]) -> tuple[dict[str, Any], str, str]:
+    from distributed import get_worker
+
+    worker = get_worker()
+    return {k: __import__("dask").config.get(k) for k in keys}, worker.address, worker.scheduler.address
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_workers_run_with_the_lean_config():
+def test_dask_local_cluster_workers_run_with_the_lean_config_over_tls():
     """The worker processes of the runner's LocalCluster get LEAN_WORKER_CONFIG (profiler off, slow ticks),
-    and the caller's Dask configuration is restored afterwards."""
+    the caller's Dask configuration is restored afterwards, and the cluster speaks TLS on loopback only
+    (temporary certificates: other local users can neither connect nor listen)."""
     import dask
     import distributed  # noqa: F401 - registers the distributed.* configuration defaults
 
     keys = list(R.LEAN_WORKER_CONFIG)
     before = {k: dask.config.get(k) for k in keys}
-    probe = lambda sdir, unit, *rest: {k: __import__("dask").config.get(k) for k in keys}  # noqa: E731
+    probe = lambda sdir, unit, *rest: _probe_worker(keys)  # noqa: E731
     seen = list(R._dask_map(probe, ["u1", "u2"], 1, ("sdir",), None))
-    assert seen == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
+    assert [config for config, _, _ in seen] == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
+    for _, worker, scheduler in seen:
+        assert worker.startswith("tls://127.0.0.1:") and scheduler.startswith("tls://127.0.0.1:")
     assert {k: dask.config.get(k) for k in keys} == before
     assert before["distributed.worker.profile.enabled"] is True  # the library default was overridden
 

@@ -355,3 +355,129 @@ def test_oversized_grid_is_refused_without_building_it(tmp_path, monkeypatch, ca
     assert spec_mod.count_cells(spec) == 19 * 20 * 18 * 20 * 20
     with pytest.raises(spec_mod.ConfigError, match="2,736,000 grid cells"):
         R.dry_run(spec, tmp_path / "out", 1, 1)
+
+
+# ------------------------------------------------------------------ item 15: Dask addresses and options
+
+
+@pytest.fixture
+def tls_files(tmp_path) -> dict[str, str]:
+    files = {}
+    for name in ("ca", "cert", "key"):
+        (tmp_path / f"{name}.pem").write_text("not checked before connecting")
+        files[name] = str(tmp_path / f"{name}.pem")
+    return files
+
+
+REFUSED = [  # (options, words the error must contain)
+    (
+        ["--executor", "dask", "--scheduler", "tcp://head.invalid:8786"],
+        ["--scheduler", "--insecure", "tls://"],
+    ),
+    (["--executor", "dask", "--scheduler", "192.0.2.10:8786"], ["--scheduler", "--insecure"]),
+    (["--executor", "dask", "--scheduler", "ws://head.invalid:8786"], ["--insecure"]),
+    (["--executor", "dask", "--scheduler", "tls://head.invalid:8786"], ["needs --tls-ca, --tls-cert"]),
+    (["--executor", "dask", "--scheduler", "http://head.invalid"], ["unknown protocol 'http'", "allowed"]),
+    (["--executor", "dask", "--scheduler", ""], ["--scheduler: no host"]),
+    (["--executor", "dask", "--scheduler", "tcp://:8786"], ["--scheduler: no host"]),
+    (
+        [
+            "--executor",
+            "dask",
+            "--scheduler",
+            "tls://h.invalid:1",
+            "--tls-cert",
+            "{cert}",
+            "--tls-key",
+            "{key}",
+        ],
+        ["--tls-cert, --tls-key without --tls-ca"],
+    ),
+    (
+        ["--executor", "dask", "--scheduler", "tls://h.invalid:1", "--tls-ca", "{ca}"],
+        ["--tls-ca without --tls-cert, --tls-key"],
+    ),
+    (
+        ["--executor", "dask", "--tls-ca", "{ca}", "--tls-cert", "{cert}", "--tls-key", "{key}"],
+        ["only with --scheduler tls://"],
+    ),
+    (
+        [
+            "--executor",
+            "dask",
+            "--scheduler",
+            "tcp://127.0.0.1:1",
+            "--tls-ca",
+            "{ca}",
+            "--tls-cert",
+            "{cert}",
+            "--tls-key",
+            "{key}",
+        ],
+        ["ignored", "tls://"],
+    ),
+    (
+        [
+            "--executor",
+            "dask",
+            "--scheduler",
+            "tls://h.invalid:1",
+            "--tls-ca",
+            "missing.pem",
+            "--tls-cert",
+            "{cert}",
+            "--tls-key",
+            "{key}",
+        ],
+        ["--tls-ca missing.pem: no such file"],
+    ),
+    (
+        [
+            "--executor",
+            "dask",
+            "--scheduler",
+            "tls://h.invalid:1",
+            "--tls-ca",
+            ".",
+            "--tls-cert",
+            "{cert}",
+            "--tls-key",
+            "{key}",
+        ],
+        ["--tls-ca .: is a folder"],
+    ),
+    (["--scheduler", "tcp://127.0.0.1:8786"], ["--scheduler: only with --executor dask"]),
+    (["--tls-ca", "{ca}"], ["--tls-ca: only with --executor dask"]),
+    (["--executor", "dask", "--insecure"], ["--insecure: only with a plain --scheduler"]),
+    (["--workers", "0"], ["--workers: must be >= 1"]),
+    (["--workers", "-2"], ["--workers: must be >= 1"]),
+    (["--bundle", "0"], ["--bundle: must be >= 1"]),
+    (["--out", "{ca}"], ["exists and is not a folder"]),
+    (["--out", ""], ["--out: empty"]),
+]
+
+
+@pytest.mark.parametrize(("options", "words"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_run_refuses_insecure_or_incomplete_options(tmp_path, monkeypatch, capsys, tls_files, options, words):
+    """Each refusal exits 2 before anything runs or connects (run_study is a tripwire here), with a message
+    naming the option and what is allowed; --dry-run refuses the same."""
+    ran: list[Any] = []
+    monkeypatch.setattr(R, "run_study", lambda *a, **k: ran.append(a) or {"done": 1, "failed": 0, "todo": 0})
+    spec_path = write_spec(tmp_path / "opts.yaml", _spec("opts", 1, {"weight_policy": ["ste"]}))
+    opts = [o.format(**tls_files) for o in options]
+    out = ["--out", str(tmp_path / "out")] if "--out" not in opts else []
+    for dry in ([], ["--dry-run"]):
+        assert main(["run", str(spec_path), *out, *opts, *dry]) == 2
+        err = capsys.readouterr().err
+        for w in words:
+            assert w in err, (w, err)
+    assert not ran and not (tmp_path / "out").exists()
+
+
+def test_scheduler_addresses_that_are_accepted(tls_files):
+    for address in ("tcp://127.0.0.1:8786", "127.0.0.2:8786", "tcp://[::1]:8786", "localhost:8786"):
+        R.check_scheduler_address(address, tls=False)  # loopback: other hosts cannot reach it
+    R.check_scheduler_address("tcp://192.0.2.10:8786", tls=False, insecure=True)  # the user's explicit choice
+    R.check_scheduler_address("tls://head.invalid:8786", tls=True)
+    with pytest.raises(ValueError, match="--insecure"):
+        R.run_study(None, executor="dask", scheduler="tcp://192.0.2.10:8786")  # the Python API refuses too
