@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -342,8 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # study.runner.Interrupted carries the counts of an interrupted run
+        command = "python -m study " + shlex.join(sys.argv[1:] if argv is None else argv)
+        finished = getattr(err, "finished", None)
+        if finished is None:
+            print(f"interrupted; run the same command again:\n  {command}", file=sys.stderr)
+        else:
+            counts, total = err.counts, err.total  # type: ignore[attr-defined]
+            print(
+                f"interrupted: {finished} trial(s) finished in this run, {counts['done']}/{total} done in "
+                f"all ({counts['failed']} failed, {counts['todo']} to do); finished trials are kept, no "
+                f"claim is left. Resume with:\n  {command}",
+                file=sys.stderr,
+            )
         return 130
 
 

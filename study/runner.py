@@ -15,13 +15,15 @@ import csv
 import hashlib
 import json
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -317,7 +319,9 @@ def execute_unit(
 ) -> list[dict[str, str]]:
     """Run the unit's trials that are not done (nor failed, unless `retry_failed`) and claimable.
 
-    Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}.
+    Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}. Every claim
+    it took is released on the way out, however it leaves (an interrupt included); records are written
+    atomically, so an interrupted unit leaves whole records or none.
     """
     import torch
 
@@ -325,27 +329,31 @@ def execute_unit(
     from study.config import TrialConfig
     from study.trial import run_trial
 
+    global _IN_UNIT
+    if _STOPPING:  # a pool worker told to stop must not start the next queued unit
+        return []
     torch.set_num_threads(n_threads)
     root = Path(sdir)
     events: list[dict[str, Any]] = []
     todo = []
     owners: dict[str, str] = {}
-    for run_id, factors, cfg in unit.trials:
-        st = status(root, run_id)
-        if st == "done" or (st == "failed" and not retry_failed):
-            events.append({"run_id": run_id, "status": "skipped"})
-        elif owner := try_claim(root, run_id):
-            owners[run_id] = owner
-            set_aside_invalid_record(root, run_id)
-            for tmp in trial_dir(root, run_id).glob(".*.tmp"):  # left by a writer killed mid-write
-                tmp.unlink(missing_ok=True)
-            todo.append((run_id, factors, cfg))
-        else:
-            events.append({"run_id": run_id, "status": "busy"})
-    if not todo:
-        return events
-    claims = {trial_dir(root, r) / CLAIM: owners[r] for r, _, _ in todo}
+    _IN_UNIT = True
     try:
+        for run_id, factors, cfg in unit.trials:
+            st = status(root, run_id)
+            if st == "done" or (st == "failed" and not retry_failed):
+                events.append({"run_id": run_id, "status": "skipped"})
+            elif owner := try_claim(root, run_id):
+                owners[run_id] = owner
+                set_aside_invalid_record(root, run_id)
+                for tmp in trial_dir(root, run_id).glob(".*.tmp"):  # left by a writer killed mid-write
+                    tmp.unlink(missing_ok=True)
+                todo.append((run_id, factors, cfg))
+            else:
+                events.append({"run_id": run_id, "status": "busy"})
+        if not todo:
+            return events
+        claims = {trial_dir(root, r) / CLAIM: owners[r] for r, _, _ in todo}
         with Heartbeat(claims):
             for run_id, _, cfg in todo:
                 (trial_dir(root, run_id) / FAILED).unlink(missing_ok=True)
@@ -380,9 +388,118 @@ def execute_unit(
                 write_json_atomic(d / RECORD, rec)
                 events.append({"run_id": run_id, "status": "done", "wall_time_s": rec["wall_time_s"]})
     finally:
-        for run_id, _, _ in todo:
-            release(root, run_id, owners[run_id])
+        for run_id, owner in owners.items():
+            release(root, run_id, owner)
+        _IN_UNIT = False
+        if _STOPPING:
+            os._exit(0)  # a pool worker told to stop: claims released, nothing more to do
     return events
+
+
+# -- interruption (SIGINT, SIGTERM) and the lifetime of pool workers --------------------------------
+
+PARENT_POLL_S = 0.2  # how often a pool worker checks that its parent (the runner) is alive
+ORPHAN_GRACE_S = 2.0  # an orphaned worker unwinds its unit (claims released) for at most this long
+STOP_GRACE_S = 15.0  # an interrupted runner waits this long for its workers to release claims, then kills
+
+_IN_UNIT = False  # in a pool worker: whether execute_unit is running (SIGTERM then unwinds it)
+_STOPPING = False  # in a pool worker: SIGTERM came (interrupt, or its runner died); start no more units
+
+
+class _Stop(BaseException):
+    """Raised by the runner's SIGINT/SIGTERM handlers. Deliberately not a KeyboardInterrupt: Lightning catches
+    that inside `fit` and turns it into `sys.exit(1)`, which would lose the interrupt."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """`run_study` was interrupted (SIGINT or SIGTERM); its workers are stopped and their claims released."""
+
+    def __init__(self, finished: int, counts: dict[str, int], total: int) -> None:
+        super().__init__(f"interrupted: {finished} trial(s) finished in this run")
+        self.finished, self.counts, self.total = finished, counts, total
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    # the first signal only: a user pressing Ctrl-C again must not break off the clean-up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop(signum)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While running (main thread only): SIGINT and SIGTERM raise `_Stop`; then the old handlers return."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _raise_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Set-up of a pool worker: Ctrl-C is the runner's to handle (it stops the workers in order); SIGTERM
+    unwinds a running unit, so its claims are released; and a worker whose runner died (SIGKILL) does
+    not run on holding claims: it unwinds and exits (`_watch_parent`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    global _STOPPING
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _STOPPING = True
+    if _IN_UNIT:
+        raise _Stop(signum)  # execute_unit's `finally` releases the claims
+    os._exit(0)  # idle: nothing to clean up
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # the parent's death re-parents this process, so getppid() changes (Linux and macOS alike)
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)  # unwind the running unit in the main thread...
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)  # ...and leave whatever happens to it
+
+
+def _stop_pool(pool: Any) -> None:
+    """Cancel what has not started, SIGTERM the workers (running units unwind, releasing their claims),
+    wait up to STOP_GRACE_S for them, then kill any that is left."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # private, but stable since 3.2
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def _release_dead_claims(sdir: Path, trials: Iterable[Trial]) -> int:
+    """Remove the claims of `trials` held by dead processes of this host (workers stopped or killed after
+    an interrupt): what a later runner would take over anyway. Returns how many."""
+    host, n = socket.gethostname(), 0
+    for t in trials:
+        path = trial_dir(sdir, t.run_id) / CLAIM
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("host") == host and not _pid_alive(int(info.get("pid", -1))):
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -485,10 +602,27 @@ def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tu
         for u in units:
             yield fn(args[0], u, *args[1:])
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(fn, args[0], u, *args[1:]) for u in units]
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )
+    try:
+        # submit() spawns the workers; with SIGINT blocked they start with it blocked, so a Ctrl-C in the
+        # terminal (sent to the whole process group) reaches only the runner, which stops them in order
+        # (a SIGINT that arrives meanwhile is delivered when it is unblocked)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = [pool.submit(fn, args[0], u, *args[1:]) for u in units]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fut in as_completed(futures):
             yield fut.result()
+    except BaseException:  # interrupted, closed early, or a worker died: stop the others in order
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 # Dask's worker background services (a stack-sampling profiler every 10 ms, a 20 ms event-loop tick,
@@ -635,11 +769,10 @@ def run_study(
     check_grid_size(spec)
     sdir = prepare(spec, out, allow_hypotheses_change)
     trials = expand(spec)
-    start_counts = summary_counts(sdir, trials)
+    states = {t.run_id: status(sdir, t.run_id) for t in trials}
+    start_counts = {k: sum(1 for v in states.values() if v == k) for k in ("done", "failed", "todo")}
     pending = [
-        t
-        for t in trials
-        if status(sdir, t.run_id) == "todo" or (retry_failed and status(sdir, t.run_id) == "failed")
+        t for t in trials if states[t.run_id] == "todo" or (retry_failed and states[t.run_id] == "failed")
     ]
     units = make_units(spec, pending, bundle)
     bar = tqdm(
@@ -652,6 +785,7 @@ def run_study(
         smoothing=0.05,
     )
     failed = start_counts["failed"] if not retry_failed else 0
+    finished = 0  # trials done in this run
     args = (str(sdir), retry_failed, 1)
     mapper = (
         _local_map(execute_unit, units, workers, args)
@@ -659,13 +793,22 @@ def run_study(
         else _dask_map(execute_unit, units, workers, args, scheduler, security)
     )
     t0 = time.perf_counter()
-    for events in mapper:
-        for ev in events:
-            if ev["status"] in ("done", "failed"):
-                bar.update(1)
-            failed += ev["status"] == "failed"
-        bar.set_postfix(failed=failed)
-    bar.close()
+    interrupted = False
+    with _stop_on_signals():
+        try:
+            for events in mapper:
+                for ev in events:
+                    if ev["status"] in ("done", "failed"):
+                        bar.update(1)
+                    failed += ev["status"] == "failed"
+                    finished += ev["status"] == "done"
+                bar.set_postfix(failed=failed)
+        except (_Stop, KeyboardInterrupt):
+            interrupted = True
+            mapper.close()  # stops the workers (if the signal came while this frame, not the map, ran)
+            _release_dead_claims(sdir, pending)
+        finally:
+            bar.close()
     counts = summary_counts(sdir, trials)
     elapsed = time.perf_counter() - t0
     summary = {
@@ -676,11 +819,14 @@ def run_study(
         "workers": workers,
         "executor": executor,
         "bundle": bundle,
+        **({"interrupted": True} if interrupted else {}),
     }
     run_log = sdir / "run_log.jsonl"
     with open(run_log, "a") as fh:
         fh.write(json.dumps(summary, sort_keys=True) + "\n")
     write_run_summary(sdir)
+    if interrupted:
+        raise Interrupted(finished, counts, len(trials))
     print(
         f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
         f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}"
