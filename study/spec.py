@@ -289,8 +289,12 @@ def spec_file(path: str | Path) -> Path:
 
 def load_spec_checked(path: str | Path) -> StudySpec:
     """`load_spec`, refusing an oversized grid (`check_grid_size`) before anything builds it."""
-    with open(spec_file(path)) as fh:
-        data = yaml.safe_load(fh)
+    file = spec_file(path)
+    try:
+        with open(file) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid spec {file}: not valid YAML: {err}") from None
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError:
