@@ -16,6 +16,16 @@ VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
 
 say() { printf '\n==> %s\n' "$*"; }
 
+run_study() {  # arguments of `python -m study run`; stops the script when trials are left unfinished
+  local rc=0
+  python -m study run "$@" || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    echo "run_all.sh: stopped: 'python -m study run $*' exited $rc (its message above gives the counts);" \
+      "nothing was collected or analysed. Run the same ./run_all.sh command again to resume." >&2
+    exit "$rc"
+  fi
+}
+
 setup() {  # $1 = extras to install ("" or "test")
   if [ -n "${NORMGRAD_NO_SETUP:-}" ]; then  # use the python already on PATH (tests run the script this way)
     return
@@ -74,7 +84,7 @@ case "${1:-}" in
     setup
     SCRATCH=${SMOKE_DIR:-$(mktemp -d /tmp/normgrad-smoke.XXXXXX)}
     say "smoke study -> $SCRATCH (committed results are not touched)"
-    python -m study run smoke --out "$SCRATCH" --workers "$WORKERS" --bundle 4
+    run_study smoke --out "$SCRATCH" --workers "$WORKERS" --bundle 4
     python -m study collect "$SCRATCH/smoke"
     analyze "$SCRATCH/smoke"
     python -m study verify "$SCRATCH/smoke" --sample 2
@@ -95,7 +105,7 @@ case "${1:-}" in
     setup
     for s in "${STUDIES[@]}"; do
       say "training study '$s' (resumable: run again to continue after an interruption)"
-      python -m study run "$s" --out results --workers "$WORKERS" --bundle "$BUNDLE"
+      run_study "$s" --out results --workers "$WORKERS" --bundle "$BUNDLE"
       python -m study collect "results/$s"
       python -m study verify "results/$s" --sample "$VERIFY_SAMPLE"
     done

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,11 +109,18 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="parallel worker processes (default: number of cores)")
     p.add_argument("--executor", default="local", choices=("local", "dask"))
     p.add_argument(
-        "--scheduler", help="Dask scheduler address (tcp://host:8786); default: a loopback LocalCluster"
+        "--scheduler",
+        help="Dask scheduler address (tls://host:8786 with the --tls-* files; tcp:// on loopback only, "
+        "unless --insecure); default: a LocalCluster on loopback with temporary TLS certificates",
     )
-    p.add_argument("--tls-ca", help="CA file for a TLS Dask scheduler (with --tls-cert/--tls-key)")
+    p.add_argument("--tls-ca", help="CA file for a TLS Dask scheduler (with --tls-cert and --tls-key)")
     p.add_argument("--tls-cert", help="client certificate for a TLS Dask scheduler")
     p.add_argument("--tls-key", help="client key for a TLS Dask scheduler")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a plain tcp:// --scheduler address off loopback (unencrypted, unauthenticated)",
+    )
     p.add_argument(
         "--bundle",
         type=int,
@@ -132,24 +140,67 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _check_run_args(args: argparse.Namespace) -> Any:
+    """Refuse options that are wrong or would be ignored (ValueError naming the option and what is
+    allowed); returns the Dask `Security` for a TLS scheduler, or None."""
+    from study.runner import check_scheduler_address
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {args.workers}")
+    if args.bundle < 1:
+        raise ValueError(f"--bundle: must be >= 1, got {args.bundle}")
+    out = Path(args.out)
+    if not str(args.out).strip():
+        raise ValueError("--out: empty; give a folder (e.g. runs)")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a folder")
+    tls = {"--tls-ca": args.tls_ca, "--tls-cert": args.tls_cert, "--tls-key": args.tls_key}
+    given = [name for name, value in tls.items() if value is not None]
+    dask_only = [*given, *(["--scheduler"] if args.scheduler is not None else [])]
+    dask_only += ["--insecure"] if args.insecure else []
+    if args.executor != "dask" and dask_only:
+        raise ValueError(f"{', '.join(dask_only)}: only with --executor dask")
+    if given and len(given) < len(tls):
+        missing = [name for name in tls if name not in given]
+        raise ValueError(
+            f"{', '.join(given)} without {', '.join(missing)}: a TLS scheduler needs all three "
+            "(--tls-ca, --tls-cert, --tls-key)"
+        )
+    if given and args.scheduler is None:
+        raise ValueError(
+            "--tls-ca/--tls-cert/--tls-key: only with --scheduler tls://HOST:PORT (the LocalCluster the "
+            "runner starts makes its own temporary certificates)"
+        )
+    if args.insecure and args.scheduler is None:
+        raise ValueError("--insecure: only with a plain --scheduler tcp://HOST:PORT address")
+    for name, value in tls.items():
+        if value is not None and not Path(value).is_file():
+            what = "is a folder" if Path(value).is_dir() else "no such file"
+            raise ValueError(f"{name} {value}: {what}")
+    if args.scheduler is None:
+        return None
+    check_scheduler_address(args.scheduler, tls=bool(given), insecure=args.insecure)
+    if not given:
+        return None
+    from distributed.security import Security
+
+    return Security(
+        tls_ca_file=args.tls_ca,
+        tls_client_cert=args.tls_cert,
+        tls_client_key=args.tls_key,
+        require_encryption=True,
+    )
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from study.runner import dry_run, run_study
-    from study.spec import load_spec
+    from study.spec import load_spec_checked
 
-    spec = load_spec(args.spec)
+    security = _check_run_args(args)  # bad options are refused before the spec is even read
+    spec = load_spec_checked(args.spec)  # an oversized grid is refused before anything builds it
     if args.dry_run:
         dry_run(spec, args.out, args.workers, args.bundle)
         return 0
-    security = None
-    if args.tls_ca:
-        from distributed.security import Security
-
-        security = Security(
-            tls_ca_file=args.tls_ca,
-            tls_client_cert=args.tls_cert,
-            tls_client_key=args.tls_key,
-            require_encryption=True,
-        )
     counts = run_study(
         spec,
         args.out,
@@ -161,8 +212,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
         args.quiet,
         args.allow_hypotheses_change,
         security,
+        args.insecure,
     )
-    return 1 if counts["failed"] else 0
+    left = counts["failed"] + counts["todo"]
+    if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study
+        from study.runner import held_elsewhere, study_dir, unfinished_message
+        from study.spec import expand
+
+        trials = expand(spec)
+        held = held_elsewhere(study_dir(args.out, spec), trials) if counts["todo"] else 0
+        print(f"error: {unfinished_message(spec.name, len(trials), counts, held)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
@@ -291,8 +352,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file or folder the command must write or read: say which, no traceback
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command again to resume", file=sys.stderr)
+    except KeyboardInterrupt as err:  # study.runner.Interrupted carries the counts of an interrupted run
+        command = "python -m study " + shlex.join(sys.argv[1:] if argv is None else argv)
+        finished = getattr(err, "finished", None)
+        if finished is None:
+            print(f"interrupted; run the same command again:\n  {command}", file=sys.stderr)
+        else:
+            counts, total = err.counts, err.total  # type: ignore[attr-defined]
+            print(
+                f"interrupted: {finished} trial(s) finished in this run, {counts['done']}/{total} done in "
+                f"all ({counts['failed']} failed, {counts['todo']} to do); finished trials are kept, no "
+                f"claim is left. Resume with:\n  {command}",
+                file=sys.stderr,
+            )
         return 130
 
 

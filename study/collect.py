@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.runner import FAILED, RECORD, trial_dir
+from study.runner import FAILED, RECORD, InvalidRecord, load_record, trial_dir
 from study.spec import expand, parse_spec
 from study.tables import METRICS, RESTORE_SPEC, check_spec_hashes, read_yaml, write_table
 
@@ -66,25 +66,44 @@ def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
     return rows
 
 
-def _read(path: Path) -> dict[str, Any] | None:
+def _read_failed(path: Path) -> dict[str, Any] | None:
+    """failed.json (None if absent); an unreadable one still marks the trial failed, saying so."""
     try:
-        return json.loads(path.read_text())
+        fail = json.loads(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, ValueError) as err:
+        return {"error": f"unreadable {path.name} ({err})"}
+    return fail if isinstance(fail, dict) else {"error": f"unreadable {path.name} (not a JSON object)"}
 
 
 def collect(sdir: str | Path) -> tuple[Path, Path]:
-    """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`."""
+    """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`.
+
+    Refuses (a ValueError naming every bad file at once) when any record.json is invalid: a table that
+    silently dropped or mislabelled those trials would be wrong; `python -m study run` sets them aside
+    and runs those trials again."""
     sdir = Path(sdir)
     spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     spec_hash = spec.hash()
     trials = expand(spec)
-    records = {t.run_id: _read(trial_dir(sdir, t.run_id) / RECORD) for t in trials}
+    records, bad = {}, []
+    for trial in trials:
+        try:
+            records[trial.run_id] = load_record(trial_dir(sdir, trial.run_id) / RECORD, trial.run_id)
+        except InvalidRecord as err:
+            bad.append(str(err))
+    if bad:
+        raise ValueError(
+            f"{len(bad)} invalid record(s) in {sdir}; no table written. Run the study again "
+            "(`python -m study run SPEC --out OUT`) to set them aside and re-run those trials:\n  "
+            + "\n  ".join(bad)
+        )
     check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
     for trial in trials:
         d = trial_dir(sdir, trial.run_id)
-        rec, fail = records[trial.run_id], _read(d / FAILED)
+        rec, fail = records[trial.run_id], _read_failed(d / FAILED)
         rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
         if rec:
             curves += _curves(trial.run_id, rec)

@@ -2,26 +2,34 @@
 
 Layout: ``OUT/<study>/spec.yaml`` and ``OUT/<study>/trials/<run_id>/`` holding ``config.json``, the
 per-epoch CSV log and ``record.json`` — written to a temporary file and renamed into place last, so
-its presence means done. A trial that raises leaves ``failed.json`` (with the traceback) instead.
-A trial is claimed with an ``O_EXCL`` lock file (host, pid, heartbeat); a claim whose owner is dead,
-or silent for longer than `STALE_AFTER_S`, is taken over.
+a valid one means done (`load_record` checks it parses, is complete and belongs to the trial; an
+invalid one is moved aside to ``record.json.corrupt-<time>`` and the trial run again). A trial that
+raises leaves ``failed.json`` (with the traceback) instead.
+A trial is claimed with an ``O_EXCL`` lock file (host, pid, owner id, heartbeat); a claim whose owner is
+dead, or silent for longer than `STALE_AFTER_S`, is taken over, and a runner releases only its own claim.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import signal
 import socket
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from study.spec import StudySpec, Trial, expand, spec_to_yaml
+from study.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
 from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
@@ -45,14 +53,126 @@ def trial_dir(sdir: Path, run_id: str) -> Path:
     return sdir / "trials" / run_id
 
 
+# what every record holds (study.trial.summarize writes the first group, the runner adds the second)
+RECORD_KEYS = (
+    "run_id",
+    "config",
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "best_epoch",
+    "test_acc_at_best_val",
+    "epochs_run",
+    "diverged",
+    "wall_time_s",
+    "history",
+    "diagnostics",
+    "versions",
+    "study",
+    "spec_hash",
+    "factors",
+)
+_NUMBER_KEYS = (
+    "test_acc",
+    "test_loss",
+    "val_acc",
+    "val_loss",
+    "train_acc",
+    "train_loss",
+    "best_val_acc",
+    "test_acc_at_best_val",
+    "wall_time_s",
+)
+
+
+class InvalidRecord(ValueError):
+    """A `record.json` that is not a complete record of its trial (unreadable, incomplete or foreign)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    # the same hash as TrialConfig.run_id, computed from the stored dict (no re-validation, so a record
+    # stays readable when TrialConfig later gains fields)
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def record_problem(rec: Any, run_id: str) -> str | None:
+    """Why `rec` (a parsed record.json) is not a complete record of trial `run_id`; None if it is."""
+    if not isinstance(rec, dict):
+        return f"not a JSON object (a {type(rec).__name__})"
+    missing = [k for k in RECORD_KEYS if k not in rec]
+    if missing:
+        return f"incomplete: missing {', '.join(missing)}"
+    if rec["run_id"] != run_id:
+        return f"foreign: run_id {rec['run_id']!r}, but the trial is {run_id!r}"
+    if not isinstance(rec["config"], dict) or _config_hash(rec["config"]) != run_id:
+        return f"foreign: its config is not the configuration of trial {run_id!r}"
+    for key in ("history", "diagnostics"):
+        if not isinstance(rec[key], list):
+            return f"bad {key}: a list expected, got {type(rec[key]).__name__}"
+    for key in _NUMBER_KEYS:
+        v = rec[key]
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"bad {key}: a number expected, got {v!r}"
+    return None
+
+
+def load_record(path: Path, run_id: str) -> dict[str, Any] | None:
+    """The record at `path` (None if there is none); `InvalidRecord` if it is not a record of `run_id`."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidRecord(path, f"unreadable ({err})") from None
+    if not text.strip():
+        raise InvalidRecord(path, "empty")
+    try:
+        rec = json.loads(text)
+    except ValueError as err:
+        raise InvalidRecord(path, f"not valid JSON, truncated or corrupt ({err})") from None
+    problem = record_problem(rec, run_id)
+    if problem:
+        raise InvalidRecord(path, problem)
+    return rec
+
+
 def status(sdir: Path, run_id: str) -> str:
-    """'done', 'failed' or 'todo' for one trial."""
+    """'done', 'failed' or 'todo' for one trial. An invalid record does not count as done: the trial is
+    'todo' (or 'failed'), and the runner sets the record aside (`set_aside_invalid_record`) when it
+    claims the trial."""
     d = trial_dir(sdir, run_id)
-    if (d / RECORD).exists():
-        return "done"
+    try:
+        if load_record(d / RECORD, run_id) is not None:
+            return "done"
+    except InvalidRecord:
+        pass
     if (d / FAILED).exists():
         return "failed"
     return "todo"
+
+
+def set_aside_invalid_record(sdir: Path, run_id: str) -> Path | None:
+    """Move an invalid record.json to `record.json.corrupt-<UTC time>` (kept for inspection, never deleted);
+    returns the new path, or None when the record is valid or absent. Call it only while holding the claim."""
+    path = trial_dir(sdir, run_id) / RECORD
+    try:
+        load_record(path, run_id)
+        return None
+    except InvalidRecord as err:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        dest = path.with_name(f"{RECORD}.corrupt-{stamp}")
+        os.replace(path, dest)
+        print(f"warning: {err}; moved to {dest.name}, the trial is run again", file=sys.stderr, flush=True)
+        return dest
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -96,8 +216,18 @@ def _claim_is_stale(path: Path) -> bool:
     return age > STALE_AFTER_S
 
 
-def try_claim(sdir: Path, run_id: str) -> bool:
-    """Atomically claim a trial (O_EXCL). Takes over a stale claim. False if someone else holds it."""
+def claim_owner(path: Path) -> str | None:
+    """The owner id written in a claim file (None when it is absent, unreadable or has none)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info.get("owner") if isinstance(info, dict) else None
+
+
+def try_claim(sdir: Path, run_id: str) -> str | None:
+    """Atomically claim a trial (O_EXCL); takes over a stale claim. Returns the claim's owner id (a fresh
+    uuid, needed to release it), or None if someone else holds it or the trial is done."""
     d = trial_dir(sdir, run_id)
     d.mkdir(parents=True, exist_ok=True)
     path = d / CLAIM
@@ -106,44 +236,55 @@ def try_claim(sdir: Path, run_id: str) -> bool:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             if not _claim_is_stale(path):
-                return False
-            stale = path.with_name(f"{CLAIM}.stale.{os.getpid()}")
+                return None
+            stale = path.with_name(f"{CLAIM}.stale.{os.getpid()}.{uuid.uuid4().hex}")
             try:
                 os.replace(path, stale)  # only one taker wins the rename
                 stale.unlink()
             except OSError:
-                return False
+                return None
             continue
+        owner = uuid.uuid4().hex
         with os.fdopen(fd, "w") as fh:
-            json.dump({"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}, fh)
+            info = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "owner": owner}
+            json.dump(info, fh)
         if status(sdir, run_id) == "done":  # finished by another runner between our check and claim
-            release(sdir, run_id)
-            return False
-        return True
-    return False
+            release(sdir, run_id, owner)
+            return None
+        return owner
+    return None
 
 
-def release(sdir: Path, run_id: str) -> None:
+def release(sdir: Path, run_id: str, owner: str) -> bool:
+    """Remove the claim if it is still `owner`'s (True); a claim another runner has taken over (ours
+    looked stale to it) is left alone, so that a third runner cannot start the same trial."""
+    path = trial_dir(sdir, run_id) / CLAIM
+    if claim_owner(path) != owner:
+        return False
     try:
-        (trial_dir(sdir, run_id) / CLAIM).unlink()
+        path.unlink()
     except FileNotFoundError:
-        pass
+        return False
+    return True
 
 
 class Heartbeat:
-    """Touches the claim files of the trials being run, so other runners see they are alive."""
+    """Touches the claim files of the trials being run (every `HEARTBEAT_S`, from a daemon thread, so it
+    goes on while the main thread trains), so other runners see they are alive. A claim another runner
+    has taken over is not touched: its liveness is its new owner's to show."""
 
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths, self._stop = paths, threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+    def __init__(self, claims: dict[Path, str]) -> None:
+        self.claims, self._stop = claims, threading.Event()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="claim-heartbeat")
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            for p in self.paths:
-                try:
-                    os.utime(p)
-                except OSError:
-                    pass
+            for path, owner in self.claims.items():
+                if claim_owner(path) == owner:
+                    try:
+                        os.utime(path)
+                    except OSError:
+                        pass
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()
@@ -179,7 +320,9 @@ def execute_unit(
 ) -> list[dict[str, str]]:
     """Run the unit's trials that are not done (nor failed, unless `retry_failed`) and claimable.
 
-    Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}.
+    Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}. Every claim
+    it took is released on the way out, however it leaves (an interrupt included); records are written
+    atomically, so an interrupted unit leaves whole records or none.
     """
     import torch
 
@@ -187,22 +330,31 @@ def execute_unit(
     from study.config import TrialConfig
     from study.trial import run_trial
 
+    global _IN_UNIT
+    if _STOPPING:  # a pool worker told to stop must not start the next queued unit
+        return []
     torch.set_num_threads(n_threads)
     root = Path(sdir)
     events: list[dict[str, Any]] = []
     todo = []
-    for run_id, factors, cfg in unit.trials:
-        st = status(root, run_id)
-        if st == "done" or (st == "failed" and not retry_failed):
-            events.append({"run_id": run_id, "status": "skipped"})
-        elif try_claim(root, run_id):
-            todo.append((run_id, factors, cfg))
-        else:
-            events.append({"run_id": run_id, "status": "busy"})
-    if not todo:
-        return events
-    claims = [trial_dir(root, r) / CLAIM for r, _, _ in todo]
+    owners: dict[str, str] = {}
+    _IN_UNIT = True
     try:
+        for run_id, factors, cfg in unit.trials:
+            st = status(root, run_id)
+            if st == "done" or (st == "failed" and not retry_failed):
+                events.append({"run_id": run_id, "status": "skipped"})
+            elif owner := try_claim(root, run_id):
+                owners[run_id] = owner
+                set_aside_invalid_record(root, run_id)
+                for tmp in trial_dir(root, run_id).glob(".*.tmp"):  # left by a writer killed mid-write
+                    tmp.unlink(missing_ok=True)
+                todo.append((run_id, factors, cfg))
+            else:
+                events.append({"run_id": run_id, "status": "busy"})
+        if not todo:
+            return events
+        claims = {trial_dir(root, r) / CLAIM: owners[r] for r, _, _ in todo}
         with Heartbeat(claims):
             for run_id, _, cfg in todo:
                 (trial_dir(root, run_id) / FAILED).unlink(missing_ok=True)
@@ -237,9 +389,118 @@ def execute_unit(
                 write_json_atomic(d / RECORD, rec)
                 events.append({"run_id": run_id, "status": "done", "wall_time_s": rec["wall_time_s"]})
     finally:
-        for run_id, _, _ in todo:
-            release(root, run_id)
+        for run_id, owner in owners.items():
+            release(root, run_id, owner)
+        _IN_UNIT = False
+        if _STOPPING:
+            os._exit(0)  # a pool worker told to stop: claims released, nothing more to do
     return events
+
+
+# -- interruption (SIGINT, SIGTERM) and the lifetime of pool workers --------------------------------
+
+PARENT_POLL_S = 0.2  # how often a pool worker checks that its parent (the runner) is alive
+ORPHAN_GRACE_S = 2.0  # an orphaned worker unwinds its unit (claims released) for at most this long
+STOP_GRACE_S = 15.0  # an interrupted runner waits this long for its workers to release claims, then kills
+
+_IN_UNIT = False  # in a pool worker: whether execute_unit is running (SIGTERM then unwinds it)
+_STOPPING = False  # in a pool worker: SIGTERM came (interrupt, or its runner died); start no more units
+
+
+class _Stop(BaseException):
+    """Raised by the runner's SIGINT/SIGTERM handlers. Deliberately not a KeyboardInterrupt: Lightning catches
+    that inside `fit` and turns it into `sys.exit(1)`, which would lose the interrupt."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """`run_study` was interrupted (SIGINT or SIGTERM); its workers are stopped and their claims released."""
+
+    def __init__(self, finished: int, counts: dict[str, int], total: int) -> None:
+        super().__init__(f"interrupted: {finished} trial(s) finished in this run")
+        self.finished, self.counts, self.total = finished, counts, total
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    # the first signal only: a user pressing Ctrl-C again must not break off the clean-up
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise _Stop(signum)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """While running (main thread only): SIGINT and SIGTERM raise `_Stop`; then the old handlers return."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in old:
+        signal.signal(sig, _raise_stop)
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _worker_init(parent_pid: int) -> None:
+    """Set-up of a pool worker: Ctrl-C is the runner's to handle (it stops the workers in order); SIGTERM
+    unwinds a running unit, so its claims are released; and a worker whose runner died (SIGKILL) does
+    not run on holding claims: it unwinds and exits (`_watch_parent`)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _worker_sigterm)
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
+
+
+def _worker_sigterm(signum: int, frame: Any) -> None:
+    global _STOPPING
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _STOPPING = True
+    if _IN_UNIT:
+        raise _Stop(signum)  # execute_unit's `finally` releases the claims
+    os._exit(0)  # idle: nothing to clean up
+
+
+def _watch_parent(parent_pid: int) -> None:
+    # the parent's death re-parents this process, so getppid() changes (Linux and macOS alike)
+    while os.getppid() == parent_pid:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)  # unwind the running unit in the main thread...
+    time.sleep(ORPHAN_GRACE_S)
+    os._exit(1)  # ...and leave whatever happens to it
+
+
+def _stop_pool(pool: Any) -> None:
+    """Cancel what has not started, SIGTERM the workers (running units unwind, releasing their claims),
+    wait up to STOP_GRACE_S for them, then kill any that is left."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # private, but stable since 3.2
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+            p.join(5)
+
+
+def _release_dead_claims(sdir: Path, trials: Iterable[Trial]) -> int:
+    """Remove the claims of `trials` held by dead processes of this host (workers stopped or killed after
+    an interrupt): what a later runner would take over anyway. Returns how many."""
+    host, n = socket.gethostname(), 0
+    for t in trials:
+        path = trial_dir(sdir, t.run_id) / CLAIM
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(info, dict) and info.get("host") == host and not _pid_alive(int(info.get("pid", -1))):
+            path.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 # -- planning --------------------------------------------------------------------------------------
@@ -326,6 +587,30 @@ def summary_counts(sdir: Path, trials: Iterable[Trial]) -> dict[str, int]:
     return counts
 
 
+def held_elsewhere(sdir: Path, trials: Iterable[Trial]) -> int:
+    """How many of `trials` are not done but claimed by a live runner (being run right now elsewhere)."""
+    n = 0
+    for t in trials:
+        claim = trial_dir(sdir, t.run_id) / CLAIM
+        if claim.exists() and status(sdir, t.run_id) != "done" and not _claim_is_stale(claim):
+            n += 1
+    return n
+
+
+def unfinished_message(name: str, total: int, counts: dict[str, int], held: int = 0) -> str:
+    """One line saying what is left of a study and how to finish it ('' when every trial is done)."""
+    left = counts["failed"] + counts["todo"]
+    if not left:
+        return ""
+    parts = [f"{counts['failed']} failed", f"{counts['todo']} to do"]
+    if held:
+        parts.append(f"{held} of them being run by another runner")
+    hint = "run the same command again to resume"
+    if counts["failed"]:
+        hint += " (add --retry-failed to run the failed trials again)"
+    return f"{name}: {left} of {total} trials not done ({', '.join(parts)}); {hint}"
+
+
 def estimate_trial_seconds(sdir: Path, default: float = 10.0) -> float:
     """Mean wall time of the finished trials (or `default` when none is finished)."""
     times = []
@@ -348,10 +633,27 @@ def _local_map(fn: Callable[..., Any], units: list[Unit], workers: int, args: tu
         for u in units:
             yield fn(args[0], u, *args[1:])
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [pool.submit(fn, args[0], u, *args[1:]) for u in units]
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=mp.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(os.getpid(),),
+    )
+    try:
+        # submit() spawns the workers; with SIGINT blocked they start with it blocked, so a Ctrl-C in the
+        # terminal (sent to the whole process group) reaches only the runner, which stops them in order
+        # (a SIGINT that arrives meanwhile is delivered when it is unblocked)
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            futures = [pool.submit(fn, args[0], u, *args[1:]) for u in units]
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for fut in as_completed(futures):
             yield fut.result()
+    except BaseException:  # interrupted, closed early, or a worker died: stop the others in order
+        _stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
 
 
 # Dask's worker background services (a stack-sampling profiler every 10 ms, a 20 ms event-loop tick,
@@ -367,6 +669,69 @@ LEAN_WORKER_CONFIG: dict[str, Any] = {
     "distributed.admin.system-monitor.interval": "5s",
     "distributed.worker.memory.monitor-interval": "1s",
 }
+
+
+def local_cluster_security() -> Any:
+    """`Security.temporary()`: a self-signed certificate made for this cluster, required by every peer."""
+    from distributed.security import Security
+
+    try:
+        return Security.temporary()
+    except ImportError as err:  # distributed needs the `cryptography` package to make the certificate
+        raise ValueError(
+            f"--executor dask: the LocalCluster runs with TLS, which needs the `cryptography` package "
+            f"({err}); install it with `pip install -e '.[dask]'`"
+        ) from None
+
+
+def check_scheduler_address(address: str, tls: bool, insecure: bool = False) -> None:
+    """Refuse (ValueError naming the option) a Dask scheduler address that would expose the study: a plain
+    (unencrypted, unauthenticated) address off loopback unless `insecure`, TLS without a TLS setup, or TLS
+    files given for a plain address (they would be ignored)."""
+    text = address.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        scheme, rest = "tcp", text  # Dask's default protocol
+    rest = rest.split("/")[0]
+    if rest.startswith("["):  # [IPv6]:port
+        host = rest[1 : rest.find("]")] if "]" in rest else ""
+    else:
+        host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 else rest  # host:port, host, or bare IPv6
+    if not text or not host:
+        raise ValueError(f"--scheduler: no host in {address!r}; e.g. tls://head:8786")
+    if scheme in ("tls", "wss"):
+        if not tls:
+            raise ValueError(
+                f"--scheduler {address}: a TLS scheduler needs --tls-ca, --tls-cert and --tls-key"
+            )
+        return
+    if scheme not in ("tcp", "ws", "ucx"):
+        raise ValueError(
+            f"--scheduler {address}: unknown protocol {scheme!r}; allowed: tls://HOST:PORT (with "
+            "--tls-ca/--tls-cert/--tls-key), or tcp://HOST:PORT on loopback (elsewhere only with --insecure)"
+        )
+    if tls:
+        raise ValueError(
+            f"--tls-ca/--tls-cert/--tls-key: given with the plain address {address}, where they would be "
+            "ignored; use tls://HOST:PORT"
+        )
+    if not _is_loopback(host) and not insecure:
+        raise ValueError(
+            f"--scheduler {address}: a plain {scheme}:// address off this machine is neither encrypted nor "
+            "authenticated (anyone who reaches it can run code as you); use tls://HOST:PORT with "
+            "--tls-ca/--tls-cert/--tls-key, or pass --insecure to accept that on a trusted network"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _dask_map(
@@ -385,11 +750,15 @@ def _dask_map(
         if scheduler:
             client = Client(scheduler, security=security)
         else:
+            # TLS with throw-away certificates, on loopback: another local user can neither connect to the
+            # scheduler (which runs whatever it is sent) nor read the traffic
             cluster = LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
                 processes=True,
                 host="127.0.0.1",
+                protocol="tls://",
+                security=local_cluster_security(),
                 dashboard_address=None,
             )
             client = Client(cluster)
@@ -416,20 +785,25 @@ def run_study(
     quiet: bool = False,
     hypotheses_change_reason: str | None = None,
     security: Any = None,
+    insecure: bool = False,
 ) -> dict[str, int]:
-    """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo)."""
+    """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo).
+
+    A Dask `scheduler` must be TLS (with `security`) or on loopback, unless `insecure`."""
     from tqdm import tqdm
 
     if executor not in ("local", "dask"):
         raise ValueError(f"--executor: unknown {executor!r}; allowed: local, dask")
+    if executor == "dask" and scheduler is not None:
+        check_scheduler_address(scheduler, tls=security is not None, insecure=insecure)
     workers = workers or os.cpu_count() or 1
+    check_grid_size(spec)
     sdir = prepare(spec, out, hypotheses_change_reason)
     trials = expand(spec)
-    start_counts = summary_counts(sdir, trials)
+    states = {t.run_id: status(sdir, t.run_id) for t in trials}
+    start_counts = {k: sum(1 for v in states.values() if v == k) for k in ("done", "failed", "todo")}
     pending = [
-        t
-        for t in trials
-        if status(sdir, t.run_id) == "todo" or (retry_failed and status(sdir, t.run_id) == "failed")
+        t for t in trials if states[t.run_id] == "todo" or (retry_failed and states[t.run_id] == "failed")
     ]
     units = make_units(spec, pending, bundle)
     bar = tqdm(
@@ -442,6 +816,7 @@ def run_study(
         smoothing=0.05,
     )
     failed = start_counts["failed"] if not retry_failed else 0
+    finished = 0  # trials done in this run
     args = (str(sdir), retry_failed, 1)
     mapper = (
         _local_map(execute_unit, units, workers, args)
@@ -449,13 +824,22 @@ def run_study(
         else _dask_map(execute_unit, units, workers, args, scheduler, security)
     )
     t0 = time.perf_counter()
-    for events in mapper:
-        for ev in events:
-            if ev["status"] in ("done", "failed"):
-                bar.update(1)
-            failed += ev["status"] == "failed"
-        bar.set_postfix(failed=failed)
-    bar.close()
+    interrupted = False
+    with _stop_on_signals():
+        try:
+            for events in mapper:
+                for ev in events:
+                    if ev["status"] in ("done", "failed"):
+                        bar.update(1)
+                    failed += ev["status"] == "failed"
+                    finished += ev["status"] == "done"
+                bar.set_postfix(failed=failed)
+        except (_Stop, KeyboardInterrupt):
+            interrupted = True
+            mapper.close()  # stops the workers (if the signal came while this frame, not the map, ran)
+            _release_dead_claims(sdir, pending)
+        finally:
+            bar.close()
     counts = summary_counts(sdir, trials)
     elapsed = time.perf_counter() - t0
     summary = {
@@ -466,11 +850,14 @@ def run_study(
         "workers": workers,
         "executor": executor,
         "bundle": bundle,
+        **({"interrupted": True} if interrupted else {}),
     }
     run_log = sdir / "run_log.jsonl"
     with open(run_log, "a") as fh:
         fh.write(json.dumps(summary, sort_keys=True) + "\n")
     write_run_summary(sdir)
+    if interrupted:
+        raise Interrupted(finished, counts, len(trials))
     print(
         f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
         f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}"
@@ -488,7 +875,8 @@ def write_run_summary(sdir: Path) -> Path:
 
 
 def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
-    """Trial counts and an estimated time, without running anything."""
+    """Trial counts and an estimated time, without running anything (an oversized grid is refused)."""
+    check_grid_size(spec)
     sdir = study_dir(out, spec)
     trials = expand(spec)
     counts = summary_counts(sdir, trials) if sdir.exists() else {"done": 0, "failed": 0, "todo": len(trials)}

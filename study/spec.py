@@ -253,6 +253,7 @@ def parse_spec(data: dict[str, Any]) -> StudySpec:
     errors += _check(data)
     if not errors and spec is not None:
         try:
+            check_grid_size(spec)  # before expand: a grid of millions of cells is refused by its count
             expand(spec)
         except (ConfigError, ValueError) as err:
             errors.append(f"cells: {err}")
@@ -285,3 +286,84 @@ def load_spec(path: str | Path) -> StudySpec:
 def spec_to_yaml(spec: StudySpec) -> str:
     """The spec as YAML (what the runner stores next to the trials)."""
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+# -- grid size: counted without building the grid (the runner refuses oversized grids) ----------------
+
+MAX_CELLS = 100_000  # grid cells (factor combinations) a study may have; README "Failure and recovery"
+MAX_TRIALS = 1_000_000  # cells x seeds: each trial costs ~2 KB and ~0.3 ms to resolve before anything runs
+
+
+def count_cells(spec: StudySpec) -> int:
+    """`len(cells(spec))`, exactly, without materialising the grid: the product of the factors' lengths,
+    less the cells `exclude` removes (counted lazily over the sub-grid of the factors the rules name,
+    times the other factors' product), plus the `include` cells not already in the grid."""
+    import math
+
+    sizes = {name: len(values) for name, values in spec.factors.items()}
+    total = math.prod(sizes.values())
+    if spec.exclude and total:
+        keys = [name for name in spec.factors if any(name in rule for rule in spec.exclude)]
+        rest = total // math.prod(sizes[k] for k in keys)
+        matched = sum(
+            1
+            for values in itertools.product(*(spec.factors[k] for k in keys))
+            if any(_matches(dict(zip(keys, values, strict=True)), rule) for rule in spec.exclude)
+        )
+        total -= matched * rest
+    extra: list[dict[str, Any]] = []
+    for cell in spec.include:
+        if not (_in_grid(spec, cell) or cell in extra):
+            extra.append(cell)
+    return total + len(extra)
+
+
+def _in_grid(spec: StudySpec, cell: dict[str, Any]) -> bool:
+    """Whether `cell` equals a cell of the grid that no `exclude` rule removes (as `cells` compares)."""
+    if set(cell) != set(spec.factors):
+        return False
+    if not all(cell[name] in values for name, values in spec.factors.items()):
+        return False
+    return not any(_matches(cell, rule) for rule in spec.exclude)
+
+
+def check_grid_size(spec: StudySpec) -> tuple[int, int]:
+    """(cells, trials) of `spec`; a `ConfigError` giving both counts when above MAX_CELLS or MAX_TRIALS."""
+    n_cells = count_cells(spec)
+    n_trials = n_cells * len(spec.seed_list)
+    if n_cells > MAX_CELLS or n_trials > MAX_TRIALS:
+        raise ConfigError(
+            f"study {spec.name!r} is too large: {n_cells:,} grid cells x {len(spec.seed_list)} seeds = "
+            f"{n_trials:,} trials; the limits are {MAX_CELLS:,} cells and {MAX_TRIALS:,} trials "
+            "(study.spec.MAX_CELLS, MAX_TRIALS). Narrow the factors, add exclude rules, or split the study."
+        )
+    return n_cells, n_trials
+
+
+def spec_file(path: str | Path) -> Path:
+    """The spec file `load_spec` reads for `path` (a path, or the name of a spec in study/specs/)."""
+    p = Path(path)
+    if not p.exists() and (SPECS_DIR / f"{path}.yaml").exists():
+        p = SPECS_DIR / f"{path}.yaml"
+    if not p.is_file():
+        shipped = ", ".join(sorted(f.stem for f in SPECS_DIR.glob("*.yaml")))
+        what = "is a folder, not a spec file" if p.is_dir() else "not found"
+        raise FileNotFoundError(f"spec {str(path)!r} {what} (shipped specs: {shipped})")
+    return p
+
+
+def load_spec_checked(path: str | Path) -> StudySpec:
+    """`load_spec`, refusing an oversized grid (`check_grid_size`) before anything builds it."""
+    file = spec_file(path)
+    try:
+        with open(file) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"invalid spec {file}: not valid YAML: {err}") from None
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError:
+        spec = None  # parse_spec reports every error; it only builds the grid of a valid spec
+    if spec is not None:
+        check_grid_size(spec)
+    return parse_spec(data)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import random
 from pathlib import Path
 from typing import Any
 
-from study.runner import RECORD, trial_dir, write_json_atomic
+from study.runner import RECORD, load_record, trial_dir, write_json_atomic
+from study.runner import status as trial_status
 from study.spec import expand, parse_spec
 from study.tables import METRICS, RESTORE_SPEC, read_yaml
 
@@ -53,13 +53,14 @@ def verify(sdir: str | Path, sample: int = 5, seed: int = 0) -> dict[str, Any]:
     torch.set_num_threads(1)
     sdir = Path(sdir)
     spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
-    done = [t.run_id for t in expand(spec) if (trial_dir(sdir, t.run_id) / RECORD).exists()]
+    done = [t.run_id for t in expand(spec) if trial_status(sdir, t.run_id) == "done"]  # valid records only
     if sample < 1:
         raise ValueError(f"--sample: must be >= 1, got {sample}")
     chosen = sorted(random.Random(seed).sample(done, min(sample, len(done))))
     mismatches = []
     for i, run_id in enumerate(chosen, 1):
-        old = json.loads((trial_dir(sdir, run_id) / RECORD).read_text())
+        old = load_record(trial_dir(sdir, run_id) / RECORD, run_id)
+        assert old is not None
         diffs = compare(old, retrain(old))
         status = "match" if not diffs else f"MISMATCH in {', '.join(diffs[:5])}"
         print(f"[{i}/{len(chosen)}] {run_id} (seed {old['config']['seed']}): {status}")

@@ -145,9 +145,10 @@ def test_sigkill_resume_with_two_concurrent_runners(tmp_path):
 
     runners = [_start_runner(wrapper, spec_path, out, log2, tmp_path) for _ in range(2)]
     outputs = [r.communicate(timeout=600) for r in runners]
+    # a runner skips trials the other one holds, so only the runner that finishes last sees all 10 done;
+    # the other exits 1, saying the trials it left are being run by the other runner
     for r, (_, stderr) in zip(runners, outputs, strict=True):
-        assert r.returncode == 0, stderr
-    # a runner skips trials the other one holds, so only the runner that finishes last sees all 10 done
+        assert r.returncode == 0 or (r.returncode == 1 and "being run by another runner" in stderr), stderr
     assert any("10/10 done" in stdout for stdout, _ in outputs), outputs
 
     after = _records(sdir)
@@ -173,16 +174,8 @@ def _fake_run_trial(calls: list[str], workers: set[int], lock: threading.Lock):
             calls.append(config.run_id)
             workers.add(threading.get_ident())
         time.sleep(0.02)
-        return {
-            "run_id": config.run_id,
-            "config": config.canonical(),
-            "test_acc": 50.0,
-            "wall_time_s": 0.02,
-            "history": [{"epoch": 1, "test_acc": 50.0}],
-            "diagnostics": [],
-            "epochs_run": 1,
-            "diverged": False,
-        }
+        row = {"epoch": 1, **{f"{s}_{m}": 50.0 for s in ("train", "val", "test") for m in ("acc", "loss")}}
+        return trial_mod.summarize(config, [row], [], False, 0.02)  # a complete record
 
     return run_trial
 
@@ -240,11 +233,13 @@ def test_try_claim(tmp_path):
     import socket
 
     host = socket.gethostname()
-    assert R.try_claim(tmp_path, "a")
+    owner = R.try_claim(tmp_path, "a")
+    assert owner
     claim = json.loads((R.trial_dir(tmp_path, "a") / R.CLAIM).read_text())
-    assert claim["pid"] == os.getpid() and claim["host"] == host
+    assert claim["pid"] == os.getpid() and claim["host"] == host and claim["owner"] == owner
     assert not R.try_claim(tmp_path, "a")  # held by a live process (this one)
-    R.release(tmp_path, "a")
+    assert not R.release(tmp_path, "a", "someone-else")  # only the owner releases it
+    assert R.release(tmp_path, "a", owner)
     assert R.try_claim(tmp_path, "a")  # free again
 
     _write_claim(tmp_path, "dead", {"host": host, "pid": _dead_pid(), "time": time.time()})
@@ -262,18 +257,27 @@ def test_try_claim(tmp_path):
     _write_claim(tmp_path, "crashed", None, age_s=R.STALE_AFTER_S + 30)
     assert R.try_claim(tmp_path, "crashed")  # empty and old: its writer died mid-write
 
-    done = R.trial_dir(tmp_path, "done")
-    done.mkdir(parents=True)
-    (done / R.RECORD).write_text("{}")
-    assert not R.try_claim(tmp_path, "done")
+    config = trial_mod.TrialConfig.parse(TINY)
+    row = {"epoch": 1, **{f"{s}_{m}": 50.0 for s in ("train", "val", "test") for m in ("acc", "loss")}}
+    rec = {
+        **trial_mod.summarize(config, [row], [], False, 0.1),
+        "study": "s",
+        "spec_hash": "h",
+        "factors": {},
+    }
+    done = R.trial_dir(tmp_path, config.run_id)
+    R.write_json_atomic(done / R.RECORD, rec)
+    assert not R.try_claim(tmp_path, config.run_id)  # a valid record: done
     assert not (done / R.CLAIM).exists()
+    (done / R.RECORD).write_text("{}")
+    assert R.try_claim(tmp_path, config.run_id)  # an invalid record is not done
 
 
 def test_heartbeat_touches_claims(tmp_path, monkeypatch):
     monkeypatch.setattr(R, "HEARTBEAT_S", 0.05)
-    path = _write_claim(tmp_path, "beat", {"host": "h", "pid": 1, "time": 0}, age_s=1000)
+    path = _write_claim(tmp_path, "beat", {"host": "h", "pid": 1, "time": 0, "owner": "me"}, age_s=1000)
     old = path.stat().st_mtime
-    with R.Heartbeat([path]):
+    with R.Heartbeat({path: "me"}):
         time.sleep(0.3)
     assert path.stat().st_mtime > old + 900
 
@@ -301,18 +305,28 @@ def test_dask_local_cluster_gives_the_local_records(tmp_path):
     assert summary["executor"] == "dask" and summary["done"] == 4
 
 
+def _probe_worker(keys: list[str]) -> tuple[dict[str, Any], str, str]:
+    from distributed import get_worker
+
+    worker = get_worker()
+    return {k: __import__("dask").config.get(k) for k in keys}, worker.address, worker.scheduler.address
+
+
 @pytest.mark.slow
-def test_dask_local_cluster_workers_run_with_the_lean_config():
+def test_dask_local_cluster_workers_run_with_the_lean_config_over_tls():
     """The worker processes of the runner's LocalCluster get LEAN_WORKER_CONFIG (profiler off, slow ticks),
-    and the caller's Dask configuration is restored afterwards."""
+    the caller's Dask configuration is restored afterwards, and the cluster speaks TLS on loopback only
+    (temporary certificates: other local users can neither connect nor listen)."""
     import dask
     import distributed  # noqa: F401 - registers the distributed.* configuration defaults
 
     keys = list(R.LEAN_WORKER_CONFIG)
     before = {k: dask.config.get(k) for k in keys}
-    probe = lambda sdir, unit, *rest: {k: __import__("dask").config.get(k) for k in keys}  # noqa: E731
+    probe = lambda sdir, unit, *rest: _probe_worker(keys)  # noqa: E731
     seen = list(R._dask_map(probe, ["u1", "u2"], 1, ("sdir",), None))
-    assert seen == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
+    assert [config for config, _, _ in seen] == [R.LEAN_WORKER_CONFIG, R.LEAN_WORKER_CONFIG]
+    for _, worker, scheduler in seen:
+        assert worker.startswith("tls://127.0.0.1:") and scheduler.startswith("tls://127.0.0.1:")
     assert {k: dask.config.get(k) for k in keys} == before
     assert before["distributed.worker.profile.enabled"] is True  # the library default was overridden
 
