@@ -78,7 +78,8 @@ case "${1:-}" in
   test)
     setup test
     say "test suite"
-    exec python -m pytest -q -p no:cacheprovider "${@:2}"
+    # one pytest worker per core (TEST_WORKERS=0 runs in this process); every test is independent
+    exec python -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-$(nproc 2>/dev/null || echo 2)}" "${@:2}"
     ;;
   --smoke)
     setup

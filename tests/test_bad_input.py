@@ -329,7 +329,7 @@ def test_a_folder_where_a_file_is_expected_is_one_line(
     (tmp_path / "spec.yaml").mkdir()
     assert main(["run", str(tmp_path / "spec.yaml"), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "cannot read it" in err and len(err.splitlines()) == 1
+    assert "is a folder, not a spec file" in err and len(err.splitlines()) == 1
 
 
 def test_stats_refuse_a_table_that_does_not_cover_the_spec(ran, tmp_path: Path) -> None:
