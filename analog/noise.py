@@ -199,8 +199,10 @@ class LaplacianNoise(_Noise):
         self.scale, self.leakage, self.precision = float(scale), float(leakage), float(precision)
 
     def sample(self, x: Tensor) -> Tensor:
-        u = torch.rand_like(x) - 0.5
-        return x - self.scale * torch.sign(u) * torch.log1p(-2 * torch.abs(u))
+        # torch.distributions.Laplace(x, scale).sample(), AnalogVNN's draw, op for op: u in [eps - 1, 1)
+        # keeps log1p(-|u|) finite (u = 2 * rand - 1 reaches -1 when rand returns 0: an infinite draw)
+        u = torch.empty_like(x).uniform_(torch.finfo(x.dtype).eps - 1, 1)
+        return x - self.scale * u.sign() * torch.log1p(-u.abs())
 
 
 class UniformNoise(_Noise):
