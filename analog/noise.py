@@ -220,14 +220,14 @@ class UniformNoise(_Noise):
         _exactly_two("UniformNoise", bounds=bounds, leakage=leakage, precision=precision)
         _check_leakage(leakage)
         _check_positive("precision", precision)
+        if bounds is not None and not high > low:  # before deriving from high - low
+            raise ValueError(f"UniformNoise: high must exceed low, got low={low!r}, high={high!r}")
         if bounds is None:
             low, high = uniform_bounds(leakage, precision)
         elif precision is None:
             precision = uniform_precision(low, high, leakage)
         else:
             leakage = uniform_leakage(low, high, precision)
-        if not high > low:
-            raise ValueError(f"UniformNoise: high must exceed low, got low={low!r}, high={high!r}")
         self.low, self.high = float(low), float(high)
         self.leakage, self.precision = float(leakage), float(precision)
 
