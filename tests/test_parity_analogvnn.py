@@ -18,6 +18,7 @@ Two AnalogVNN 1.0.8 defects are worked around (and pinned by tests, so a fixed r
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import os
 
@@ -34,8 +35,11 @@ if not os.environ.get("CI"):  # in CI the test extra is installed: a missing ana
     pytest.importorskip("analogvnn")
 
 import analogvnn.nn.noise.PoissonNoise as avnn_poisson_module  # noqa: E402
+from analogvnn.nn.activation.ELU import ELU  # noqa: E402
 from analogvnn.nn.activation.Gaussian import GeLU  # noqa: E402
 from analogvnn.nn.activation.Identity import Identity  # noqa: E402
+from analogvnn.nn.activation.ReLU import LeakyReLU, ReLU  # noqa: E402
+from analogvnn.nn.activation.SiLU import SiLU  # noqa: E402
 from analogvnn.nn.activation.Tanh import Tanh  # noqa: E402
 from analogvnn.nn.Linear import Linear  # noqa: E402
 from analogvnn.nn.module.FullSequential import FullSequential  # noqa: E402
@@ -86,6 +90,31 @@ def test_normalization_forward_equals_analogvnn(kind, shape):
     expected = AVNN_NORMS[kind]()(x)
     assert torch.equal(analog.normalize(x, kind), expected)
     assert torch.equal(analog.normalization_fn(kind)(x), expected)
+
+
+FRESH_NORMS = {  # built anew from the factories (the table in analog.normalize is built once, at import)
+    "l1norm": (1, False, "rowwise"),
+    "l2norm": (2, False, "rowwise"),
+    "l1norm_m": (1, True, "rowwise"),
+    "l2norm_m": (2, True, "rowwise"),
+    "l1norm_w": (1, False, "whole"),
+    "l2norm_w": (2, False, "whole"),
+    "l1norm_wm": (1, True, "whole"),
+    "l2norm_wm": (2, True, "whole"),
+}
+
+
+@pytest.mark.parametrize("kind", list(FRESH_NORMS))
+def test_lp_norm_factories_equal_analogvnn(kind):
+    norm_module = importlib.import_module("analog.normalize")  # (analog.normalize is the function)
+    p, make_max_1, layout = FRESH_NORMS[kind]
+    fn = (norm_module._rowwise if layout == "rowwise" else norm_module._whole)(p, make_max_1)
+    g = torch.Generator().manual_seed(5)
+    for shape in [(7,), (6, 5), (4, 3, 5)]:
+        x = torch.randn(*shape, generator=g) * 3
+        if len(shape) > 1:
+            x[1] = 1e-6  # a row at AnalogVNN's 1e-4 norm floor
+        assert torch.equal(fn(x), AVNN_NORMS[kind]()(x)), shape
 
 
 def test_none_normalization_is_identity():
@@ -242,6 +271,13 @@ def test_poisson_relations_equal_analogvnn(leakage, precision, avnn_poisson_solv
     )
 
 
+@pytest.mark.parametrize(("x", "rate"), [(0.3, 0.0), (1.03, 1.0), (0.97, 1.0), (-1.03, -1.0)])
+def test_poisson_cdf_equals_analogvnn_static_cdf(x, rate):
+    """Including rate 0, where AnalogVNN returns 1 (all mass at zero)."""
+    expected = float(AvPoisson.static_cdf(x=x, rate=rate, scale_factor=16.0))
+    assert analog.noise._poisson_cdf(x, rate, 16.0) == pytest.approx(expected, rel=REL_FORMULA)
+
+
 def test_poisson_samples_equal_analogvnn_under_same_seed():
     ours, theirs = analog.PoissonNoise(scale=1.0, precision=16), AvPoisson(scale=1.0, precision=16)
     got, expected = _seeded_pair(theirs, ours, torch.randn(2000), seed=5)
@@ -329,6 +365,20 @@ def test_uniform_relations_equal_analogvnn(leakage, precision):
     # same samples under the same seed (up to float32 rounding of the bounds and of the op order)
     got, expected = _seeded_pair(theirs, ours, torch.randn(2000), seed=2)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("activation", "theirs"),
+    [("relu", ReLU), ("leakyrelu", LeakyReLU), ("tanh", Tanh), ("elu", ELU), ("silu", SiLU), ("gelu", GeLU)],
+)
+def test_weight_initialisation_equals_analogvnn_initialise(activation, theirs):
+    """Each activation re-initialises its layer's weight as AnalogVNN's ``initialise_`` does."""
+    torch.manual_seed(11)
+    expected = theirs.initialise_(torch.empty(40, 30))
+    torch.manual_seed(11)
+    got = torch.empty(40, 30)
+    analog.models.init_weight_for(got, activation)
+    assert torch.equal(got, expected)
 
 
 # --- the sample-code model -------------------------------------------------------------------------
