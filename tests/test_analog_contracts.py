@@ -5,6 +5,7 @@ Expected values are written out by hand or from the documented formula."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import re
@@ -290,3 +291,58 @@ def test_gradient_mismatch_with_a_zero_gradient_and_without_weight_normalization
         assert math.isnan(m.sat_weight)  # no weight normalization: nothing to saturate
     reverse = analog.gradient_mismatch(model, x, y, ("ste", "ste"), ("zero", "zero"))
     assert all(math.isnan(m.norm_ratio) and math.isnan(m.cosine) for m in reverse)
+
+
+# --- layers and models ------------------------------------------------------------------------------------
+
+
+def test_config_dict_and_layer_repr():
+    config = analog.AnalogConfig(weight_norm="l2norm", precision=4, leakage=0.2)
+    d = config.to_dict()
+    assert d["weight_norm"] == "l2norm" and d["precision"] == 4 and d["leakage"] == 0.2
+    assert set(d) == {f.name for f in dataclasses.fields(config)}
+    layer = analog.AnalogLinear(3, 2, config=config)
+    assert layer.extra_repr() == (
+        "in_features=3, out_features=2, weight=l2norm/ste, signal=clamp/exact, "
+        "precision=reduce:4, noise=gaussian:0.2"
+    )
+
+
+@pytest.mark.parametrize("site", ["weight", "signal"])
+def test_no_normalization_means_no_stage_so_its_policy_does_not_apply(site):
+    config = analog.AnalogConfig(**{f"{site}_norm": "none", f"{site}_policy": "zero"}, noise="none")
+    layer = analog.AnalogLinear(5, 3, config=config)
+    x = torch.randn(4, 5, requires_grad=True)
+    layer(x).sum().backward()
+    grad = layer.weight.grad if site == "weight" else x.grad
+    assert float(grad.abs().sum()) > 0
+
+
+def test_set_policies_errors_name_the_field():
+    model = analog.build_classifier(4, 2, (3,), "tanh", analog.AnalogConfig(noise="none"))
+    with pytest.raises(ValueError, match=r"^weight_policy: unknown gradient policy 'w'"):
+        analog.set_policies(model, weight_policy="w")
+    with pytest.raises(ValueError, match=r"^signal_policy: unknown gradient policy 's'"):
+        analog.set_policies(model, signal_policy="s")
+
+
+def test_make_activation_modules_and_parameters():
+    assert isinstance(analog.make_activation("none"), torch.nn.Identity)
+    assert isinstance(analog.make_activation("silu"), torch.nn.SiLU)
+    assert analog.make_activation("leakyrelu").negative_slope == 0.01
+    assert analog.make_activation("elu").alpha == 1.0507
+    x = torch.tensor([-2.0, 0.5])
+    assert torch.allclose(analog.make_activation("elu")(x), torch.tensor([1.0507 * math.expm1(-2.0), 0.5]))
+    with pytest.raises(ValueError, match=re.escape("allowed: none, relu, leakyrelu, tanh, elu, silu, gelu")):
+        analog.make_activation("swish")
+
+
+def test_build_classifier_defaults_and_per_activation_init():
+    model = analog.build_classifier()
+    sizes = [(lay.in_features, lay.out_features) for lay in analog.analog_layers(model)]
+    assert sizes == [(784, 256), (256, 128), (128, 10)]
+    torch.manual_seed(0)
+    relu = analog.build_classifier(200, 10, (50,), "relu")
+    w = analog.analog_layers(relu)[0].weight.detach()
+    # He-uniform bound sqrt(6 / fan_in) = 0.173, above the Xavier bound sqrt(6 / 250) = 0.155 of the default
+    assert float(w.abs().max()) > 0.99 * math.sqrt(6 / 200)
