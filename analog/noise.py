@@ -199,8 +199,10 @@ class LaplacianNoise(_Noise):
         self.scale, self.leakage, self.precision = float(scale), float(leakage), float(precision)
 
     def sample(self, x: Tensor) -> Tensor:
-        u = torch.rand_like(x) - 0.5
-        return x - self.scale * torch.sign(u) * torch.log1p(-2 * torch.abs(u))
+        # torch.distributions.Laplace(x, scale).sample(), AnalogVNN's draw, op for op: u in [eps - 1, 1)
+        # keeps log1p(-|u|) finite (u = 2 * rand - 1 reaches -1 when rand returns 0: an infinite draw)
+        u = torch.empty_like(x).uniform_(torch.finfo(x.dtype).eps - 1, 1)
+        return x - self.scale * u.sign() * torch.log1p(-u.abs())
 
 
 class UniformNoise(_Noise):
@@ -218,14 +220,14 @@ class UniformNoise(_Noise):
         _exactly_two("UniformNoise", bounds=bounds, leakage=leakage, precision=precision)
         _check_leakage(leakage)
         _check_positive("precision", precision)
+        if bounds is not None and not high > low:  # before deriving from high - low
+            raise ValueError(f"UniformNoise: high must exceed low, got low={low!r}, high={high!r}")
         if bounds is None:
             low, high = uniform_bounds(leakage, precision)
         elif precision is None:
             precision = uniform_precision(low, high, leakage)
         else:
             leakage = uniform_leakage(low, high, precision)
-        if not high > low:
-            raise ValueError(f"UniformNoise: high must exceed low, got low={low!r}, high={high!r}")
         self.low, self.high = float(low), float(high)
         self.leakage, self.precision = float(leakage), float(precision)
 

@@ -18,7 +18,7 @@ import study.bundle as bundle_mod
 import study.trial as trial_mod
 from study.bundle import BundleClassifier, _BundleBatches, member_model, run_bundle
 from study.config import TrialConfig
-from study.data import AnalogDataModule, load_split, train_batches
+from study.data import AnalogDataModule, load_split
 from study.module import AnalogClassifier
 from study.stats import tost
 from study.trial import run_trial
@@ -133,7 +133,8 @@ def test_bundle_batches_follow_each_members_sequential_order():
         m.setup("fit")
     loaders = [m.train_dataloader() for m in modules]
     for _epoch in range(2):  # each epoch draws the next permutation
-        expected = [train_batches(len(data.train_y), bs, g) for g in generators]
+        # the documented order, written out: one randperm per epoch, cut into consecutive batches
+        expected = [torch.randperm(len(data.train_y), generator=g).split(bs) for g in generators]
         sequential = [list(loader) for loader in loaders]  # what run_trial trains on
         steps = list(batches)
         assert len(steps) == len(expected[0])

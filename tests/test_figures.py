@@ -1,5 +1,6 @@
 """Figures stage: every figure is drawn, deterministic, TrueType-only, and skipped with a reason when the
-study lacks what it needs. The tables (runs, curves, spec, stats) are synthetic and written here."""
+study lacks what it needs. Runs, curves and spec are synthetic and written here; stats/ is what the
+statistics stage writes from them (tests/test_figures_real.py checks the plotted values)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from scipy import stats as sst
 
 from study import figures
 from study import style as st
 from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figures, mean_ci
+from study.stats import compute_stats
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
 OTHER = {"weight": "signal_policy", "signal": "weight_policy"}
@@ -55,14 +56,14 @@ def write_study(
     stats: bool = True,
     curves: bool = True,
 ) -> Path:
-    """Write spec.yaml, runs.csv, curves.csv.gz and (optionally) stats/*.csv of a synthetic study."""
+    """Write spec.yaml, runs.csv, curves.csv.gz of a synthetic study and (optionally) run the stats stage."""
     rng = np.random.default_rng(1)
     root.mkdir(parents=True, exist_ok=True)
     spec = {
         "name": root.name,
         "factors": {**factors, "weight_policy": list(weights), "signal_policy": list(signals)},
         "seeds": n_seeds,
-        "hypotheses": {"margin": 0.5},
+        "hypotheses": {"margin": 0.5, "bootstrap_resamples": 200},
     }
     (root / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     names = list(factors)
@@ -108,84 +109,8 @@ def write_study(
         with gzip.open(root / "curves.csv.gz", "wt") as fh:
             frame.to_csv(fh, index=False)
     if stats:
-        _write_stats(root, runs, names)
+        compute_stats(root)  # the real statistics stage writes stats/
     return root
-
-
-def _write_stats(root: Path, runs: pd.DataFrame, conds: list[str]) -> None:
-    """Simplified stand-ins for the statistics stage's tables (same columns the figures read)."""
-    out = root / "stats"
-    out.mkdir(exist_ok=True)
-    runs = runs.astype({c: str for c in conds})
-    comp_rows, diff_rows = [], []
-    for site, a, b, role in COMPARISONS:
-        own, other = SITE_COLUMN[site], OTHER[site]
-        if not {a, b} <= set(runs[own]):
-            continue
-        label = f"{site}: {a} vs {b}"
-        for key, grp in runs.groupby([*conds, other], sort=False):
-            va = grp[grp[own] == a].set_index("seed")["test_acc"]
-            vb = grp[grp[own] == b].set_index("seed")["test_acc"]
-            d = (va - vb).dropna()
-            cond = dict(zip([*conds, other], key, strict=True))
-            head = {"comparison": label, "site": site, "role": role, "policy_a": a, "policy_b": b, **cond}
-            for seed, diff in d.items():
-                values = {"value_a": va[seed], "value_b": vb[seed], "diff": diff}
-                diff_rows.append({**head, "seed": seed, **values})
-            mean, sd, n = d.mean(), d.std(ddof=1), len(d)
-            half = sst.t.ppf(0.975, n - 1) * sd / math.sqrt(n)
-            p = float(sst.ttest_1samp(d, 0).pvalue)
-            p_tost = max(
-                sst.t.sf((mean + 0.5) / (sd / math.sqrt(n)), n - 1),
-                sst.t.cdf((mean - 0.5) / (sd / math.sqrt(n)), n - 1),
-            )
-            verdict = "different" if p < 0.05 else "equivalent" if p_tost < 0.05 else "inconclusive"
-            comp_rows.append(
-                {
-                    **head,
-                    "metric": "test_acc",
-                    "n_pairs": n,
-                    "mean_diff": mean,
-                    "ci_low": mean - half,
-                    "ci_high": mean + half,
-                    "ci_method": "bca",
-                    "p_adjusted": p,
-                    "p_tost": p_tost,
-                    "margin": 0.5,
-                    "verdict": verdict,
-                }
-            )
-    pd.DataFrame(comp_rows).to_csv(out / "comparisons.csv", index=False)
-    pd.DataFrame(diff_rows).to_csv(out / "differences.csv", index=False)
-    omni = []
-    groups = runs.groupby(conds, sort=False) if conds else [((), runs)]
-    for key, grp in groups:
-        key = key if isinstance(key, tuple) else (key,)
-        grp = grp.assign(combo=grp["weight_policy"] + "/" + grp["signal_policy"])
-        block = grp.pivot(index="seed", columns="combo", values="test_acc")
-        ranks = block.rank(axis=1, ascending=False).mean()
-        k, n = block.shape[1], block.shape[0]
-        p = float(sst.friedmanchisquare(*block.to_numpy().T).pvalue)
-        cd = sst.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2) * math.sqrt(k * (k + 1) / (6 * n))
-        for combo in block.columns:
-            w, s = combo.split("/")
-            omni.append(
-                {
-                    **dict(zip(conds, key, strict=True)),
-                    "combo": combo,
-                    "weight_policy": w,
-                    "signal_policy": s,
-                    "metric": "test_acc",
-                    "n_seeds": n,
-                    "mean_metric": block[combo].mean(),
-                    "mean_rank": ranks[combo],
-                    "friedman_stat": 1.0,
-                    "friedman_p": p,
-                    "cd": cd,
-                    "k": k,
-                }
-            )
-    pd.DataFrame(omni).to_csv(out / "omnibus.csv", index=False)
 
 
 CORE = {"dataset": ["mnist"]}

@@ -1,0 +1,183 @@
+"""Mutation score per module with mutmut (the `mutation` extra): how many small code changes the tests catch.
+
+    python benchmarks/mutation.py                      # every module in MODULES, 2 workers
+    python benchmarks/mutation.py analog study/stats.py --max-children 4
+    python benchmarks/mutation.py --report-only        # re-print the scores of the last run
+
+Not part of CI (it takes tens of minutes to hours). For each module, a scratch copy of the repository
+(`analog/`, `study/`, `tests/`, `pyproject.toml` plus a generated `[tool.mutmut]` table) is made under
+`--work` (default `benchmarks/.mutation/`, git-ignored by its own .gitignore); mutmut mutates only that
+module and runs, per mutant, the tests of the module's fast selection that reach the mutated function
+(it traces which tests call which function on a clean run first). `PYTHONPATH` points at mutmut's
+`mutants/` copy, so tests that start `python -m study` subprocesses run the mutated code too
+(mutmut's trampolines read the mutant to apply from the inherited environment).
+
+Score = killed / total, where killed includes timeouts and crashes (the tests noticed); `no tests`
+(no selected test reaches the function) and `survived` are not killed. Survivors are listed with
+`mutmut show NAME` run in the scratch copy (printed below the scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module -> (files to mutate, fast test selection that exercises them)
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "analog": (
+        ["analog/*.py"],
+        [
+            "tests/test_analog.py",
+            "tests/test_analog_contracts.py",
+            "tests/test_parity_analogvnn.py",
+            "tests/test_behaviours.py::test_gradient_mismatch_norm_ratio_and_cosine_against_hand_computed_gradients",
+        ],
+    ),
+    "study/stats.py": (["study/stats.py"], ["tests/test_stats.py", "tests/test_behaviours.py"]),
+    "study/runner.py": (["study/runner.py"], ["tests/test_runner.py", "tests/test_behaviours.py"]),
+    "study/trial.py": (["study/trial.py"], ["tests/test_trial.py", "tests/test_behaviours.py"]),
+}
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-q"]
+
+
+def _status_names() -> dict[int | None, str]:
+    from mutmut.stats import status_by_exit_code  # the mapping mutmut itself reports with
+
+    return status_by_exit_code
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(module: str, work: Path) -> Path:
+    """A scratch copy of the repository configured to mutate `module` only."""
+    only, tests = MODULES[module]
+    scratch = work / module.replace("/", "_").removesuffix(".py")
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+    for name in ("analog", "study", "tests"):
+        shutil.copytree(ROOT / name, scratch / name, ignore=ignore)
+    config = (
+        "\n\n[tool.mutmut]\n"
+        'source_paths = ["analog", "study"]\n'
+        f"only_mutate = {_toml_list(only)}\n"
+        f"pytest_add_cli_args = {_toml_list(PYTEST_ARGS)}\n"
+        f"pytest_add_cli_args_test_selection = {_toml_list(tests)}\n"
+        'process_isolation = "fork"\n'
+        "use_git_change_detection = false\n"
+    )
+    (scratch / "pyproject.toml").write_text((ROOT / "pyproject.toml").read_text() + config)
+    return scratch
+
+
+def run(module: str, work: Path, max_children: int) -> None:
+    scratch = prepare(module, work)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(scratch / "mutants"),
+    }
+    # the directory must exist before the interpreter starts: Python caches a missing sys.path entry as
+    # importer-less, and imports would then fall through to the editable install (the unmutated code)
+    (scratch / "mutants").mkdir()
+    mutmut = shutil.which("mutmut") or "mutmut"
+    start = time.time()
+    with open(scratch / "mutmut.log", "w") as log:
+        subprocess.run(
+            [mutmut, "run", "--max-children", str(max_children)], cwd=scratch, env=env, stdout=log, stderr=log
+        )
+    print(
+        f"{module}: mutmut finished in {(time.time() - start) / 60:.1f} min (log: {scratch / 'mutmut.log'})"
+    )
+
+
+def results(module: str, work: Path) -> tuple[Counter, list[str]]:
+    """(count per status, names of the mutants not killed) from the meta files of the last run."""
+    scratch = work / module.replace("/", "_").removesuffix(".py")
+    names = _status_names()
+    counts: Counter = Counter()
+    alive: list[str] = []
+    for meta in sorted((scratch / "mutants").rglob("*.py.meta")):
+        data = json.loads(meta.read_text())
+        for name, code in data.get("exit_code_by_key", {}).items():
+            status = names[code]
+            counts[status] += 1
+            if status not in KILLED and status != "not checked":
+                alive.append(f"{name}: {status}")
+    return counts, alive
+
+
+def report(modules: list[str], work: Path, show: bool) -> None:
+    print(f"\n{'module':<18} {'killed':>7} {'total':>6} {'score':>7}  other")
+    details = []
+    for module in modules:
+        counts, alive = results(module, work)
+        total = sum(counts.values())
+        killed = sum(counts[s] for s in KILLED)
+        other = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()) if s not in KILLED)
+        score = f"{100 * killed / total:.1f}%" if total else "-"
+        print(f"{module:<18} {killed:>7} {total:>6} {score:>7}  {other}")
+        details.append((module, alive))
+    for module, alive in details:
+        if not alive:
+            continue
+        print(f"\n## {module}: {len(alive)} not killed")
+        scratch = work / module.replace("/", "_").removesuffix(".py")
+        for line in alive:
+            print(line)
+            if show:
+                name = line.split(":")[0]
+                diff = subprocess.run(
+                    [shutil.which("mutmut") or "mutmut", "show", name],
+                    cwd=scratch,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                print(
+                    "\n".join(
+                        "    " + ln
+                        for ln in diff.splitlines()[1:]
+                        if ln.startswith(("-", "+")) and ln[:3] not in ("---", "+++")
+                    )
+                )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("modules", nargs="*", default=list(MODULES), help=f"any of {', '.join(MODULES)}")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel mutant workers")
+    parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".mutation")
+    parser.add_argument("--report-only", action="store_true", help="print the scores of the last run")
+    parser.add_argument("--show", action="store_true", help="print each surviving mutant's diff")
+    args = parser.parse_args()
+    unknown = [m for m in args.modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown module(s) {unknown}; choose from {', '.join(MODULES)}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    (args.work / ".gitignore").write_text("*\n")
+    if not args.report_only:
+        for module in args.modules:
+            run(module, args.work, args.max_children)
+    report(args.modules, args.work, args.show)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
