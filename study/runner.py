@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from study.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
-from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_yaml
+from study.tables import HYPOTHESES_LOG, METRICS, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
 STALE_AFTER_S = 120.0
@@ -57,15 +57,8 @@ def trial_dir(sdir: Path, run_id: str) -> Path:
 RECORD_KEYS = (
     "run_id",
     "config",
-    "test_acc",
-    "test_loss",
-    "val_acc",
-    "val_loss",
-    "train_acc",
-    "train_loss",
-    "best_val_acc",
+    *METRICS,
     "best_epoch",
-    "test_acc_at_best_val",
     "epochs_run",
     "diverged",
     "wall_time_s",
@@ -76,17 +69,7 @@ RECORD_KEYS = (
     "spec_hash",
     "factors",
 )
-_NUMBER_KEYS = (
-    "test_acc",
-    "test_loss",
-    "val_acc",
-    "val_loss",
-    "train_acc",
-    "train_loss",
-    "best_val_acc",
-    "test_acc_at_best_val",
-    "wall_time_s",
-)
+_NUMBER_KEYS = (*METRICS, "wall_time_s")
 
 
 class InvalidRecord(ValueError):

@@ -19,6 +19,7 @@ import yaml
 from study import figures
 from study import style as st
 from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figures, mean_ci
+from study.spec import stored_spec_hash
 from study.stats import compute_stats
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
@@ -79,7 +80,7 @@ def write_study(
                 {
                     "study": root.name,
                     "run_id": run_id,
-                    "spec_hash": "abc",
+                    "spec_hash": stored_spec_hash(spec),  # run under this spec
                     **cond,
                     "weight_policy": w,
                     "signal_policy": s,
