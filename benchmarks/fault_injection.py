@@ -2,12 +2,13 @@
 
     python benchmarks/fault_injection.py [--kills 6] [--seed 0]
 
-1. Kills: a tiny 24-trial study (digits, hidden [16], 1 epoch, --workers 2 --bundle 1) is started and
-   SIGKILLed at a random moment, `--kills` times (at random either the runner alone, leaving its pool
-   workers orphaned, or its whole process group), then resumed to the end with the same command. Counts
-   trials lost (no valid record at the end), duplicated (a record written again after it existed),
-   redone (a trial started more than once: killed mid-trial, then run again), orphaned workers still
-   alive 10 s after their runner was killed, and claims or temporary files left at the end.
+1. Kills: a tiny 24-trial study (digits, hidden [16], 3 epochs, --workers 2 --bundle 1) is started and
+   SIGKILLed at a random moment once its workers train, `--kills` times (at random either the runner
+   alone, leaving its pool workers orphaned, or its whole process group), then resumed to the end with
+   the same command. Counts trials lost (no valid record at the end), duplicated (a record written again
+   after it existed), redone (a trial started more than once: killed mid-trial, then run again), workers
+   still alive 30 s after their runner was killed (and the slowest exit), and claims or temporary files
+   left at the end.
 2. Bad specs: each must end in an error naming the problem (exit 2), with no trial run.
 3. Corrupt records: empty, truncated, foreign (another trial's) and non-JSON record.json files in the
    finished study; one more run must re-run exactly those trials, keep the bad files aside, and leave
@@ -34,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = {
     "name": "faults",
-    "base": {"dataset": "digits", "hidden": [16], "epochs": 1, "batch_size": 64, "diagnostics": False},
+    "base": {"dataset": "digits", "hidden": [16], "epochs": 3, "batch_size": 64, "diagnostics": False},
     "factors": {"weight_policy": ["ste", "exact", "zero"], "signal_policy": ["ste", "exact"]},
     "seeds": 4,
 }
@@ -97,7 +98,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def kills(work: Path, n: int, rng: random.Random) -> dict[str, int]:
+ORPHAN_WAIT_S = 30.0  # how long the workers of a killed runner get to notice and exit
+
+
+def n_started(log: Path) -> int:
+    return log.read_text().count("\n") if log.exists() else 0
+
+
+def kills(work: Path, n: int, rng: random.Random) -> dict[str, float]:
     spec_path = work / "faults.yaml"
     spec_path.write_text(yaml.safe_dump(SPEC))
     wrapper = work / "study_logged.py"
@@ -107,13 +115,17 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, int]:
     cmd += ["--workers", "2", "--bundle", "1", "--quiet"]
     sdir = work / "out" / "faults"
     rewritten: set[str] = set()
-    orphans = 0
+    orphans, slowest_exit = 0, 0.0
     seen = fingerprints(sdir)
     for i in range(n):
         p = subprocess.Popen(
             cmd, env=env(log), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
-        delay = rng.uniform(4.0, 14.0)  # start-up (~5 s) included: some kills land before any trial
+        started = n_started(log)
+        t0 = time.monotonic()
+        while n_started(log) == started and p.poll() is None and time.monotonic() < t0 + 120:
+            time.sleep(0.05)  # until this run's workers train (start-up takes seconds)
+        delay = rng.uniform(0.0, 4.0)  # then a random moment, mostly mid-trial
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.05)
@@ -125,9 +137,10 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, int]:
             else:
                 os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        deadline = time.monotonic() + 10
-        while any(alive(c) for c in children) and time.monotonic() < deadline:
+        t_kill = time.monotonic()
+        while any(alive(c) for c in children) and time.monotonic() < t_kill + ORPHAN_WAIT_S:
             time.sleep(0.05)
+        slowest_exit = max(slowest_exit, time.monotonic() - t_kill)
         left = [c for c in children if alive(c)]
         orphans += len(left)
         for c in left:
@@ -136,7 +149,7 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, int]:
         rewritten |= {rid for rid, fp in seen.items() if now.get(rid) != fp}
         seen.update(now)
         how = "process group" if whole_group else "runner only"
-        print(f"  kill {i + 1}/{n} after {delay:4.1f} s ({how}): {len(now)}/24 records", flush=True)
+        print(f"  kill {i + 1}/{n}, {delay:3.1f} s into training ({how}): {len(now)}/24 records", flush=True)
     final = subprocess.run(cmd, env=env(log), capture_output=True, text=True)
     now = fingerprints(sdir)
     rewritten |= {rid for rid, fp in seen.items() if now.get(rid) != fp}
@@ -156,7 +169,8 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, int]:
         "lost (no valid record)": 24 - valid,
         "duplicated (record rewritten)": len(rewritten),
         "redone (started more than once)": sum(c - 1 for c in starts.values()),
-        "orphaned workers alive 10 s after": orphans,
+        f"workers alive {ORPHAN_WAIT_S:.0f} s after the kill": orphans,
+        "slowest exit of a killed runner's workers (s)": round(slowest_exit, 1),
         "claims left": len(list(sdir.glob("trials/*/claim.lock*"))),
         "temporary files left": len(list(sdir.glob("trials/*/.*.tmp"))),
     }

@@ -662,3 +662,24 @@ def test_run_reports_bad_yaml_and_missing_specs(tmp_path, capsys):
         assert main(["run", bad, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
         assert "shipped specs:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_clears_claims_of_dead_local_processes(stub_study, tmp_path):
+    """A runner SIGKILLed between writing a record and releasing its claim leaves a claim on a done trial;
+    the next run removes it (its owner is a dead process of this host), and leaves live or remote ones."""
+    import socket
+    import subprocess
+    import sys
+
+    spec_path, sdir, run_ids, calls = stub_study
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    claims = {}
+    for rid, host, pid in (
+        (run_ids[0], socket.gethostname(), int(dead.stdout)),  # dead, here: removed
+        (run_ids[1], socket.gethostname(), os.getpid()),  # alive, here: kept
+        (run_ids[2], "elsewhere.invalid", int(dead.stdout)),  # another host's: kept
+    ):
+        claims[rid] = R.trial_dir(sdir, rid) / R.CLAIM
+        claims[rid].write_text(json.dumps({"host": host, "pid": pid, "owner": "x"}))
+    assert _run(spec_path, tmp_path / "out") == 0 and calls == []
+    assert [claims[rid].exists() for rid in run_ids[:3]] == [False, True, True]
