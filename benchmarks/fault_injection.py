@@ -2,13 +2,13 @@
 
     python benchmarks/fault_injection.py [--kills 6] [--seed 0]
 
-1. Kills: a tiny 24-trial study (digits, hidden [16], 3 epochs, --workers 2 --bundle 1) is started and
+1. Kills: a tiny 24-trial study (digits, hidden [16], 5 epochs, --workers 2 --bundle 1) is started and
    SIGKILLed at a random moment once its workers train, `--kills` times (at random either the runner
    alone, leaving its pool workers orphaned, or its whole process group), then resumed to the end with
-   the same command. Counts trials lost (no valid record at the end), duplicated (a record written again
-   after it existed), redone (a trial started more than once: killed mid-trial, then run again), workers
-   still alive 30 s after their runner was killed (and the slowest exit), and claims or temporary files
-   left at the end.
+   the same command (fewer kills if the study finishes first). Counts trials lost (no valid record at
+   the end), duplicated (a record written again after it existed), redone (a trial started more than
+   once: killed mid-trial, then run again), workers still alive 30 s after their runner was killed (and
+   the slowest exit), and claims or temporary files left at the end.
 2. Bad specs: each must end in an error naming the problem (exit 2), with no trial run.
 3. Corrupt records: empty, truncated, foreign (another trial's) and non-JSON record.json files in the
    finished study; one more run must re-run exactly those trials, keep the bad files aside, and leave
@@ -35,7 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = {
     "name": "faults",
-    "base": {"dataset": "digits", "hidden": [16], "epochs": 3, "batch_size": 64, "diagnostics": False},
+    "base": {"dataset": "digits", "hidden": [16], "epochs": 5, "batch_size": 64, "diagnostics": False},
     "factors": {"weight_policy": ["ste", "exact", "zero"], "signal_policy": ["ste", "exact"]},
     "seeds": 4,
 }
@@ -115,7 +115,7 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, float]:
     cmd += ["--workers", "2", "--bundle", "1", "--quiet"]
     sdir = work / "out" / "faults"
     rewritten: set[str] = set()
-    orphans, slowest_exit = 0, 0.0
+    orphans, slowest_exit, made = 0, 0.0, 0
     seen = fingerprints(sdir)
     for i in range(n):
         p = subprocess.Popen(
@@ -125,18 +125,21 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, float]:
         t0 = time.monotonic()
         while n_started(log) == started and p.poll() is None and time.monotonic() < t0 + 120:
             time.sleep(0.05)  # until this run's workers train (start-up takes seconds)
-        delay = rng.uniform(0.0, 4.0)  # then a random moment, mostly mid-trial
+        delay = rng.uniform(0.0, 3.0)  # then a random moment, mostly mid-trial
         deadline = time.monotonic() + delay
         while time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.05)
         whole_group = rng.random() < 0.5
         children = descendants(p.pid)
-        if p.poll() is None:
-            if whole_group:
-                os.killpg(p.pid, signal.SIGKILL)
-            else:
-                os.kill(p.pid, signal.SIGKILL)
+        if p.poll() is not None:  # it finished the study before the kill
+            print(f"  run {i + 1} finished the study before its kill: no more kills", flush=True)
+            break
+        if whole_group:
+            os.killpg(p.pid, signal.SIGKILL)
+        else:
+            os.kill(p.pid, signal.SIGKILL)
         p.wait()
+        made += 1
         t_kill = time.monotonic()
         while any(alive(c) for c in children) and time.monotonic() < t_kill + ORPHAN_WAIT_S:
             time.sleep(0.05)
@@ -163,7 +166,7 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, float]:
         except InvalidRecord:
             pass
     return {
-        "kills": n,
+        "kills": made,
         "resume exit code": final.returncode,
         "trials": 24,
         "lost (no valid record)": 24 - valid,
