@@ -430,6 +430,8 @@ def _worker_init(parent_pid: int) -> None:
     """Set-up of a pool worker: Ctrl-C is the runner's to handle (it stops the workers in order); SIGTERM
     unwinds a running unit, so its claims are released; and a worker whose runner died (SIGKILL) does
     not run on holding claims: it unwinds and exits (`_watch_parent`)."""
+    if os.getppid() != parent_pid:  # the runner died while this worker was starting (importing torch)
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _worker_sigterm)
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="watch-parent").start()
@@ -470,12 +472,12 @@ def _stop_pool(pool: Any) -> None:
             p.join(5)
 
 
-def _release_dead_claims(sdir: Path, trials: Iterable[Trial]) -> int:
-    """Remove the claims of `trials` held by dead processes of this host (workers stopped or killed after
-    an interrupt): what a later runner would take over anyway. Returns how many."""
+def release_dead_claims(sdir: Path) -> int:
+    """Remove the study's claims held by dead processes of this host: workers stopped or killed after an
+    interrupt, or a runner SIGKILLed after a trial's record was written but before its claim was released.
+    Such a claim is stale already (a later runner would take it over); this leaves none lying about."""
     host, n = socket.gethostname(), 0
-    for t in trials:
-        path = trial_dir(sdir, t.run_id) / CLAIM
+    for path in sdir.glob(f"trials/*/{CLAIM}"):
         try:
             info = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -782,6 +784,7 @@ def run_study(
     workers = workers or os.cpu_count() or 1
     check_grid_size(spec)
     sdir = prepare(spec, out, hypotheses_change_reason)
+    release_dead_claims(sdir)
     trials = expand(spec)
     states = {t.run_id: status(sdir, t.run_id) for t in trials}
     start_counts = {k: sum(1 for v in states.values() if v == k) for k in ("done", "failed", "todo")}
@@ -820,7 +823,7 @@ def run_study(
         except (_Stop, KeyboardInterrupt):
             interrupted = True
             mapper.close()  # stops the workers (if the signal came while this frame, not the map, ran)
-            _release_dead_claims(sdir, pending)
+            release_dead_claims(sdir)
         finally:
             bar.close()
     counts = summary_counts(sdir, trials)

@@ -518,21 +518,27 @@ def _start(tmp_path: Path, spec_path: Path, workers: int, log: Path, **env: str)
     wrapper.write_text(STUB_WRAPPER)
     cmd = [sys.executable, str(wrapper), "run", str(spec_path), "--out", str(tmp_path / "out")]
     cmd += ["--workers", str(workers), "--bundle", "1", "--quiet"]
-    return subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        env={**study_env(), "NG_TRIAL_LOG": str(log), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    # output to files, not pipes: orphaned workers would hold a pipe open and a reader would wait forever
+    with open(tmp_path / "runner.out", "w") as out, open(tmp_path / "runner.err", "w") as err:
+        return subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            env={**study_env(), "NG_TRIAL_LOG": str(log), **env},
+            stdout=out,
+            stderr=err,
+            text=True,
+            start_new_session=True,
+        )
+
+
+def _output(tmp_path: Path) -> tuple[str, str]:
+    return (tmp_path / "runner.out").read_text(), (tmp_path / "runner.err").read_text()
 
 
 def _wait_for(condition, proc, what: str, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
-        assert proc is None or proc.poll() is None, proc.communicate()
+        assert proc is None or proc.poll() is None, proc.returncode
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
 
@@ -579,7 +585,7 @@ def test_pool_workers_exit_when_the_runner_is_killed(tmp_path, monkeypatch):
         workers = [c.pid for c in psutil.Process(p.pid).children(recursive=True)]
         assert {pid for pid, _ in _log(log1)} <= set(workers)
         os.kill(p.pid, 9)
-        p.communicate()
+        p.wait()
         _wait_for(lambda: not _alive(workers), None, "the orphaned workers to exit", timeout=30)
     finally:
         for pid in _alive([p.pid, *workers]):
@@ -619,15 +625,19 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path, capsys, workers):
     p = _start(tmp_path, spec_path, workers, log, **env)
     try:
         _wait_for(lambda: len(_log(log)) >= workers, p, "trials to start")
-        time.sleep(0.5)  # into the training loop
+        if workers == 1:  # Lightning writes metrics.csv after the first epoch: inside `fit`
+            _wait_for(lambda: any(sdir.glob("trials/*/metrics.csv")), p, "the first epoch")
+        else:
+            time.sleep(0.5)  # into the (stub) trials
         if workers == 1:
             p.send_signal(signal.SIGINT)
         else:
             os.killpg(p.pid, signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        p.wait(timeout=60)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, 9)
+    out, err = _output(tmp_path)
     assert p.returncode == 130, (out, err)
     assert "Traceback" not in err, err
     assert "trial(s) finished in this run" in err and "no claim is left" in err
@@ -652,3 +662,24 @@ def test_run_reports_bad_yaml_and_missing_specs(tmp_path, capsys):
         assert main(["run", bad, "--out", str(tmp_path / "out"), "--dry-run"]) == 2
         assert "shipped specs:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_run_clears_claims_of_dead_local_processes(stub_study, tmp_path):
+    """A runner SIGKILLed between writing a record and releasing its claim leaves a claim on a done trial;
+    the next run removes it (its owner is a dead process of this host), and leaves live or remote ones."""
+    import socket
+    import subprocess
+    import sys
+
+    spec_path, sdir, run_ids, calls = stub_study
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    claims = {}
+    for rid, host, pid in (
+        (run_ids[0], socket.gethostname(), int(dead.stdout)),  # dead, here: removed
+        (run_ids[1], socket.gethostname(), os.getpid()),  # alive, here: kept
+        (run_ids[2], "elsewhere.invalid", int(dead.stdout)),  # another host's: kept
+    ):
+        claims[rid] = R.trial_dir(sdir, rid) / R.CLAIM
+        claims[rid].write_text(json.dumps({"host": host, "pid": pid, "owner": "x"}))
+    assert _run(spec_path, tmp_path / "out") == 0 and calls == []
+    assert [claims[rid].exists() for rid in run_ids[:3]] == [False, True, True]
