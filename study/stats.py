@@ -875,13 +875,12 @@ def decide(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
     frame["better"] = [
         better_side(v, m, higher) for v, m in zip(frame["verdict"], frame["mean_diff"], strict=True)
     ]
+    tests = frame["_tests"] if "_tests" in frame else pd.Series(0, index=frame.index)
     frame["seeds_needed_equivalence"] = [
         seeds_needed_equivalence(sd, hyp.margin, planning_alpha(hyp, m))
         if v == "inconclusive" and n >= 2
         else math.nan
-        for v, sd, n, m in zip(
-            frame["verdict"], frame["sd_diff"], frame["n_pairs"], frame["_tests"], strict=True
-        )
+        for v, sd, n, m in zip(frame["verdict"], frame["sd_diff"], frame["n_pairs"], tests, strict=True)
     ]
     return frame
 
