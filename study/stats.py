@@ -214,7 +214,8 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["diverged"] = _truthy(runs, "diverged")
     # every metric runs.csv records, as written: two trials with equal fingerprints are identical runs
     recorded = [m for m in METRICS if m in runs]
-    table["fingerprint"] = runs[recorded].astype(str).agg("|".join, axis=1) if recorded else ""
+    values = runs[recorded].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    table["fingerprint"] = ["|".join(repr(float(v)) for v in row) for row in values]
     table["_order"] = runs["run_id"].astype(str) if "run_id" in runs else ""
     clash = table.groupby(keys + ["seed"], sort=False)["_order"].nunique()
     clash = clash[clash > 1]
