@@ -393,7 +393,25 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
         "`identical` rows have no test (n/a). A row with an entry under `same data as` holds exactly the "
         "paired runs of the row named there; it is tested and counted once, and repeats that row's numbers."
     )
-    return lines + md_table(header, rows) + ["", note, ""]
+    own = distinct(comp)
+    own = own[own["verdict"] != "identical"]
+    changed = own[own["verdict_permutation"].astype(str) != own["verdict"].astype(str)]
+    robust = (
+        f"Robustness: with the sign-flip permutation test in place of the t-test, {len(changed)} of "
+        f"{len(own)} distinct tested rows would get another verdict"
+        + (
+            ": "
+            + "; ".join(
+                f"{r['comparison']} at {condition_label(r, cols)}: {r['verdict']} → "
+                f"{r['verdict_permutation']}"
+                for _, r in changed.head(MAX_LISTED).iterrows()
+            )
+            if len(changed)
+            else ""
+        )
+        + "."
+    )
+    return lines + md_table(header, rows) + ["", note, "", robust, ""]
 
 
 def omnibus_section(omni: pd.DataFrame, post: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
