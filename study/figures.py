@@ -23,6 +23,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
 from study import style as st
 from study.hypotheses import SITES, Hypotheses
@@ -379,14 +380,35 @@ def _legend_below(fig: Figure, handles: list[Any], ncol: int | None = None, titl
     )
 
 
+NORM_COLUMNS = ("norm", "weight_norm", "signal_norm")
+
+
+def _group_columns(ctx: StudyContext, df: pd.DataFrame) -> list[str]:
+    """Dataset and normalization columns that vary in `df`: a figure that pools seeds never pools these
+    (a clamp and an Lp norm, or two data sets, are not conditions whose averages mean anything)."""
+    return [c for c in ("dataset", *NORM_COLUMNS) if c in ctx.conditions and df[c].nunique(dropna=False) > 1]
+
+
+def _group_note(columns: Sequence[str], key: Sequence[str]) -> str:
+    parts = [
+        f"{'dataset' if c == 'dataset' else st.factor_label(c).lower()} {st.level_label(c, v)}"
+        for c, v in zip(columns, key, strict=True)
+    ]
+    text = "; ".join(parts)
+    return f" {text[:1].upper()}{text[1:]}." if parts else ""
+
+
 def _by_dataset(ctx: StudyContext, df: pd.DataFrame, base: str) -> Iterator[tuple[str, str, pd.DataFrame]]:
-    """(name, dataset note, subset) per dataset when the study has several, else the whole table once."""
-    if "dataset" in ctx.conditions and df["dataset"].nunique(dropna=False) > 1:
-        for level in ctx.levels("dataset", df):
-            yield f"{base}_{_slug(level)}", f" Dataset {level}.", df[df["dataset"].astype(str) == level]
-    else:
+    """(name, note, subset) per dataset and per normalization when the study varies them, else the
+    whole table once (named `base`)."""
+    columns = _group_columns(ctx, df)
+    if not columns:
         note = f" Dataset {df['dataset'].iloc[0]}." if "dataset" in df and len(df) else ""
         yield base, note, df
+        return
+    for key in _ordered_keys(ctx, df, columns):
+        name = base + "".join(f"_{_slug(v)}" for v in key)
+        yield name, _group_note(columns, key), _select(df, columns, key)
 
 
 def _comparison_order(df: pd.DataFrame) -> list[tuple[str, str, str, str]]:
@@ -421,8 +443,10 @@ def _verdict_note(ctx: StudyContext) -> str:
     }
     correction = names.get(h.correction, h.correction)
     return (
-        f"Verdict (pre-registered, from stats/comparisons.csv): ≠ different ({correction} p < "
-        f"α = {h.alpha:g}), else ≈ equivalent (TOST p < α with margin ±δ), else ? inconclusive."
+        "Verdict (stats/comparisons.csv): ≡ identical (every pair of runs equal, no test); ≠ different "
+        f"({correction} paired t-test p < α = {h.alpha:g}, CI reaching beyond ±δ); ≃ trivial (the same, "
+        f"CI within ±δ); ≈ equivalent ({correction} TOST p < α); else ? inconclusive. A row repeating "
+        "another row's paired runs shows the same numbers and counts once."
     )
 
 
@@ -729,12 +753,13 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
         yield Skip(name, "the study varies neither the weight- nor the signal-site policy")
         return
     metric = ctx.metric
-    datasets = ctx.levels("dataset") if "dataset" in runs else [None]
-    pooled = [c for c in ctx.conditions if c != "dataset" and runs[c].nunique(dropna=False) > 1]
-    keep = (["dataset"] if "dataset" in runs else []) + list(POLICY_COLUMNS)
+    panel_cols = _group_columns(ctx, runs)
+    panels = _ordered_keys(ctx, runs, panel_cols) if panel_cols else [()]
+    pooled = [c for c in ctx.conditions if c not in panel_cols and runs[c].nunique(dropna=False) > 1]
+    keep = panel_cols + list(POLICY_COLUMNS)
     summary = summarise(seed_means(runs, keep, metric), keep, metric)
-    n_panels = len(datasets)
-    ncols = min(n_panels, 2)
+    n_panels = len(panels)
+    ncols = min(n_panels, 4 if n_panels > 4 else 2)
     nrows = math.ceil(n_panels / ncols)
     width = st.ONE_COLUMN if ncols == 1 else st.TWO_COLUMN
     height = nrows * (0.36 * len(weights) + 0.8) + 0.1
@@ -743,9 +768,9 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
     vmin, vmax = float(summary["mean"].min()), float(summary["mean"].max())
     cnorm = mcolors.Normalize(vmin, vmax if vmax > vmin else vmin + 1)
     cmap = mpl.colormaps[st.SEQUENTIAL_CMAP]
-    for p, dataset in enumerate(datasets):
+    for p, key in enumerate(panels):
         ax = axes[p // ncols, p % ncols]
-        sel = summary if dataset is None else summary[summary["dataset"].astype(str) == dataset]
+        sel = _select(summary, panel_cols, key) if panel_cols else summary
         grid = np.full((len(weights), len(signals)), np.nan)
         for row in sel.itertuples(index=False):
             r, c = weights.index(str(row.weight_policy)), signals.index(str(row.signal_policy))
@@ -772,22 +797,28 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
             spine.set_visible(False)
         ax.set_xlabel(st.factor_label("signal_policy"))
         ax.set_ylabel(st.factor_label("weight_policy"))
-        if dataset is not None:
-            ax.set_title(str(dataset))
+        if panel_cols:
+            ax.set_title(" · ".join(st.level_label(c, v) for c, v in zip(panel_cols, key, strict=True)))
     for p in range(n_panels, nrows * ncols):
         axes[p // ncols, p % ncols].set_visible(False)
+    counts = [len(_ordered_keys(ctx, _select(runs, panel_cols, k), pooled)) for k in panels] if pooled else []
     pooled_text = (
-        f" Each seed's value is first averaged over {', '.join(st.factor_label(c).lower() for c in pooled)} "
-        f"({len(_ordered_keys(ctx, runs, pooled))} conditions)."
+        f" Within a panel, each seed's value is first averaged over the panel's conditions, which differ "
+        f"in {', '.join(st.factor_label(c).lower() for c in pooled)} ({min(counts)}–{max(counts)} "
+        "conditions per panel)."
         if pooled
         else ""
     )
+    split_text = ""
+    if panel_cols:
+        names = " × ".join(st.factor_label(c).lower() if c != "dataset" else "dataset" for c in panel_cols)
+        split_text = f" One panel per {names}: normalizations and data sets are never averaged together."
     caption = (
         f"Policy interaction: mean final {st.metric_name(metric)} for every weight-site × "
         f"signal-site policy combination (first line) and the 95% percentile bootstrap CI of the mean over "
         f"seeds (second line; {_n_text(summary['n'], 'seeds per cell')}); cell colour: the mean (cividis, "
-        f"dark = low, bright = high).{pooled_text}"
-        + (" One panel per dataset." if len(datasets) > 1 else ctx.fixed_note(runs, ["dataset"]))
+        f"dark = low, bright = high).{pooled_text}{split_text}"
+        + ("" if panel_cols else ctx.fixed_note(runs, ["dataset"]))
     )
     yield Made(name, fig, caption)
 
@@ -971,6 +1002,19 @@ def fig_critical_difference(ctx: StudyContext) -> Iterator[Output]:
         yield Made(name, *_draw_rank_heatmap(ctx, omni, cond_cols))
 
 
+def _preset_combos(sel: pd.DataFrame) -> set[str]:
+    """Combinations flagged as the `analogvnn` preset cell of their condition in stats/omnibus.csv."""
+    if "analogvnn" not in sel:
+        return set()
+    return set(sel.loc[sel["analogvnn"].astype(str).str.lower() == "true", "combo"].astype(str))
+
+
+PRESET_NOTE = (
+    "AnalogVNN 1.0.8's own choice in each condition (the `analogvnn` preset: weights ste; signals exact "
+    "for clamps, ste for Lp norms)"
+)
+
+
 def _combo_text(combo: str) -> str:
     w, _, s = str(combo).partition("/")
     return st.combo_label(w, s) if s else str(combo)
@@ -1012,6 +1056,7 @@ def _draw_cd_stack(
     fig = Figure(figsize=(width, total))
     top = 1.0
     ns = []
+    marked = False
     for key, sel, ranks, cd, cliques, y_first, height in blocks:
         ax = fig.add_axes((0, top - height / total, 1, height / total))
         top -= height / total
@@ -1057,6 +1102,8 @@ def _draw_cd_stack(
                 solid_capstyle="butt",
             )
         n_left = math.ceil(len(ranks) / 2)
+        preset = _preset_combos(sel)
+        marked = marked or bool(preset)
         for idx, (combo, r) in enumerate(zip(sel["combo"].astype(str), ranks, strict=True)):
             left = idx < n_left
             y = y_first - row_h * (idx if left else len(ranks) - 1 - idx)
@@ -1067,7 +1114,7 @@ def _draw_cd_stack(
             ax.text(
                 xe + (-0.03 if left else 0.03),
                 y,
-                f"{_combo_text(combo)} ({r:.2f})",
+                f"{'* ' if combo in preset else ''}{_combo_text(combo)} ({r:.2f})",
                 ha="right" if left else "left",
                 va="center",
                 fontsize=st.FONT_SMALL,
@@ -1078,7 +1125,7 @@ def _draw_cd_stack(
         f"brackets), {_n_text(ns, 'seeds')}; Friedman test p above each diagram. Thick bars join "
         f"combinations whose mean ranks differ by less than the Nemenyi critical difference (CD, "
         f"α = {ctx.hypotheses.alpha:g}; scale bar at the top), i.e. that are not significantly different. "
-        f"Dot colour: signal-site policy."
+        f"Dot colour: signal-site policy." + (f" *: {PRESET_NOTE}." if marked else "")
     )
     if cond_cols:
         conds_text = " · ".join(st.factor_label(c).lower() for c in cond_cols)
@@ -1101,6 +1148,7 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
     k = len(combos)
     cnorm = mcolors.Normalize(1, max(k, 2))
     image = None
+    outlined: list[tuple[int, int, int]] = []
     for p, level in enumerate(facets):
         ax = axes[p]
         sel = omni if facet is None else omni[omni[facet].astype(str) == level]
@@ -1115,6 +1163,8 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
             pvals.append(p_row)
             for c, combo in enumerate(combos):
                 grid[r, c] = ranks.get(combo, np.nan)
+                if combo in _preset_combos(cond):
+                    outlined.append((p, r, c))
             if np.isfinite(grid[r]).any():
                 best[r] = grid[r] - np.nanmin(grid[r]) < (cd if np.isfinite(cd) else 0)
                 best[r, np.nanargmin(grid[r])] = True
@@ -1124,6 +1174,8 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
         rr, cc = np.nonzero(best)
         dots = [_text_color(cmap(cnorm(grid[r, c]))) for r, c in zip(rr, cc, strict=True)]
         ax.scatter(cc, rr, s=4, marker="o", lw=0, c=dots)
+        for _, r, c in (o for o in outlined if o[0] == p):
+            ax.add_patch(Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, ec="black", lw=0.8))
         if len(row_cols) > 1:  # thin separators between groups of the first row factor
             for i in range(1, len(rows)):
                 if rows[i][0] != rows[i - 1][0]:
@@ -1152,6 +1204,7 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
         f"conditions ({_n_text(ns, 'seeds')}); too many conditions for one critical-difference diagram each. "
         f"•: the best combination and those whose mean rank is within the Nemenyi critical difference of it "
         f"(α = 0.05, not significantly worse). Right: Friedman test p per condition."
+        + (f" Outlined: {PRESET_NOTE}." if outlined else "")
     )
     return fig, caption
 
@@ -1172,13 +1225,31 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
     runs = ctx.runs
     if factor not in ctx.conditions or runs[factor].nunique(dropna=False) < 2:
         return Skip(name, f"the study lacks a varying {factor} factor")
+    # the other factors are held at the one setting the sweep covers most (the centre of a one-factor-
+    # at-a-time design): a point never averages conditions that differ in anything but `factor`
+    others = [c for c in ctx.conditions if c not in ("dataset", factor) and runs[c].nunique(dropna=False) > 1]
+    slice_note = ""
+    if others:
+        keys = _ordered_keys(ctx, runs, others)
+        counts = {k: _select(runs, others, k)[factor].nunique(dropna=False) for k in keys}
+        best = max(keys, key=lambda k: counts[k])
+        if counts[best] < 2:
+            return Skip(name, f"no setting of the other factors is run at two or more {factor} levels")
+        runs = _select(runs, others, best)
+        fixed = ", ".join(
+            f"{st.factor_label(c).lower()} {st.level_label(c, v)}" for c, v in zip(others, best, strict=True)
+        )
+        slice_note = (
+            f" Other factors fixed at {fixed}, the setting run at the most {st.factor_label(factor).lower()} "
+            "levels; conditions that differ in anything else are not averaged in."
+        )
     metric = ctx.metric
     datasets = ctx.levels("dataset") if "dataset" in ctx.conditions else [None]
     keep = (["dataset"] if "dataset" in ctx.conditions else []) + [factor, *POLICY_COLUMNS]
     summary = summarise(seed_means(runs, keep, metric), keep, metric)
     weights, signals = ctx.levels("weight_policy"), ctx.levels("signal_policy")
     styles = st.combo_styles(weights, signals)
-    levels = ctx.levels(factor)
+    levels = ctx.levels(factor, runs)
     ncols = min(len(datasets), 2)
     nrows = math.ceil(len(datasets) / ncols)
     width = st.ONE_COLUMN if ncols == 1 else st.TWO_COLUMN
@@ -1235,7 +1306,7 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
         f"for each policy combination, as in AnalogVNN's figures. Marker: mean over seeds; bar: 95% "
         f"percentile bootstrap CI of the mean ({_n_text(summary['n'], 'seeds per point')}); markers slightly "
         f"offset horizontally so that they do not overlap. {st.combo_legend_note(weights, signals)}"
-        f"{pooled_text}"
+        f"{pooled_text}{slice_note}"
         + (" One panel per dataset." if len(datasets) > 1 else ctx.fixed_note(runs, ["dataset"]))
     )
     return Made(name, fig, caption)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.tables import REDO_STATS, read_csv, require_study_dir, write_text_atomic
+from study.tables import REDO_STATS, load_spec_dict, read_csv, require_study_dir, write_text_atomic
 
 PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
 
@@ -74,6 +74,25 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
     return out
 
 
+def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows not repeating an earlier row's paired data (`same_data_as` empty): each finding once."""
+    if "same_data_as" not in frame:
+        return frame
+    return frame[frame["same_data_as"].fillna("").astype(str) == ""]
+
+
+def _counts(frame: pd.DataFrame) -> str:
+    from study.stats import VERDICTS
+
+    counts = frame["verdict"].value_counts()
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
+def _merged(rows: pd.DataFrame) -> str:
+    n = len(rows) - len(_distinct(rows))
+    return f"; {len(rows)} rows, {n} repeating another row's paired runs, counted once" if n else ""
+
+
 def summary(study_dirs: list[str | Path]) -> str:
     """The headline answer per study and site, from stats/comparisons.csv, and where outputs are."""
     lines = []
@@ -85,11 +104,11 @@ def summary(study_dirs: list[str | Path]) -> str:
         comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
         lines.append(f"{sdir.name} ({sdir}):")
         for (label, role), g in comp.groupby(["comparison", "role"], sort=False):
-            counts = g["verdict"].value_counts()
-            verdicts = ", ".join(
-                f"{counts.get(v, 0)} {v}" for v in ("different", "equivalent", "inconclusive")
+            own = _distinct(g)
+            tested = own[own["verdict"] != "identical"]
+            big = (
+                tested.loc[tested["mean_diff"].abs().idxmax()] if tested["mean_diff"].notna().any() else None
             )
-            big = g.loc[g["mean_diff"].abs().idxmax()] if g["mean_diff"].notna().any() else None
             effect = (
                 ""
                 if big is None
@@ -99,7 +118,9 @@ def summary(study_dirs: list[str | Path]) -> str:
                 )
             )
             tag = " (positive control)" if role == "positive_control" else ""
-            lines.append(f"  {label}{tag}: {len(g)} condition(s): {verdicts}{effect}")
+            lines.append(
+                f"  {label}{tag}: {len(own)} distinct condition(s){_merged(g)}: {_counts(own)}{effect}"
+            )
         lines.append(f"  report: {sdir / 'report.md'}; figures: {sdir / 'figures'}")
     text = "\n".join(lines)
     print(text)
@@ -110,24 +131,35 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 BEGIN, END = "<!-- ANSWER:BEGIN (written by `python -m study readme`) -->", "<!-- ANSWER:END -->"
 
 
-def _site_line(comp: pd.DataFrame, study: str, site: str) -> str:
+def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
+    from study.report import families
+
     rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
     other = "signal_policy" if site == "weight" else "weight_policy"
     informative = rows[rows[other].astype(str) != "zero"] if other in rows else rows
     if informative.empty:
         return f"- **{study}, {site} site:** no primary comparison."
-    counts = informative["verdict"].value_counts()
-    big = informative.loc[informative["mean_diff"].abs().idxmax()]
+    own = _distinct(informative)
     label = rows["comparison"].iloc[0]
-    cols = list(informative.columns)
+    n = own["n_pairs"]
+    pairs = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
+    text = (
+        f"- **{study}, {site} site** (`{label}`, {len(own)} distinct condition(s){_merged(informative)}; "
+        f"n = {pairs} paired seeds): **{_counts(own)}**"
+    )
+    fam = families(own.fillna(""), spec)
+    if fam.nunique() > 1:
+        text += " (" + "; ".join(f"{f}: {_counts(own[fam == f])}" for f in dict.fromkeys(fam)) + ")"
+    tested = own[own["verdict"] != "identical"]
+    if tested.empty:
+        return text + "; no row needed a test: every pair of runs is identical."
+    big = tested.loc[tested["mean_diff"].abs().idxmax()]
+    cols = list(own.columns)
     keys = cols[cols.index("policy_b") + 1 : cols.index("metric")]  # condition columns, both policies
     cond = ", ".join(f"{c}={big[c]}" for c in keys if str(big[c]) not in ("", "nan")) or "all"
-    return (
-        f"- **{study}, {site} site** (`{label}`, {len(informative)} condition(s), n = "
-        f"{int(informative['n_pairs'].min())}–{int(informative['n_pairs'].max())} paired seeds): "
-        f"{counts.get('different', 0)} different, {counts.get('equivalent', 0)} equivalent, "
-        f"{counts.get('inconclusive', 0)} inconclusive; largest effect {big['mean_diff']:+.2f} pp "
-        f"[95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] ({cond})."
+    return text + (
+        f"; largest effect {big['mean_diff']:+.2f} pp [95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] "
+        f"({cond}, {big['verdict']})."
     )
 
 
@@ -140,18 +172,24 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         if not comp_path.exists():
             continue
         comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
+        spec = load_spec_dict(sdir)
         for site in ("weight", "signal"):
-            lines.append(_site_line(comp, sdir.name, site))
+            lines.append(_site_line(comp, sdir.name, site, spec))
         margin = margin if margin is not None or comp.empty else comp["margin"].iloc[0]
         png = (sdir / "figures" / "paired_differences_signal.png").resolve()
         if figure is None and png.exists() and png.is_relative_to(readme.resolve().parent):
             figure = png
     lines += [
         "",
-        "Rows whose other site is `zero` are left out above: under `zero` no gradient reaches any "
-        "parameter, so those rows compare identical untrained networks. Verdicts: paired test with "
-        f"Holm correction (different), else TOST within ±{margin:g} pp (equivalent), else inconclusive; full "
-        "tables in each study's `report.md`.",
+        "Counts are over distinct conditions: a row whose paired runs repeat another row's (e.g. the "
+        "signal-site rows with weight `exact` and `ste` under a clamp, whose weight policies give identical "
+        "runs) is counted once. Rows whose other site is `zero` are left out: under `zero` no gradient "
+        "reaches any parameter, so those rows compare two untrained networks. Verdicts: `identical` = "
+        "every pair of runs equal in every recorded metric (no test); otherwise a paired t-test and TOST "
+        f"within ±{margin:g} pp, both Holm-adjusted: `different` (difference, CI reaching beyond the "
+        "margin), `trivial` (difference, CI within the margin), `equivalent` (TOST), else "
+        "`inconclusive`. Full tables, the Bayesian view and what the inconclusive rows would need in each "
+        "study's `report.md`.",
     ]
     if figure is not None:
         rel = figure.relative_to(readme.resolve().parent)

@@ -17,13 +17,21 @@ import yaml
 
 from study.hypotheses import Hypotheses
 from study.stats import (
-    ANALOGVNN_CELL,
     OTHER_SITE,
+    PERMUTATION_RESAMPLES,
+    POSTERIOR_DECISION,
+    POSTERIOR_DRAWS,
     ROW_KEYS,
+    VERDICTS,
+    analogvnn_cell,
     applicable_comparisons,
+    condition_norms,
     higher_is_better,
     key_columns,
     load_hypotheses,
+    norm_family,
+    planning_alpha,
+    sd_limit_equivalence,
     skipped_conditions,
     trial_table,
 )
@@ -40,7 +48,6 @@ from study.tables import (
     write_text_atomic,
 )
 
-VERDICTS = ("different", "equivalent", "inconclusive")
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 MAX_LISTED = 50
 
@@ -59,11 +66,15 @@ def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataF
             "combo_b",
             "term",
             "ci_method",
-            "test_used",
             "family",
             "verdict",
+            "verdict_permutation",
             "better",
             "metric",
+            "same_data_as",
+            "analogvnn",
+            "bayes_decision",
+            "agrees",
         ]
     )
     path = Path(study_dir) / "stats" / name
@@ -129,15 +140,6 @@ def row_columns(frame: pd.DataFrame, spec: dict[str, Any], site: str) -> list[st
     return [c for c in varying(frame, condition_columns(spec)) if c != other] + [other]
 
 
-def preset_mark(row: pd.Series) -> str:
-    """`a`/`b` when that side of the row is the `analogvnn` preset cell (weight=ste, signal=exact)."""
-    other = SITE_COLUMN[OTHER_SITE[row["site"]]]
-    if row[other] != ANALOGVNN_CELL[other]:
-        return ""
-    own = ANALOGVNN_CELL[SITE_COLUMN[row["site"]]]
-    return "a" if row["policy_a"] == own else "b" if row["policy_b"] == own else ""
-
-
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A markdown table."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -145,8 +147,48 @@ def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def verdict_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Number of rows per verdict (all three verdicts present)."""
-    return {v: int((frame["verdict"] == v).sum()) for v in VERDICTS}
+    """Number of rows per verdict (every verdict present, in `VERDICTS` order)."""
+    return {v: int((frame["verdict"] == v).sum()) if len(frame) else 0 for v in VERDICTS}
+
+
+def count_text(counts: dict[str, int]) -> str:
+    """`2 identical, 0 equivalent, 1 different, 0 trivial, 0 inconclusive` (identical ones first)."""
+    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
+
+
+def distinct(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose paired data are not those of an earlier row (`same_data_as` empty): each counted once."""
+    if frame.empty or "same_data_as" not in frame:
+        return frame
+    return frame[frame["same_data_as"].astype(str) == ""]
+
+
+def merged_text(rows: pd.DataFrame) -> str:
+    """`(2 rows; 1 has the same paired data as another row and is counted once)` or ``."""
+    n_merged = len(rows) - len(distinct(rows))
+    if not n_merged:
+        return ""
+    verb = "repeats" if n_merged == 1 else "repeat"
+    return (
+        f" ({len(rows)} rows, of which {n_merged} {verb} the paired runs of another row of the comparison, "
+        "e.g. because the other site's policies give identical runs, and count once)"
+    )
+
+
+def plural(n: int, word: str) -> str:
+    """`1 condition`, `2 conditions`."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def row_family(spec: dict[str, Any], row: pd.Series) -> str:
+    """The normalization family of a row's condition: `clamp`, `Lp`, ... (`W clamp / S Lp` when mixed)."""
+    weight, signal = (norm_family(n) for n in condition_norms(spec, row))
+    return weight if weight == signal else f"W {weight} / S {signal}"
+
+
+def families(frame: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
+    """`row_family` of every row."""
+    return pd.Series([row_family(spec, r) for _, r in frame.iterrows()], index=frame.index, dtype=object)
 
 
 # --------------------------------------------------------------------------- report sections
@@ -166,8 +208,17 @@ def largest_effects(rows: pd.DataFrame, count: int = 3) -> pd.DataFrame:
     return rows.loc[order[:count]]
 
 
+def _family_sentence(rows: pd.DataFrame, spec: dict[str, Any]) -> str:
+    """Counts per normalization family when the rows span more than one."""
+    fam = families(rows, spec)
+    if fam.nunique() < 2:
+        return ""
+    parts = [f"{name}: {count_text(verdict_counts(rows[fam == name]))}" for name in dict.fromkeys(fam)]
+    return " By normalization family — " + "; ".join(parts) + "."
+
+
 def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
-    """One paragraph per site: verdict counts and the largest effects, per non-control comparison."""
+    """One paragraph per site: verdict counts over distinct rows and the largest effects."""
     u = unit(hyp.metric)
     lines = ["## Answer", ""]
     for site in ("weight", "signal"):
@@ -181,29 +232,37 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
             continue
         sentences = []
         for label, group in rows.groupby("comparison", sort=False):
-            c = verdict_counts(group)
+            own = distinct(group)
             cols = row_columns(group, spec, site)
-            effects = "; ".join(_effect_text(r, cols, u) for _, r in largest_effects(group).iterrows())
+            tested = own[own["verdict"] != "identical"]
+            effects = "; ".join(_effect_text(r, cols, u) for _, r in largest_effects(tested).iterrows())
             sentences.append(
-                f"`{label}` ({group['role'].iloc[0]}, {hyp.metric}, a − b) over {len(group)} conditions: "
-                f"**{c['different']} different, {c['equivalent']} equivalent** within ±{hyp.margin:g}{u}, "
-                f"**{c['inconclusive']} inconclusive**. Largest effects: {effects}."
+                f"`{label}` ({group['role'].iloc[0]}, {hyp.metric}, a − b) over "
+                f"{plural(len(own), 'distinct condition')}{merged_text(group)}: "
+                f"**{count_text(verdict_counts(own))}** (margin ±{hyp.margin:g}{u})."
+                + (f" Largest effects: {effects}." if effects else " No row needed a test.")
             )
-        informative = informative_rows(rows, site)
-        if len(informative) < len(rows[rows["role"] == "primary"]):
-            c = verdict_counts(informative)
+        informative = distinct(informative_rows(rows, site))
+        primary = distinct(rows[rows["role"] == "primary"])
+        if len(informative) < len(primary):
             sentences.append(
-                f"Rows whose other site is `zero` compare identical networks (under `zero` no gradient "
-                f"reaches any parameter, so nothing trains), so their verdicts are structural, not evidence; "
-                f"without them: **{c['different']} different, {c['equivalent']} equivalent, "
-                f"{c['inconclusive']} inconclusive** of {len(informative)}."
+                "Rows whose other site is `zero` compare two untrained networks (under `zero` no gradient "
+                "reaches any parameter), so they say nothing about this site; without them: "
+                f"**{count_text(verdict_counts(informative))}** of "
+                f"{plural(len(informative), 'distinct condition')}."
             )
-        lines += [f"**{site.capitalize()} site.** " + " ".join(sentences), ""]
+        sentences.append(_family_sentence(informative, spec).strip())
+        lines += [f"**{site.capitalize()} site.** " + " ".join(x for x in sentences if x), ""]
+    lines += [
+        "`identical`: every pair of runs is equal in every recorded metric, so no test is run; the "
+        "other verdicts are statistical (Methods).",
+        "",
+    ]
     return lines
 
 
 def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
-    """Does the analysis detect the positive control (`zero` vs `ste`)?"""
+    """What the positive control (`zero` vs `ste`) detected, and why it could not elsewhere."""
     u = unit(hyp.metric)
     lines = ["## Positive control", ""]
     rows = comp[comp["role"] == "positive_control"]
@@ -215,47 +274,81 @@ def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -
         ]
     for label, group in rows.groupby("comparison", sort=False):
         cols = row_columns(group, spec, group["site"].iloc[0])
-        detected = group[group["verdict"] == "different"]
+        own = distinct(group)
+        detected = own[own["verdict"] == "different"]
         text = (
-            f"`{label}`: detected (`different`) in **{len(detected)} of {len(group)}** conditions; "
-            f"mean difference from {fmt(group['mean_diff'].min(), signed=True)}{u} to "
-            f"{fmt(group['mean_diff'].max(), signed=True)}{u}; largest "
-            f"{_effect_text(largest_effects(group, 1).iloc[0], cols, u)}."
+            f"`{label}`{merged_text(group)}: `different` in **{len(detected)} of "
+            f"{plural(len(own), 'distinct condition')}**"
         )
-        missed = group[group["verdict"] != "different"]
-        if missed.empty:
-            text += " The analysis detects this real effect in every condition."
+        if len(detected):
+            effects = "; ".join(_effect_text(r, cols, u) for _, r in detected.iterrows())
+            text += f"; it detected {effects}."
         else:
-            where = "; ".join(condition_label(r, cols) for _, r in missed.iterrows())
+            text += "."
+        same = own[own["verdict"] == "identical"]
+        if len(same):
+            where = "; ".join(condition_label(r, cols) for _, r in same.iterrows())
             text += (
-                f" **Not detected in {len(missed)} condition(s)** ({where}): there, the comparisons "
-                "cannot be trusted to detect an effect of this size."
+                f" In {len(same)} condition(s) ({where}) the two policies give identical runs: there the "
+                "other site blocks every gradient too, nothing trains under either policy, and the true "
+                "effect is zero, so there is nothing to detect."
             )
+        other = own[~own["verdict"].isin(["different", "identical"])]
+        if len(other):
+            where = "; ".join(f"{condition_label(r, cols)}: {r['verdict']}" for _, r in other.iterrows())
+            text += f" Not detected as `different` in {len(other)} condition(s) ({where})."
         lines += [text, ""]
     return lines
 
 
+def _preset_text(cell: dict[str, str]) -> str:
+    return f"weight_policy={cell['weight_policy']}, signal_policy={cell['signal_policy']}"
+
+
 def preset_section(omni: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
-    """Where the `analogvnn` preset cell (weight_policy=ste, signal_policy=exact) stands."""
-    cell = omni[(omni["weight_policy"] == "ste") & (omni["signal_policy"] == "exact")]
+    """Where the `analogvnn` preset cell of each condition stands (Friedman mean rank)."""
     lines = ["## The `analogvnn` preset cell", ""]
+    intro = (
+        "AnalogVNN 1.0.8's own choice (the `analogvnn` preset) depends on the normalization: weights "
+        "straight-through (`ste`); signals `exact` for clamps and `ste` for Lp norms, whose backward "
+        "AnalogVNN removed. In the per-condition table, column `analogvnn` says which side (a or b) of a "
+        "row is that cell in the row's condition."
+    )
+    if omni.empty or "analogvnn" not in omni:
+        return lines + [intro, "", "No omnibus table: the preset cell's rank is not available.", ""]
+    cell = omni[omni["analogvnn"].astype(str).str.lower() == "true"]
     if cell.empty:
+        return lines + [intro, "", "The `analogvnn` preset cell is not part of this study.", ""]
+    conds = varying(omni, condition_columns(spec))
+    if len(cell) == 1:
+        r = cell.iloc[0]
         return lines + [
-            "The `analogvnn` preset cell (weight_policy=ste, signal_policy=exact) is not part of this study.",
+            intro,
+            "",
+            f"Here it is {_preset_text(analogvnn_cell(spec, r))}; its Friedman mean rank (1 = best): "
+            f"{condition_label(r, conds)}: {fmt(r['mean_rank'])} of {int(r['k'])} "
+            f"(mean {fmt(r['mean_metric'])}).",
             "",
         ]
-    conds = varying(omni, condition_columns(spec))
-    parts = [
-        f"{condition_label(r, conds)}: mean rank {fmt(r['mean_rank'])} of {int(r['k'])}"
-        f" (mean {fmt(r['mean_metric'])})"
+    rows = [
+        [
+            condition_label(r, conds),
+            str(r["combo"]),
+            f"{fmt(r['mean_rank'])} of {int(r['k'])}",
+            fmt(r["mean_metric"]),
+        ]
         for _, r in cell.iterrows()
     ]
-    return lines + [
-        "AnalogVNN's own choice is the `analogvnn` preset cell (weight_policy=ste, signal_policy=exact). "
-        "In the per-condition table, column `analogvnn` says which side (a or b) of a row is that cell. "
-        "Its Friedman mean rank (1 = best): " + "; ".join(parts) + ".",
-        "",
-    ]
+    fam = families(cell, spec)
+    means = "; ".join(
+        f"{name}: {fmt(cell.loc[fam == name, 'mean_rank'].mean())} over {int((fam == name).sum())} conditions"
+        for name in dict.fromkeys(fam)
+    )
+    return (
+        lines
+        + [intro, "", *md_table(["condition", "analogvnn cell (W/S)", "mean rank", "mean"], rows), ""]
+        + [f"Mean rank of the preset cell (1 = best) by normalization family: {means}.", ""]
+    )
 
 
 def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
@@ -269,13 +362,14 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
         *cols,
         "n",
         "mean diff [95% CI]",
-        "test",
-        "p",
+        "p (t)",
+        "p (perm.)",
         "p adj",
-        "TOST p",
+        "TOST p adj",
         "verdict",
         "better",
         "analogvnn",
+        "same data as",
     ]
     rows = []
     for _, r in comp.iterrows():
@@ -285,16 +379,39 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
                 *[r[c] or "–" for c in cols],
                 str(int(r["n_pairs"])),
                 f"{fmt(r['mean_diff'], signed=True)} {fmt_ci(r['ci_low'], r['ci_high'])}",
-                r["test_used"],
-                fmt_p(r["p_primary"]),
+                fmt_p(r["p_ttest"]),
+                fmt_p(r["p_permutation"]),
                 fmt_p(r["p_adjusted"]),
-                fmt_p(r["p_tost"]),
+                fmt_p(r["p_tost_adjusted"]),
                 r["verdict"],
                 r["better"],
-                preset_mark(r),
+                r["analogvnn"],
+                r["same_data_as"],
             ]
         )
-    return lines + md_table(header, rows) + [""]
+    note = (
+        "`identical` rows have no test (n/a). A row with an entry under `same data as` holds exactly the "
+        "paired runs of the row named there; it is tested and counted once, and repeats that row's numbers."
+    )
+    own = distinct(comp)
+    own = own[own["verdict"] != "identical"]
+    changed = own[own["verdict_permutation"].astype(str) != own["verdict"].astype(str)]
+    robust = (
+        f"Robustness: with the sign-flip permutation test in place of the t-test, {len(changed)} of "
+        f"{len(own)} distinct tested rows would get another verdict"
+        + (
+            ": "
+            + "; ".join(
+                f"{r['comparison']} at {condition_label(r, cols)}: {r['verdict']} → "
+                f"{r['verdict_permutation']}"
+                for _, r in changed.head(MAX_LISTED).iterrows()
+            )
+            if len(changed)
+            else ""
+        )
+        + "."
+    )
+    return lines + md_table(header, rows) + ["", note, "", robust, ""]
 
 
 def omnibus_section(omni: pd.DataFrame, post: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
@@ -357,31 +474,173 @@ def model_section(study_dir: Path) -> list[str]:
     return lines + ["", "Full summary: `model.txt`; fixed effects: `model.csv`.", ""]
 
 
-def bayes_section(bayes: pd.DataFrame) -> list[str]:
-    """Cross-tabulate verdicts against the most probable posterior region."""
-    lines = ["## Bayesian cross-check", ""]
-    usable = bayes.dropna(subset=["p_equiv"])
+def bayes_section(bayes: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
+    """Cross-tabulate verdicts against the Bayesian decision and list every disagreement."""
+    lines = ["## Bayesian view", ""]
+    usable = distinct(bayes)
+    usable = usable[usable["bayes_decision"].astype(str) != ""] if len(usable) else usable
     if usable.empty:
-        return lines + ["No row has two or more pairs.", ""]
-    regions = usable[["p_a_worse", "p_equiv", "p_a_better"]].idxmax(axis=1).str.replace("p_", "")
-    table = pd.crosstab(usable["verdict"], regions)
-    header = ["verdict", *[str(c) for c in table.columns]]
-    rows = [[str(v), *[str(int(x)) for x in table.loc[v]]] for v in table.index]
-    agree = int(
-        ((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
-        + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()
+        return lines + ["No tested row has two or more pairs (identical rows get no posterior).", ""]
+    decisions = [
+        d for d in ("a better", "b better", "rope", "undecided") if d in set(usable["bayes_decision"])
+    ]
+    verdicts = [v for v in VERDICTS if v in set(usable["verdict"])]
+    table = pd.crosstab(usable["verdict"], usable["bayes_decision"]).reindex(
+        index=verdicts, columns=decisions, fill_value=0
     )
-    decided = int(usable["verdict"].isin(["equivalent", "different"]).sum())
-    return lines + [
-        "Most probable region of the mean difference under a Student-t (reference-prior) posterior, "
-        "by verdict (`bayes.csv`):",
+    rows = [[v, *[str(int(x)) for x in table.loc[v]]] for v in verdicts]
+    agree = usable["agrees"].astype(str) == "True"
+    text = [
+        f"Posterior of the mean paired difference under the Bayesian bootstrap (Rubin 1981: a "
+        f"Dirichlet-process model in its non-informative limit, no normality assumption; {POSTERIOR_DRAWS} "
+        f"seeded draws), with a region of practical equivalence (rope) ±δ. A region is called when it holds "
+        f"at least {POSTERIOR_DECISION:g} of the posterior, else `undecided` (`bayes.csv`). Distinct tested "
+        "rows by frequentist verdict (rows) and Bayesian decision (columns):",
         "",
-        *md_table(header, rows),
+        *md_table(["verdict", *decisions], rows),
         "",
-        f"The posterior agrees with {agree} of {decided} decided verdicts (equivalent ⇒ P(|a−b|<δ) ≥ 0.5; "
-        "different ⇒ P(|a−b|<δ) < 0.5).",
+        f"The Bayesian view says what the verdict says (different ↔ the same side beyond δ; equivalent "
+        f"or trivial ↔ rope; inconclusive ↔ undecided) in **{int(agree.sum())} of {len(usable)}** rows.",
+    ]
+    lines += text
+    disagree = usable[~agree]
+    if len(disagree):
+        lines += ["", "Where they disagree:", ""]
+        for _, r in disagree.head(MAX_LISTED).iterrows():
+            cols = row_columns(bayes[bayes["site"] == r["site"]], spec, r["site"])
+            lines.append(
+                f"- `{r['comparison']}` at {condition_label(r, cols)}: verdict `{r['verdict']}`, "
+                f"posterior P(a better) {fmt(r['p_a_better'], 3)}, P(rope) {fmt(r['p_equiv'], 3)}, "
+                f"P(b better) {fmt(r['p_a_worse'], 3)} → `{r['bayes_decision']}`"
+            )
+    return lines + [""]
+
+
+def _cell_seeds(runs: pd.DataFrame, cell: dict[str, str]) -> pd.DataFrame:
+    mask = pd.Series(True, index=runs.index)
+    for column, value in cell.items():
+        mask &= runs[column].fillna("").astype(str) == value
+    return runs[mask]
+
+
+def settle_cost(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any]) -> dict[str, float]:
+    """Extra trials and their measured wall time to bring every inconclusive row to its
+    `seeds_needed_equivalence`: each cell (condition and policy pair) once, at the largest need of the
+    rows that use it, at the mean `wall_time_s` of its trials in runs.csv."""
+    rows = distinct(comp)
+    rows = rows[(rows["verdict"] == "inconclusive") & rows["seeds_needed_equivalence"].notna()]
+    need: dict[tuple, int] = {}
+    conds = condition_columns(spec)
+    for _, r in rows.iterrows():
+        own = SITE_COLUMN[r["site"]]
+        other = SITE_COLUMN[OTHER_SITE[r["site"]]]
+        for policy in (r["policy_a"], r["policy_b"]):
+            cell = tuple(sorted({**{c: str(r[c]) for c in conds + [other]}, own: str(policy)}.items()))
+            need[cell] = max(need.get(cell, 0), int(r["seeds_needed_equivalence"]))
+    trials = seconds = 0.0
+    timed = "wall_time_s" in runs
+    for cell, n in need.items():
+        sel = _cell_seeds(runs, dict(cell))
+        extra = max(n - sel["seed"].nunique(), 0)
+        trials += extra
+        if timed:
+            seconds += extra * float(pd.to_numeric(sel["wall_time_s"], errors="coerce").mean())
+    return {
+        "rows": len(rows),
+        "cells": len(need),
+        "trials": trials,
+        "seconds": seconds if timed else math.nan,
+    }
+
+
+def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+    """MDE of the rows that differ; for the inconclusive ones the seeds TOST would need, and the cost."""
+    u = unit(hyp.metric)
+    lines = ["## Power: what would settle the inconclusive rows", ""]
+    own = distinct(comp)
+    if own.empty:
+        return lines + ["No comparison row.", ""]
+    moved = own[own["verdict"].isin(["different", "trivial"])]
+    if len(moved):
+        lines += [
+            f"For the {len(moved)} `different` or `trivial` rows the minimal detectable effect (two-sided "
+            f"paired t-test, 80% power, α = {hyp.alpha:g} before adjustment, at the row's n and sd) is "
+            f"{fmt(moved['mde'].min())}–{fmt(moved['mde'].max())}{u}.",
+            "",
+        ]
+    inc = own[own["verdict"] == "inconclusive"]
+    if inc.empty:
+        return lines + ["No row is inconclusive.", ""]
+    limits, beyond = [], 0
+    for n in sorted(set(int(x) for x in inc["n_pairs"] if x >= 2)):
+        limit = sd_limit_equivalence(n, hyp.margin, hyp.alpha)
+        limits.append(f"with n = {n} pairs, below {fmt(limit)}{u}")
+        beyond += int((inc.loc[inc["n_pairs"] == n, "sd_diff"] >= limit).sum())
+    sd = inc["sd_diff"].dropna()
+    levels = []
+    for name in dict.fromkeys(inc["family"]):
+        tests = int(pd.to_numeric(own.loc[own["family"] == name, "p_tost"], errors="coerce").notna().sum())
+        levels.append(f"{planning_alpha(hyp, tests):.2g} in family `{name}` (m = {tests})")
+    lines += [
+        f"{len(inc)} distinct row(s) are `inconclusive`. TOST with margin ±{hyp.margin:g}{u} can reject at "
+        f"level α = {hyp.alpha:g} only if the sample SD of the differences is small enough "
+        f"({'; '.join(limits)}), even when the observed mean difference is exactly 0; the inconclusive rows "
+        f"have SDs of {fmt(sd.min())}–{fmt(sd.max())}{u} (median {fmt(sd.median())}{u}), and **{beyond} of "
+        f"{len(inc)}** lie above that limit: those could not have been found equivalent at this n whatever "
+        "their true difference, so their verdict reflects the design's resolution, not evidence of an "
+        "effect. The others missed equivalence after the multiplicity adjustment or by their mean.",
+        "",
+        f"`seeds_needed_equivalence`: paired seeds for 80% TOST power at the row's observed SD, if the true "
+        f"mean difference were 0 (the best case; a true difference inside ±δ needs more), each one-sided "
+        f"test at α/m = {'; '.join(levels)}, m being the TOST tests of the family (the level Holm demands "
+        "of the first one), computed exactly (the TOST rejection region integrated over the distribution "
+        "of the sample SD, Owen 1965), not simulated.",
         "",
     ]
+    rows = []
+    times = (
+        runs.assign(_t=pd.to_numeric(runs["wall_time_s"], errors="coerce")) if "wall_time_s" in runs else None
+    )
+    conds = condition_columns(spec)
+    for _, r in inc.iterrows():
+        cols = row_columns(comp[comp["site"] == r["site"]], spec, r["site"])
+        needed = r["seeds_needed_equivalence"]
+        extra = 2 * max(int(needed) - int(r["n_pairs"]), 0) if math.isfinite(needed) else math.nan
+        secs = math.nan
+        if times is not None and math.isfinite(extra):
+            own_col, other = SITE_COLUMN[r["site"]], SITE_COLUMN[OTHER_SITE[r["site"]]]
+            base = {c: str(r[c]) for c in conds + [other]}
+            per = [
+                _cell_seeds(times, base | {own_col: str(p)})["_t"].mean()
+                for p in (r["policy_a"], r["policy_b"])
+            ]
+            secs = extra / 2 * sum(per)
+        rows.append(
+            [
+                r["comparison"],
+                condition_label(r, cols),
+                str(int(r["n_pairs"])),
+                fmt(r["mean_diff"], signed=True),
+                fmt(r["sd_diff"]),
+                "n/a" if not math.isfinite(needed) else str(int(needed)),
+                "n/a" if not math.isfinite(extra) else str(extra),
+                "n/a" if not math.isfinite(secs) else fmt(secs / 3600),
+            ]
+        )
+    lines += md_table(
+        ["comparison", "condition", "n", "mean diff", "sd", "seeds needed", "extra trials", "hours"], rows
+    )
+    cost = settle_cost(comp, runs, spec)
+    hours = "n/a" if not math.isfinite(cost["seconds"]) else fmt(cost["seconds"] / 3600, 1)
+    lines += [
+        "",
+        f"Settling all {cost['rows']} inconclusive rows this way needs {int(cost['trials'])} more trials in "
+        f"{cost['cells']} cells (a cell shared by two rows counted once, at the larger need), about "
+        f"{hours} hours at the measured `wall_time_s` per trial of each cell (this study's protocol and "
+        "machine; the per-row hours above count shared cells in each row).",
+        "",
+    ]
+    return lines
 
 
 def _tally(counts: dict[str, int]) -> str:
@@ -389,10 +648,9 @@ def _tally(counts: dict[str, int]) -> str:
 
 
 def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
-    """Tests, alpha, margin, correction, family, n, normality check, bootstrap and fallbacks."""
+    """Test, alpha, margin, correction, family, verdicts, intervals, power and the Bayesian view."""
     u = unit(hyp.metric)
     n = comp["n_pairs"] if len(comp) else pd.Series([0])
-    used = _tally(comp["test_used"].value_counts().to_dict() if len(comp) else {})
     ci_methods = _tally(comp["ci_method"].value_counts().to_dict() if len(comp) else {})
     direction = "lower" if not higher_is_better(hyp.metric) else "higher"
     tost_level = f"{100 * (1 - 2 * hyp.alpha):g}%"
@@ -404,29 +662,47 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "- Pairing: within each condition (every combination of the condition factors plus the other "
         "site's policy), trials of policy a and b are paired by seed; incomplete pairs are excluded "
         "(Missing data).",
-        f"- Normality check: Shapiro–Wilk on the paired differences; p ≥ {hyp.normality_alpha:g} → paired "
-        "t-test, otherwise (or n < 3, or constant differences) Wilcoxon signed-rank (zeros dropped; "
-        f"all-zero differences → p = 1). Tests used: {used}.",
-        f"- Multiplicity: `{hyp.correction}` within each family (`family: {hyp.family}`), applied to the "
-        "p of the test used.",
-        f"- Decision rule (pre-registered): `different` if adjusted p < α = {hyp.alpha:g}; else "
-        f"`equivalent` if the paired TOST p < α with margin δ = ±{hyp.margin:g}{u} (TOST p is not "
-        "adjusted); else `inconclusive`. Rows with fewer than 2 pairs are `inconclusive`.",
+        "- `identical`: a row whose every pair of runs is equal in every metric runs.csv records (test, "
+        "validation and training accuracy and loss) is not tested: no p-value, no TOST, no posterior.",
+        "- Same data, counted once: a row whose paired runs (seeds and every recorded metric) are those "
+        "of an earlier row of the same comparison (`same_data_as`) is neither tested nor counted again; "
+        "it repeats that row's numbers.",
+        "- Test (one, fixed in advance, about the mean paired difference): the paired t-test. Beside it, "
+        f"as a robustness check, a sign-flip permutation test of the mean ({PERMUTATION_RESAMPLES} seeded "
+        "random sign patterns, all 2^n when fewer; `p_permutation`, `verdict_permutation`), and the "
+        "Wilcoxon signed-rank p (`p_wilcoxon`, a sensitivity column about the pseudo-median; not used).",
+        f"- Equivalence: paired TOST with bounds ±δ = ±{hyp.margin:g}{u} (`p_tost`; its interval "
+        f"`tost_ci_*` is the {tost_level} t interval).",
+        f"- Multiplicity: `{hyp.correction}` within each family (`family: {hyp.family}`), separately over "
+        "the t-test p, the TOST p and the permutation p of the family's distinct tested rows "
+        "(`p_adjusted`, `p_tost_adjusted`, `p_permutation_adjusted`).",
+        f"- Verdict (α = {hyp.alpha:g}): `different` if the adjusted t-test p < α and the 95% CI reaches "
+        "outside ±δ; `trivial` if the adjusted t-test p < α but the whole CI lies within ±δ; "
+        "`equivalent` if the adjusted TOST p < α (and the difference test does not reject); "
+        "`inconclusive` otherwise (also below 2 pairs). `better` names the side a `different` or "
+        "`trivial` row favours.",
         f"- Intervals: 95% BCa paired bootstrap of the mean difference ({hyp.bootstrap_resamples} "
         f"resamples, seed {hyp.bootstrap_seed}); fallback to the percentile bootstrap when BCa is "
-        "undefined, and [d, d] (`degenerate`) when all differences are equal. The TOST interval is the "
-        f"{tost_level} t interval. Interval methods used: {ci_methods}.",
+        "undefined, [d, d] (`degenerate`) when all differences are equal, [0, 0] for identical rows. "
+        f"Interval methods used: {ci_methods}.",
         "- Effect sizes: d_z = mean/sd of the differences, Hodges–Lehmann (median of Walsh averages), "
         "share of seeds where a beats b.",
         "- Power: `mde` = smallest difference a two-sided paired t-test detects with 80% power at this n "
-        "and sd; `seeds_needed` = pairs for 80% power at a difference of δ.",
+        "and sd (α before adjustment); `seeds_needed_equivalence` (inconclusive rows) = paired seeds for "
+        "80% TOST power at the observed sd if the true difference were 0, at the family's α/m (section "
+        "Power).",
+        f"- Bayesian view: Bayesian-bootstrap posterior of the mean difference ({POSTERIOR_DRAWS} draws), "
+        f"rope ±δ, a region called at ≥ {POSTERIOR_DECISION:g} (section Bayesian view).",
         f"- n pairs per row: {int(n.min())}–{int(n.max())}.",
         "- Omnibus: Friedman test per condition over all weight/signal policy combinations on the seeds "
         "complete for all of them; Nemenyi post-hoc (scikit-posthocs) and critical difference "
         "q_α(k, ∞)/√2·√(k(k+1)/6n).",
         "- Mixed model: statsmodels `mixedlm` (REML), random intercept per seed.",
-        "- Bayesian cross-check: P(a−b < −δ), P(|a−b| < δ), P(a−b > δ) under the Student-t posterior "
-        "(df n−1, loc mean, scale sd/√n).",
+        "- Change of the analysis: this rule replaced (issue #14, after the committed studies had run) "
+        "the rule first registered with the studies: a Shapiro–Wilk pre-test chose the t-test or the "
+        "Wilcoxon test, TOST p-values were not adjusted, and rows were `different`, `equivalent` or "
+        "`inconclusive`, bit-identical runs and repeated rows included. `normality_alpha` in the spec is "
+        "no longer used.",
         "",
     ]
 
@@ -573,7 +849,8 @@ def write_report(study_dir: Path) -> Path:
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
-    lines += bayes_section(bayes) + methods_section(comp, hyp) + design_section(spec, runs, hyp)
+    lines += bayes_section(bayes, spec) + power_section(comp, runs, spec, hyp)
+    lines += methods_section(comp, hyp) + design_section(spec, runs, hyp)
     lines += preregistration_section(study_dir)
     lines += missing_section(missing, comp, runs, spec, hyp) + provenance_section(runs)
     lines += verification_section(study_dir) + run_section(study_dir)
@@ -635,7 +912,7 @@ def _macro(prefix: str, name: str, value: Any) -> str:
 def headline_macros(
     comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
 ) -> list[str]:
-    """`\\newcommand` lines for the paper's headline numbers."""
+    """`\\newcommand` lines for the paper's headline numbers (verdict counts over distinct rows)."""
     prefix = macro_prefix(str(spec.get("name", "study")))
     out = [_macro(prefix, "Margin", f"{hyp.margin:g}"), _macro(prefix, "Alpha", f"{hyp.alpha:g}")]
     failed = runs["failed"].astype(str).str.lower().isin({"true", "1"}).sum() if "failed" in runs else 0
@@ -646,6 +923,7 @@ def headline_macros(
         _macro(prefix, "TrialsDiverged", int(diverged)),
         _macro(prefix, "Conditions", _n_conditions(comp, spec)),
         _macro(prefix, "ComparisonRows", len(comp)),
+        _macro(prefix, "DistinctRows", len(distinct(comp))),
     ]
     n = comp["n_pairs"] if len(comp) else pd.Series([math.nan])
     low, high = n.min(), n.max()
@@ -660,9 +938,10 @@ def headline_macros(
         s = camel(site)
         for role in roles:
             rows = comp[(comp["site"] == site) & (comp["role"] == role)] if len(comp) else comp
-            counts = verdict_counts(rows) if len(rows) else dict.fromkeys(VERDICTS, 0)
+            counts = verdict_counts(distinct(rows))
             out += [_macro(prefix, f"{s}{camel(role)}{camel(v)}", counts[v]) for v in VERDICTS]
             out.append(_macro(prefix, f"{s}{camel(role)}Conditions", len(rows)))
+            out.append(_macro(prefix, f"{s}{camel(role)}Distinct", len(distinct(rows))))
         out += _largest_macros(prefix, s, comp, site)
         out += _control_macros(prefix, s, comp, site)
     return out
@@ -676,18 +955,20 @@ def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
     return len(comp[cols].drop_duplicates()) if cols else 1
 
 
-PRESET = {"weight": "ste", "signal": "exact"}  # AnalogVNN 1.0.8's own choice at each site
-
-
 def informative_rows(comp: pd.DataFrame, site: str) -> pd.DataFrame:
     """Primary rows of `site`, without those whose other site is `zero`.
 
     With `zero` at either site no gradient reaches any parameter (the network stays at its
-    initialisation), so such rows compare identical networks whatever the policy under test.
+    initialisation), so such rows compare two untrained networks whatever the policy under test.
     """
     other = SITE_COLUMN[OTHER_SITE[site]]
     rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
     return rows[rows[other].astype(str) != "zero"] if other in rows else rows
+
+
+def headline_rows(comp: pd.DataFrame, site: str) -> pd.DataFrame:
+    """What the headline counts: informative primary rows of `site`, each distinct data set once."""
+    return distinct(informative_rows(comp, site)) if len(comp) else comp
 
 
 def _answer(rows: pd.DataFrame) -> tuple[str, str]:
@@ -703,48 +984,89 @@ def _answer(rows: pd.DataFrame) -> tuple[str, str]:
     return answer, winners.pop() if len(winners) == 1 else "both"
 
 
-def answer_macros(prefix: str, comp: pd.DataFrame, omni: pd.DataFrame, bayes: pd.DataFrame) -> list[str]:
-    """Text macros the paper's discussion is driven by (verdict summaries, the preset cell, ranks)."""
+def answer_macros(
+    prefix: str,
+    comp: pd.DataFrame,
+    omni: pd.DataFrame,
+    bayes: pd.DataFrame,
+    runs: pd.DataFrame,
+    spec: dict[str, Any],
+    hyp: Hypotheses,
+) -> list[str]:
+    """Text and count macros the paper's discussion is driven by: the headline counts per site and per
+    normalization family, the preset cell, ranks, the Bayesian view and the cost of settling rows."""
     out = []
     for site in ("weight", "signal"):
         s = camel(site)
-        rows = informative_rows(comp, site) if len(comp) else comp
+        rows = headline_rows(comp, site)
         answer, better = _answer(rows)
-        other = SITE_COLUMN[OTHER_SITE[site]]
-        preset = rows[rows[other].astype(str) == PRESET[OTHER_SITE[site]]] if len(rows) else rows
+        counts = verdict_counts(rows)
+        preset = rows[rows["analogvnn"].astype(str) != ""] if len(rows) else rows
         first = preset.iloc[0] if len(preset) == 1 else None
         effect = (
             "--"
             if first is None
             else (f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
         )
-        identical = int(((rows["mean_diff"] == 0) & (rows["sd_diff"] == 0)).sum()) if len(rows) else 0
+        tested = rows[rows["verdict"] != "identical"] if len(rows) else rows
+        all_rows = informative_rows(comp, site) if len(comp) else comp
+        out += [_macro(prefix, f"{s}{camel(v)}", counts[v]) for v in VERDICTS]
         out += [
-            _macro(prefix, f"{s}Identical", identical),
             _macro(prefix, f"{s}Answer", answer),
             _macro(prefix, f"{s}Better", better),
-            _macro(prefix, f"{s}InformativeConditions", len(rows)),
+            _macro(prefix, f"{s}InformativeConditions", len(all_rows)),
+            _macro(prefix, f"{s}Distinct", len(rows)),
+            _macro(prefix, f"{s}Merged", len(all_rows) - len(rows)),
             _macro(prefix, f"{s}PresetEffect", effect),
             _macro(prefix, f"{s}PresetVerdict", "--" if first is None else first["verdict"]),
-            _macro(prefix, f"{s}MdeMax", tex_num(rows["mde"].max()) if len(rows) else "--"),
+            _macro(prefix, f"{s}MdeMax", tex_num(tested["mde"].max()) if len(tested) else "--"),
         ]
-    if len(omni):
+        fam = families(rows, spec) if len(rows) else pd.Series([], dtype=object)
+        for name in ("clamp", "Lp"):
+            part = rows[fam == name] if len(rows) else rows
+            c = verdict_counts(part)
+            out += [_macro(prefix, f"{s}{camel(name)}{camel(v)}", c[v]) for v in VERDICTS]
+            out.append(_macro(prefix, f"{s}{camel(name)}Distinct", len(part)))
+    if len(omni) and "analogvnn" in omni:
+        preset = omni[omni["analogvnn"].astype(str).str.lower() == "true"]
         ranks = omni.groupby("combo", sort=True)["mean_rank"].mean()
-        out.append(_macro(prefix, "PresetRank", tex_num(ranks.get("ste/exact", math.nan))))
+        out.append(
+            _macro(prefix, "PresetRank", tex_num(preset["mean_rank"].mean() if len(preset) else math.nan))
+        )
         out.append(_macro(prefix, "BestCombo", ranks.idxmin() if ranks.notna().any() else "--"))
     else:
         out += [_macro(prefix, "PresetRank", "--"), _macro(prefix, "BestCombo", "--")]
-    usable = bayes.dropna(subset=["p_equiv"]) if len(bayes) else bayes
-    agree = (
-        int(
-            ((usable["verdict"] == "equivalent") & (usable["p_equiv"] >= 0.5)).sum()
-            + ((usable["verdict"] == "different") & (usable["p_equiv"] < 0.5)).sum()
-        )
-        if len(usable)
-        else 0
+    usable = distinct(bayes) if len(bayes) else bayes
+    usable = usable[usable["bayes_decision"].astype(str) != ""] if len(usable) else usable
+    agree = int((usable["agrees"].astype(str) == "True").sum()) if len(usable) else 0
+    out += [
+        _macro(prefix, "BayesRows", len(usable)),
+        _macro(prefix, "BayesAgree", agree),
+        _macro(prefix, "BayesDisagree", len(usable) - agree),
+    ]
+    own = distinct(comp) if len(comp) else comp
+    inc = own[own["verdict"] == "inconclusive"] if len(own) else own
+    seeds = inc["seeds_needed_equivalence"].dropna() if len(inc) else pd.Series([], dtype=float)
+    sds = inc["sd_diff"].dropna() if len(inc) else pd.Series([], dtype=float)
+    n = own["n_pairs"] if len(own) else pd.Series([], dtype=float)
+    limit = (
+        sd_limit_equivalence(int(n.min()), hyp.margin, hyp.alpha)
+        if len(n) and n.min() == n.max()
+        else math.nan
     )
-    decided = int(usable["verdict"].isin(["equivalent", "different"]).sum()) if len(usable) else 0
-    out += [_macro(prefix, "BayesAgree", agree), _macro(prefix, "BayesDecided", decided)]
+    cost = settle_cost(comp, runs, spec) if len(comp) else {"trials": 0.0, "seconds": math.nan}
+    hours = cost["seconds"] / 3600 if math.isfinite(cost["seconds"]) else math.nan
+    out += [
+        _macro(prefix, "InconclusiveRows", len(inc)),
+        _macro(prefix, "SdLimit", tex_num(limit)),
+        _macro(prefix, "InconclusiveSdMin", tex_num(sds.min() if len(sds) else math.nan)),
+        _macro(prefix, "InconclusiveSdMedian", tex_num(sds.median() if len(sds) else math.nan)),
+        _macro(prefix, "InconclusiveSdMax", tex_num(sds.max() if len(sds) else math.nan)),
+        _macro(prefix, "SeedsEquivMin", tex_num(seeds.min() if len(seeds) else math.nan, 0)),
+        _macro(prefix, "SeedsEquivMax", tex_num(seeds.max() if len(seeds) else math.nan, 0)),
+        _macro(prefix, "SettleTrials", int(cost["trials"])),
+        _macro(prefix, "SettleHours", tex_num(hours, 1)),
+    ]
     return out
 
 
@@ -788,14 +1110,17 @@ def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[
 
 def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
     rows = comp[(comp["site"] == site) & (comp["role"] == "positive_control")] if len(comp) else comp
+    rows = distinct(rows)
     diffs = rows["mean_diff"].dropna() if len(rows) else pd.Series([], dtype=float)
     agg = (diffs.mean(), diffs.min(), diffs.max()) if len(diffs) else (math.nan,) * 3
     detected = int((rows["verdict"] == "different").sum()) if len(rows) else 0
+    identical = int((rows["verdict"] == "identical").sum()) if len(rows) else 0
     return [
         _macro(prefix, f"{s}ControlMeanDiff", tex_num(agg[0])),
         _macro(prefix, f"{s}ControlMinDiff", tex_num(agg[1])),
         _macro(prefix, f"{s}ControlMaxDiff", tex_num(agg[2])),
         _macro(prefix, f"{s}ControlDetected", detected),
+        _macro(prefix, f"{s}ControlIdentical", identical),
         _macro(prefix, f"{s}ControlConditions", len(rows)),
     ]
 
@@ -804,17 +1129,20 @@ def comparisons_tex(comp: pd.DataFrame, spec: dict[str, Any], site: str) -> str:
     """Booktabs tabular (no float) of one site's comparison rows."""
     rows = comp[comp["site"] == site] if len(comp) else comp
     cols = row_columns(rows, spec, site) if len(rows) else [SITE_COLUMN[OTHER_SITE[site]]]
+    merged = bool(len(rows)) and (rows["same_data_as"].astype(str) != "").any()
     header = [
         "Comparison",
         *[latex_escape(c) for c in cols],
         "$n$",
         r"$\Delta$ [95\% CI]",
         r"$p_\mathrm{adj}$",
+        r"$p_\mathrm{TOST,adj}$",
         "Verdict",
+        *(["Same data as"] if merged else []),
     ]
     lines = [
         "% Generated by the normgrad statistics stage; do not edit.",
-        r"\begin{tabular}{" + "l" * (1 + len(cols)) + "rlrl}",
+        r"\begin{tabular}{" + "l" * (1 + len(cols)) + "rlrrl" + ("l" if merged else "") + "}",
         r"\toprule",
         " & ".join(header) + r" \\",
         r"\midrule",
@@ -831,7 +1159,9 @@ def comparisons_tex(comp: pd.DataFrame, spec: dict[str, Any], site: str) -> str:
             str(int(r["n_pairs"])),
             f"{tex_num(r['mean_diff'])} [{tex_num(r['ci_low'])}, {tex_num(r['ci_high'])}]",
             tex_p(r["p_adjusted"]),
+            tex_p(r["p_tost_adjusted"]),
             latex_escape(r["verdict"]),
+            *([latex_escape(r["same_data_as"])] if merged else []),
         ]
         lines.append(" & ".join(cells) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
@@ -850,7 +1180,7 @@ def write_latex(study_dir: Path) -> Path:
     prefix = macro_prefix(str(spec.get("name", "study")))
     omni = read_stats_csv(study_dir, "omnibus.csv", spec)
     bayes = read_stats_csv(study_dir, "bayes.csv", spec)
-    lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes)
+    lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes, runs, spec, hyp)
     lines += mechanism_macros(prefix, study_dir, runs)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     for site in ("weight", "signal"):

@@ -4,12 +4,20 @@
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `bayes.csv`, `omnibus.csv`, `posthoc.csv`,
 `model.csv`, `model.txt`, `report.md` and `latex/`). Every output is a deterministic function of the
 two inputs: rows are sorted by stable keys, floats follow the number policy of `study.tables` (the same
-digits on every machine) and the bootstrap is seeded by `hypotheses.bootstrap_seed`.
+digits on every machine) and every resampling (bootstrap, permutation, posterior) is seeded by
+`hypotheses.bootstrap_seed`.
 
-Pre-registered decision rule per comparison row (site, a, b, condition):
-`different` if the adjusted p of the primary test is < alpha (paired t-test when Shapiro-Wilk on the
-differences gives p >= `normality_alpha`, Wilcoxon signed-rank otherwise); else `equivalent` if the
-TOST p with bounds ±margin is < alpha; else `inconclusive`.
+Decision rule per comparison row (site, a, b, condition), all about the mean paired difference:
+
+- `identical`: every pair of runs is equal in every metric runs.csv records; no test is run.
+- Otherwise one pre-specified test, the paired t-test (a sign-flip permutation test of the mean is
+  reported beside it, the Wilcoxon signed-rank p as a sensitivity column), and TOST with bounds ±margin.
+  Both p-values are Holm-adjusted (the spec's `correction`) within the family, over the distinct rows
+  tested (a row whose paired data equal an earlier row's of the same comparison is not tested again:
+  it is merged into that row, `same_data_as`).
+- `different`: adjusted t-test p < alpha and the 95% CI of the mean reaches outside ±margin;
+  `trivial`: adjusted t-test p < alpha but the whole CI lies within ±margin; `equivalent`: adjusted
+  TOST p < alpha and the difference test does not reject; `inconclusive`: neither.
 """
 
 from __future__ import annotations
@@ -29,10 +37,13 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
+from analog.policies import resolve_preset
+from study.config import TrialConfig
 from study.hypotheses import Comparison, Hypotheses
 from study.spec import StudySpec, cells, stored_spec_hash
 from study.tables import (
     FLOAT_FORMAT,
+    METRICS,
     POLICY_COLUMNS,
     REDO_COLLECT,
     SITE_COLUMN,
@@ -49,28 +60,35 @@ from study.tables import (
 POLICY_ORDER = ("exact", "ste", "zero")
 POWER = 0.8
 CI_LEVEL = 0.95
+PERMUTATION_RESAMPLES = 9999  # sign-flip permutation test; exact enumeration when 2^n is not larger
+POSTERIOR_DRAWS = 20000  # Bayesian-bootstrap draws of the posterior of the mean difference
+POSTERIOR_DECISION = 0.95  # posterior probability at which the Bayesian view calls a region
 OTHER_SITE = {"weight": "signal", "signal": "weight"}
-ANALOGVNN_CELL = {"weight_policy": "ste", "signal_policy": "exact"}
+# the five verdicts, in the order every summary lists them
+VERDICTS = ("identical", "equivalent", "different", "trivial", "inconclusive")
+PRESET = "analogvnn"  # AnalogVNN 1.0.8's own choice, resolved per condition (`analogvnn_cell`)
 
 ROW_KEYS = ["comparison", "role", "site", "policy_a", "policy_b"]
 STAT_COLUMNS = [
     "metric",
     "n_pairs",
     "n_diverged",
+    "n_identical",
     "mean_diff",
     "median_diff",
     "sd_diff",
     "ci_low",
     "ci_high",
     "ci_method",
-    "shapiro_p",
-    "test_used",
     "p_ttest",
+    "p_permutation",
     "p_wilcoxon",
     "p_primary",
     "family",
     "p_adjusted",
+    "p_permutation_adjusted",
     "p_tost",
+    "p_tost_adjusted",
     "tost_ci_low",
     "tost_ci_high",
     "margin",
@@ -78,11 +96,26 @@ STAT_COLUMNS = [
     "hodges_lehmann",
     "prob_a_better",
     "mde",
-    "seeds_needed",
+    "seeds_needed_equivalence",
+    "same_data_as",
     "verdict",
+    "verdict_permutation",
     "better",
+    "analogvnn",
 ]
-BAYES_COLUMNS = ["metric", "n_pairs", "margin", "mean_diff", "p_a_worse", "p_equiv", "p_a_better", "verdict"]
+BAYES_COLUMNS = [
+    "metric",
+    "n_pairs",
+    "margin",
+    "mean_diff",
+    "p_a_worse",
+    "p_equiv",
+    "p_a_better",
+    "bayes_decision",
+    "same_data_as",
+    "verdict",
+    "agrees",
+]
 MISSING_STATUS = ["policy_a_status", "policy_b_status"]
 
 
@@ -102,6 +135,46 @@ def higher_is_better(metric: str) -> bool:
 def key_columns(spec: dict[str, Any]) -> list[str]:
     """Condition columns followed by both policy columns (the layout of every per-row output)."""
     return condition_columns(spec) + list(POLICY_COLUMNS)
+
+
+def condition_norms(spec: dict[str, Any], row: Any) -> tuple[str, str]:
+    """(weight_norm, signal_norm) of a condition: the trial defaults, the spec's `base`, then the row's
+    `norm` (both sites), `weight_norm` and `signal_norm` factor values, as `resolve_config` applies them."""
+    base = spec.get("base") or {}
+    fields = TrialConfig.model_fields
+    norms = {site: str(base.get(site, fields[site].default)) for site in ("weight_norm", "signal_norm")}
+
+    def value(name: str) -> str | None:
+        text = str(row[name]) if name in row and row[name] is not None else ""
+        return text if text not in ("", "nan") else None
+
+    both = value("norm")
+    if both is not None:
+        norms = dict.fromkeys(norms, both)
+    for site in norms:
+        own = value(site)
+        if own is not None:
+            norms[site] = own
+    return norms["weight_norm"], norms["signal_norm"]
+
+
+def analogvnn_cell(spec: dict[str, Any], row: Any) -> dict[str, str]:
+    """The `analogvnn` preset's (weight_policy, signal_policy) in the condition of `row`.
+
+    Derived from `analog.policies.resolve_preset`, i.e. from what AnalogVNN 1.0.8 does for the
+    condition's normalizations: weights straight-through; signals exact for clamps, ste for Lp norms.
+    """
+    weight, signal = resolve_preset(PRESET, *condition_norms(spec, row))
+    return {"weight_policy": weight, "signal_policy": signal}
+
+
+def norm_family(name: str) -> str:
+    """`clamp` (clamp, clamp01), `Lp` (AnalogVNN's l1/l2 norms), `none` (identity), else the name."""
+    if name in ("clamp", "clamp01"):
+        return "clamp"
+    if re.fullmatch(r"l\d+norm(_[a-z]+)?", name):
+        return "Lp"
+    return name
 
 
 def _truthy(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -139,6 +212,10 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["value"] = pd.to_numeric(runs[hyp.metric], errors="coerce")
     table["status"] = trial_status(runs, hyp)
     table["diverged"] = _truthy(runs, "diverged")
+    # every metric runs.csv records, as written: two trials with equal fingerprints are identical runs
+    recorded = [m for m in METRICS if m in runs]
+    values = runs[recorded].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    table["fingerprint"] = ["|".join(repr(float(v)) for v in row) for row in values]
     table["_order"] = runs["run_id"].astype(str) if "run_id" in runs else ""
     clash = table.groupby(keys + ["seed"], sort=False)["_order"].nunique()
     clash = clash[clash > 1]
@@ -288,10 +365,12 @@ def pair_trials(
             if status == ["ok", "ok"]:
                 va, vb = (float(sides[p].at[seed, "value"]) for p in (comp.a, comp.b))
                 div = bool(sides[comp.a].at[seed, "diverged"] or sides[comp.b].at[seed, "diverged"])
+                fa, fb = (str(sides[p].at[seed, "fingerprint"]) for p in (comp.a, comp.b))
                 pairs.append(
                     _label(comp, index)
                     | cond
                     | {"seed": seed, "value_a": va, "value_b": vb, "diff": va - vb, "_diverged": div}
+                    | {"_fp_a": fa, "_fp_b": fb}
                 )
             else:
                 missing.append(
@@ -375,27 +454,50 @@ def bootstrap_ci(
     return math.nan, math.nan, "none"
 
 
-def shapiro_p(d: np.ndarray) -> float:
-    """Shapiro-Wilk p of the differences; NaN when n < 3 or the differences are constant."""
-    if len(d) < 3 or np.all(d == d[0]):
-        return math.nan
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return float(sst.shapiro(d).pvalue)
-
-
 def ttest_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided paired t-test p; 1 when all differences are 0, NaN when constant and non-zero."""
+    """Two-sided paired t-test p of mean(a - b) = 0.
+
+    Constant differences: 1 when they are all 0, 0 otherwise (the limit |t| -> inf); NaN below 2 pairs.
+    """
     d = a - b
     if len(d) < 2:
         return math.nan
     if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else math.nan
+        return 1.0 if d[0] == 0 else 0.0
     return float(sst.ttest_rel(a, b).pvalue)
 
 
+def _mean_statistic(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis)
+
+
+def permutation_p(d: np.ndarray, resamples: int = PERMUTATION_RESAMPLES, seed: int = 0) -> float:
+    """Two-sided sign-flip permutation p of the mean paired difference (`scipy.stats.permutation_test`).
+
+    Exact (all 2^n sign patterns) when 2^n <= `resamples`, else `resamples` seeded random sign flips,
+    with the observed statistic counted among them (p >= 1 / (resamples + 1)). NaN below 2 pairs.
+    """
+    if len(d) < 2:
+        return math.nan
+    if np.all(d == 0):
+        return 1.0
+    res = sst.permutation_test(
+        (np.asarray(d, dtype=float),),
+        _mean_statistic,
+        vectorized=True,
+        permutation_type="samples",
+        n_resamples=resamples,
+        alternative="two-sided",
+        rng=np.random.default_rng(seed),
+    )
+    return float(min(1.0, res.pvalue))
+
+
 def wilcoxon_p(d: np.ndarray) -> float:
-    """Two-sided Wilcoxon signed-rank p (zeros dropped, scipy's default); 1 when all differences are 0."""
+    """Two-sided Wilcoxon signed-rank p (zeros dropped, scipy's default); 1 when all differences are 0.
+
+    A sensitivity column only: it tests the pseudo-median, not the mean the verdicts are about.
+    """
     if len(d) < 2:
         return math.nan
     if np.all(d == 0):
@@ -405,13 +507,11 @@ def wilcoxon_p(d: np.ndarray) -> float:
         return float(sst.wilcoxon(d).pvalue)
 
 
-def choose_test(p_shapiro: float, normality_alpha: float) -> str:
-    """`ttest` when Shapiro-Wilk does not reject normality, `wilcoxon` otherwise (or when undefined)."""
-    return "ttest" if np.isfinite(p_shapiro) and p_shapiro >= normality_alpha else "wilcoxon"
-
-
 def tost(a: np.ndarray, b: np.ndarray, margin: float, alpha: float) -> tuple[float, float, float]:
-    """Paired TOST p for |mean(a - b)| < margin and the matching (1 - 2 alpha) t confidence interval."""
+    """Paired TOST p for |mean(a - b)| < margin and the matching (1 - 2 alpha) t confidence interval.
+
+    Constant differences (sd 0): p is the limit, 0 inside the margin and 1 outside.
+    """
     d = a - b
     n = len(d)
     if n < 2:
@@ -469,65 +569,173 @@ def paired_t_power(effect: float, n: np.ndarray | int, alpha: float) -> np.ndarr
     return sst.nct.sf(crit, df, nc) + sst.nct.cdf(-crit, df, nc)
 
 
-def seeds_needed(sd: float, margin: float, alpha: float) -> float:
-    """Pairs needed for 80% power to detect a mean difference of `margin` at this sd (>= 2; NaN if sd = 0).
+_GAUSS_LEGENDRE = np.polynomial.legendre.leggauss(400)
 
-    Searched directly up to 200 pairs (statsmodels' solver fails for very large effects), solved beyond.
+
+def tost_power(n: int, sd: float, margin: float, alpha: float, mean: float = 0.0) -> float:
+    """Exact power of the paired TOST (bounds ±margin, each one-sided test at `alpha`) with `n` pairs.
+
+    TOST rejects when mean(d) ± t_{1-alpha, n-1} s / sqrt(n) lies inside ±margin. Given the sample sd s
+    that is a normal probability for mean(d); it is integrated over the sampling distribution of s
+    ((n - 1) s^2 / sd^2 ~ chi^2_{n-1}) by Gauss-Legendre quadrature (Owen 1965), not simulated.
+    """
+    if n < 2 or not np.isfinite(sd):
+        return math.nan
+    if sd == 0:
+        return float(abs(mean) < margin)
+    df = n - 1
+    crit = float(sst.t.ppf(1 - alpha, df))
+    se = sd / math.sqrt(n)
+    # s above sd * sqrt(v_max / df) makes the interval wider than the margin: no rejection possible
+    upper = float(sst.chi2.cdf(df * (margin * math.sqrt(n) / (crit * sd)) ** 2, df))
+
+    if upper <= 0:
+        return 0.0
+    # Gauss-Legendre quadrature in u = F_chi2(v) over (0, upper): the integrand is bounded by 1 and
+    # vanishes continuously at `upper`
+    nodes, weights = _GAUSS_LEGENDRE
+    u = upper * (nodes + 1) / 2
+    s = sd * np.sqrt(sst.chi2.ppf(u, df) / df)
+    half = np.maximum(margin - crit * s / math.sqrt(n), 0.0)
+    inside = sst.norm.cdf((half - mean) / se) - sst.norm.cdf((-half - mean) / se)
+    value = float(np.sum(weights * np.where(half > 0, inside, 0.0)) * upper / 2)
+    return float(min(max(value, 0.0), 1.0))
+
+
+def seeds_needed_equivalence(sd: float, margin: float, alpha: float, max_pairs: int = 10**7) -> float:
+    """Paired seeds for 80% TOST power at this sd if the true mean difference is 0 (`tost_power`).
+
+    NaN when sd is 0 or not finite, or when even `max_pairs` pairs do not reach 80%.
     """
     if not np.isfinite(sd) or sd <= 0:
         return math.nan
-    effect = margin / sd
-    nobs = np.arange(2, 201)
-    reached = paired_t_power(effect, nobs, alpha) >= POWER
-    if reached.any():
-        return float(nobs[np.argmax(reached)])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        n = TTestPower().solve_power(effect_size=effect, alpha=alpha, power=POWER, alternative="two-sided")
-    return float(math.ceil(n)) if np.isfinite(n) else math.nan
+
+    def enough(n: int) -> bool:
+        return tost_power(n, sd, margin, alpha) >= POWER
+
+    high = 2
+    while not enough(high):
+        if high >= max_pairs:
+            return math.nan
+        high = min(2 * high, max_pairs)
+    low = max(high // 2, 2)
+    if enough(low):
+        return float(low)
+    while high - low > 1:  # enough(high), not enough(low)
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid, high)
+    return float(high)
 
 
-def bayes_probs(n: int, mean: float, sd: float, margin: float, higher: bool) -> dict[str, float]:
+def sd_limit_equivalence(n: int, margin: float, alpha: float) -> float:
+    """Largest sample sd at which TOST can reject at all with `n` pairs: margin sqrt(n) / t_{1-alpha, n-1}."""
+    if n < 2:
+        return math.nan
+    return margin * math.sqrt(n) / float(sst.t.ppf(1 - alpha, n - 1))
+
+
+def posterior_probs(d: np.ndarray, margin: float, higher: bool, seed: int = 0) -> dict[str, float]:
     """Posterior probabilities that a is worse / equivalent / better by more than `margin`.
 
-    Reference-prior posterior of the mean paired difference: Student t, df n-1, loc mean, scale sd/sqrt(n).
-    For accuracies `a worse` is a - b < -margin; for losses the sides swap.
+    Bayesian bootstrap (Rubin 1981): the posterior of the mean paired difference under a Dirichlet-process
+    model in its non-informative limit, mean = sum_i w_i d_i with w ~ Dirichlet(1, ..., 1); no normality
+    assumption (unlike the t-test and TOST), `POSTERIOR_DRAWS` seeded draws. The region of practical
+    equivalence (rope) is ±margin. For accuracies `a worse` is a - b < -margin; for losses the sides swap.
     """
-    if n < 2 or not np.isfinite(sd):
+    n = len(d)
+    if n < 2:
         return {"p_a_worse": math.nan, "p_equiv": math.nan, "p_a_better": math.nan}
-    if sd == 0:
-        below, inside = float(mean < -margin), float(abs(mean) < margin)
-    else:
-        post = sst.t(df=n - 1, loc=mean, scale=sd / math.sqrt(n))
-        below = float(post.cdf(-margin))
-        inside = float(post.cdf(margin) - post.cdf(-margin))
-    above = max(0.0, 1.0 - below - inside)
-    worse, better = (below, above) if higher else (above, below)
-    return {"p_a_worse": worse, "p_equiv": inside, "p_a_better": better}
+    rng = np.random.default_rng(seed)
+    below = inside = 0
+    chunk = max(1, min(POSTERIOR_DRAWS, 2_000_000 // n))
+    for start in range(0, POSTERIOR_DRAWS, chunk):
+        w = rng.standard_exponential((min(chunk, POSTERIOR_DRAWS - start), n))
+        mu = (w @ np.asarray(d, dtype=float)) / w.sum(axis=1)
+        below += int(np.sum(mu < -margin))
+        inside += int(np.sum(np.abs(mu) < margin))
+    below_p, inside_p = below / POSTERIOR_DRAWS, inside / POSTERIOR_DRAWS
+    above_p = max(0.0, 1.0 - below_p - inside_p)
+    worse, better = (below_p, above_p) if higher else (above_p, below_p)
+    return {"p_a_worse": worse, "p_equiv": inside_p, "p_a_better": better}
 
 
-def row_statistics(a: np.ndarray, b: np.ndarray, hyp: Hypotheses) -> dict[str, Any]:
-    """Every per-row statistic of comparisons.csv except the adjusted p, verdict and better."""
+def bayes_decision(p_a_worse: float, p_equiv: float, p_a_better: float) -> str:
+    """The region the posterior puts at least `POSTERIOR_DECISION` on: `a better`, `b better`, `rope`,
+    else `undecided` (empty when there is no posterior)."""
+    if not np.isfinite(p_equiv):
+        return ""
+    for name, p in (("a better", p_a_better), ("b better", p_a_worse), ("rope", p_equiv)):
+        if p >= POSTERIOR_DECISION:
+            return name
+    return "undecided"
+
+
+def bayes_agrees(verdict_: str, better: str, decision: str) -> str:
+    """`True`/`False`: does the Bayesian decision say what the verdict says? Empty without a posterior.
+
+    different <-> the posterior puts >= 95% beyond the margin on the same side; equivalent and trivial
+    <-> >= 95% inside the margin; inconclusive <-> no region reaches 95%.
+    """
+    if not decision or verdict_ == "identical":
+        return ""
+    expected = {
+        "different": f"{better} better",
+        "equivalent": "rope",
+        "trivial": "rope",
+        "inconclusive": "undecided",
+    }.get(verdict_, "")
+    return str(decision == expected)
+
+
+def row_statistics(a: np.ndarray, b: np.ndarray, hyp: Hypotheses, identical: bool = False) -> dict[str, Any]:
+    """Every per-row statistic of comparisons.csv except the multiplicity-dependent ones and the verdicts.
+
+    `identical` rows (every pair of runs equal in every recorded metric) get no test: their p-values,
+    TOST, standardized effect, power and posterior are empty, their interval is [0, 0] (`identical`).
+    """
     d = a - b
     out: dict[str, Any] = {"metric": hyp.metric, "margin": hyp.margin} | describe_differences(d)
     n, sd = out["n_pairs"], out["sd_diff"]
+    higher = higher_is_better(hyp.metric)
+    if identical:
+        nan = math.nan
+        return out | {
+            "ci_low": 0.0,
+            "ci_high": 0.0,
+            "ci_method": "identical",
+            "p_ttest": nan,
+            "p_permutation": nan,
+            "p_wilcoxon": nan,
+            "p_primary": nan,
+            "p_tost": nan,
+            "tost_ci_low": nan,
+            "tost_ci_high": nan,
+            "dz": nan,
+            "hodges_lehmann": 0.0,
+            "prob_a_better": 0.0,
+            "mde": nan,
+            "p_a_worse": nan,
+            "p_equiv": nan,
+            "p_a_better": nan,
+        }
     out["ci_low"], out["ci_high"], out["ci_method"] = bootstrap_ci(
         a, b, hyp.bootstrap_resamples, hyp.bootstrap_seed
     )
-    out["shapiro_p"] = shapiro_p(d)
-    out["p_ttest"], out["p_wilcoxon"] = ttest_p(a, b), wilcoxon_p(d)
-    out["test_used"] = choose_test(out["shapiro_p"], hyp.normality_alpha) if n >= 2 else ""
-    out["p_primary"] = out["p_" + out["test_used"]] if n >= 2 else math.nan
+    out["p_ttest"] = ttest_p(a, b)
+    out["p_permutation"] = permutation_p(d, PERMUTATION_RESAMPLES, hyp.bootstrap_seed)
+    out["p_wilcoxon"] = wilcoxon_p(d)
+    out["p_primary"] = out["p_ttest"]
     out["p_tost"], out["tost_ci_low"], out["tost_ci_high"] = tost(a, b, hyp.margin, hyp.alpha)
     out["dz"] = cohen_dz(d)
     out["hodges_lehmann"] = hodges_lehmann(d)
-    out["prob_a_better"] = prob_a_better(d, higher_is_better(hyp.metric))
+    out["prob_a_better"] = prob_a_better(d, higher)
     out["mde"] = mde(n, sd, hyp.alpha)
-    out["seeds_needed"] = seeds_needed(sd, hyp.margin, hyp.alpha)
-    return out
+    return out | posterior_probs(d, hyp.margin, higher, hyp.bootstrap_seed)
 
 
 # --------------------------------------------------------------------------- family-wise decisions
+
+ADJUSTED = {"p_primary": "p_adjusted", "p_tost": "p_tost_adjusted", "p_permutation": "p_permutation_adjusted"}
 
 
 def adjust_pvalues(p: np.ndarray, method: str) -> np.ndarray:
@@ -546,55 +754,160 @@ def family_key(row: pd.Series, family: str) -> str:
     return {"role": row["role"], "per_comparison": row["comparison"], "all": "all"}[family]
 
 
-def apply_correction(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
-    """Add `family` and `p_adjusted` (the spec's correction within each family)."""
-    frame = frame.copy()
-    frame["family"] = frame.apply(family_key, axis=1, family=hyp.family) if len(frame) else []
-    frame["p_adjusted"] = np.nan
-    for _, idx in frame.groupby("family", sort=True).groups.items():
-        frame.loc[idx, "p_adjusted"] = adjust_pvalues(frame.loc[idx, "p_primary"].to_numpy(), hyp.correction)
+def is_identical(frame: pd.DataFrame) -> pd.Series:
+    """Rows whose every pair of runs is identical in every recorded metric (at least one pair)."""
+    n = pd.to_numeric(frame["n_pairs"], errors="coerce").fillna(0)
+    return (n > 0) & (pd.to_numeric(frame["n_identical"], errors="coerce").fillna(-1) == n)
+
+
+def merge_duplicates(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mark rows whose paired data (seeds and every recorded metric of both runs) equal those of an
+    earlier row of the same comparison: `same_data_as` names the earlier row's differing key values.
+
+    Such a row is the same comparison of the same numbers (e.g. the signal-site rows with weight
+    `exact` and `ste` where the weight policies give identical runs): it is tested and counted once.
+    `frame` must be sorted; the private `_source` column holds the earlier row's position (-1 if none).
+    """
+    frame = frame.reset_index(drop=True).copy()
+    same, source, first = [""] * len(frame), [-1] * len(frame), {}
+    for i, (index, signature) in enumerate(zip(frame["_index"], frame["_signature"], strict=True)):
+        if not signature:
+            continue
+        j = first.setdefault((index, signature), i)
+        if j != i:
+            differ = [c for c in keys if frame.at[i, c] != frame.at[j, c]]
+            same[i] = ", ".join(f"{c}={frame.at[j, c]}" for c in differ)
+            source[i] = j
+    frame["same_data_as"], frame["_source"] = same, source
     return frame
 
 
-def verdict(p_adjusted: float, p_tost: float, n: int, alpha: float) -> str:
-    """The pre-registered decision rule."""
+def apply_correction(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
+    """Add `family` and the adjusted p-values (the spec's correction within each family).
+
+    The t-test, TOST and permutation p-values are each adjusted over the family's distinct tested rows:
+    identical rows are not tested, and a row with the same data as an earlier one (`_source` >= 0) is
+    not tested again but takes that row's adjusted values.
+    """
+    frame = frame.reset_index(drop=True).copy()
+    if "_source" not in frame:
+        frame["_source"] = -1
+    frame["family"] = frame.apply(family_key, axis=1, family=hyp.family) if len(frame) else []
+    for column in ADJUSTED.values():
+        frame[column] = np.nan
+    frame["_tests"] = 0
+    tested = ~is_identical(frame) & (frame["_source"] < 0)
+    for _, idx in frame[tested].groupby("family", sort=True).groups.items():
+        for raw, adjusted in ADJUSTED.items():
+            frame.loc[idx, adjusted] = adjust_pvalues(frame.loc[idx, raw].to_numpy(), hyp.correction)
+        family = frame["family"] == frame.at[idx[0], "family"]
+        frame.loc[family, "_tests"] = int(np.isfinite(frame.loc[idx, "p_tost"].to_numpy(dtype=float)).sum())
+    merged = frame.index[frame["_source"] >= 0]
+    if len(merged):
+        sources = frame.loc[merged, "_source"].to_numpy()
+        for column in ADJUSTED.values():
+            frame.loc[merged, column] = frame.loc[sources, column].to_numpy()
+    return frame
+
+
+def verdict(
+    identical: bool,
+    n: int,
+    p_adjusted: float,
+    p_tost_adjusted: float,
+    ci_low: float,
+    ci_high: float,
+    margin: float,
+    alpha: float,
+) -> str:
+    """The decision rule (module docstring): identical, different, trivial, equivalent or inconclusive."""
+    if identical:
+        return "identical"
     if n < 2:
         return "inconclusive"
     if np.isfinite(p_adjusted) and p_adjusted < alpha:
-        return "different"
-    if np.isfinite(p_tost) and p_tost < alpha:
+        inside = np.isfinite(ci_low) and np.isfinite(ci_high) and -margin < ci_low and ci_high < margin
+        return "trivial" if inside else "different"
+    if np.isfinite(p_tost_adjusted) and p_tost_adjusted < alpha:
         return "equivalent"
     return "inconclusive"
 
 
 def better_side(verdict_: str, mean_diff: float, higher: bool) -> str:
-    """`a` or `b` for a `different` row (by the sign of the mean difference), empty otherwise."""
-    if verdict_ != "different":
+    """`a` or `b` for a `different` or `trivial` row (by the sign of the mean difference), empty otherwise."""
+    if verdict_ not in ("different", "trivial"):
         return ""
     return "a" if (mean_diff > 0) == higher else "b"
 
 
+def planning_alpha(hyp: Hypotheses, tests: int) -> float:
+    """Level at which each one-sided TOST must reject for a row to settle: alpha / m, m the TOST tests of
+    its family (what Holm demands of the first one; Bonferroni's level), alpha without a correction."""
+    return hyp.alpha / max(int(tests), 1) if hyp.correction != "none" else hyp.alpha
+
+
 def decide(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
-    """Add `verdict` and `better` to rows that already carry `p_adjusted` and `p_tost`."""
+    """Add `verdict`, `verdict_permutation`, `better` and `seeds_needed_equivalence` to rows that carry
+    the adjusted p-values.
+
+    `seeds_needed_equivalence` (inconclusive rows only): paired seeds for 80% TOST power at the row's
+    observed sd if the true mean difference were 0 (the best case), at `planning_alpha`.
+    """
     frame = frame.copy()
     higher = higher_is_better(hyp.metric)
-    frame["verdict"] = [
-        verdict(pa, pt, n, hyp.alpha)
-        for pa, pt, n in zip(frame["p_adjusted"], frame["p_tost"], frame["n_pairs"], strict=True)
-    ]
+    same = is_identical(frame).to_numpy()
+
+    def rule(p_column: str) -> list[str]:
+        return [
+            verdict(s, int(n), pa, pt, lo, hi, hyp.margin, hyp.alpha)
+            for s, n, pa, pt, lo, hi in zip(
+                same,
+                frame["n_pairs"],
+                frame[p_column],
+                frame["p_tost_adjusted"],
+                frame["ci_low"],
+                frame["ci_high"],
+                strict=True,
+            )
+        ]
+
+    frame["verdict"] = rule("p_adjusted")
+    frame["verdict_permutation"] = rule("p_permutation_adjusted")
     frame["better"] = [
         better_side(v, m, higher) for v, m in zip(frame["verdict"], frame["mean_diff"], strict=True)
+    ]
+    tests = frame["_tests"] if "_tests" in frame else pd.Series(0, index=frame.index)
+    frame["seeds_needed_equivalence"] = [
+        seeds_needed_equivalence(sd, hyp.margin, planning_alpha(hyp, m))
+        if v == "inconclusive" and n >= 2
+        else math.nan
+        for v, sd, n, m in zip(frame["verdict"], frame["sd_diff"], frame["n_pairs"], tests, strict=True)
     ]
     return frame
 
 
+def preset_side(spec: dict[str, Any], row: pd.Series) -> str:
+    """`a`/`b` when that side of the row is the `analogvnn` preset cell of its condition, else empty."""
+    cell = analogvnn_cell(spec, row)
+    other = SITE_COLUMN[OTHER_SITE[row["site"]]]
+    if str(row[other]) != cell[other]:
+        return ""
+    own = cell[SITE_COLUMN[row["site"]]]
+    return "a" if row["policy_a"] == own else "b" if row["policy_b"] == own else ""
+
+
 # --------------------------------------------------------------------------- comparisons
+
+POSTERIOR_COLUMNS = ["p_a_worse", "p_equiv", "p_a_better"]
 
 
 def compare(
     table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(comparisons, differences, missing) frames, unsorted, for every applicable comparison."""
+    """(comparisons, differences, missing) frames for every applicable comparison.
+
+    Comparisons are sorted (spec order), carry the verdicts and, in private columns, the posterior.
+    """
     conds, seeds = condition_columns(spec), expected_seeds(spec, table)
     kept, _ = applicable_comparisons(hyp, table)
     keys = key_columns(spec)
@@ -605,8 +918,13 @@ def compare(
         diffs.append(pairs)
         groups = pairs.groupby(keys, dropna=False, sort=True) if len(pairs) else []
         for _, group in groups:
-            stats = row_statistics(group["value_a"].to_numpy(), group["value_b"].to_numpy(), hyp)
+            group = group.sort_values("seed", kind="mergesort")
+            same = (group["_fp_a"] == group["_fp_b"]).to_numpy()
+            a, b = group["value_a"].to_numpy(), group["value_b"].to_numpy()
+            stats = row_statistics(a, b, hyp, identical=bool(same.all()))
             stats["n_diverged"] = int(group["_diverged"].sum())
+            stats["n_identical"] = int(same.sum())
+            stats["_signature"] = tuple(zip(group["seed"], group["_fp_a"], group["_fp_b"], strict=True))
             rows.append(group.iloc[0][ROW_KEYS + ["_index"] + keys].to_dict() | stats)
         # conditions where every seed is incomplete still get an (inconclusive) row
         if len(miss):
@@ -615,11 +933,15 @@ def compare(
                 first = group.iloc[0]
                 if tuple(first[k] for k in keys) not in done:
                     empty = np.array([], dtype=float)
-                    stats = row_statistics(empty, empty, hyp) | {"n_diverged": 0}
+                    stats = row_statistics(empty, empty, hyp) | {"n_diverged": 0, "n_identical": 0}
+                    stats |= dict.fromkeys(POSTERIOR_COLUMNS, math.nan) | {"_signature": ()}
                     rows.append(first[ROW_KEYS + ["_index"] + keys].to_dict() | stats)
-    comparisons = pd.DataFrame(rows, columns=ROW_KEYS + ["_index"] + keys + STAT_COLUMNS)
+    columns = ROW_KEYS + ["_index"] + keys + STAT_COLUMNS + POSTERIOR_COLUMNS + ["_signature"]
+    comparisons = pd.DataFrame(rows, columns=columns)
     if len(comparisons):
-        comparisons = decide(apply_correction(comparisons, hyp), hyp)
+        comparisons = sort_rows(comparisons, ["_index"] + keys, value_orders(spec, table))
+        comparisons = decide(apply_correction(merge_duplicates(comparisons, keys), hyp), hyp)
+        comparisons["analogvnn"] = [preset_side(spec, r) for _, r in comparisons.iterrows()]
     return comparisons, _concat(diffs), _concat(missing)
 
 
@@ -629,12 +951,14 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def bayes_table(comparisons: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd.DataFrame:
-    """Posterior probabilities per comparisons.csv row (a cross-check of the verdicts)."""
-    higher = higher_is_better(hyp.metric)
+    """The Bayesian view per comparisons.csv row: posterior region probabilities, the region it decides
+    on, and whether that agrees with the frequentist verdict (`posterior_probs`, `bayes_agrees`)."""
     rows = []
     for _, row in comparisons.iterrows():
-        probs = bayes_probs(int(row["n_pairs"]), row["mean_diff"], row["sd_diff"], hyp.margin, higher)
-        rows.append(row.to_dict() | probs)
+        probs = {c: row.get(c, math.nan) for c in POSTERIOR_COLUMNS}
+        decision = bayes_decision(probs["p_a_worse"], probs["p_equiv"], probs["p_a_better"])
+        agrees = bayes_agrees(row["verdict"], row["better"], decision)
+        rows.append(row.to_dict() | probs | {"bayes_decision": decision, "agrees": agrees})
     columns = ROW_KEYS + key_columns(spec) + BAYES_COLUMNS
     return pd.DataFrame(rows, columns=columns)
 
@@ -703,6 +1027,8 @@ def omnibus(
         stat, p = friedman(block) if testable else (math.nan, math.nan)
         cd = nemenyi_cd(k, n, hyp.alpha) if testable else math.nan
         policies = group.drop_duplicates("combo").set_index("combo")
+        preset = analogvnn_cell(spec, cond)
+        preset_combo = f"{preset['weight_policy']}/{preset['signal_policy']}"
         for combo in combos:
             omni.append(
                 cond
@@ -718,6 +1044,7 @@ def omnibus(
                     "friedman_p": p,
                     "cd": cd,
                     "k": k,
+                    "analogvnn": combo == preset_combo,
                 }
             )
         if testable:
@@ -733,6 +1060,7 @@ def omnibus(
         "friedman_p",
         "cd",
         "k",
+        "analogvnn",
     ]
     post_cols = conds + ["combo_a", "combo_b", "mean_rank_diff", "p_nemenyi", "significant"]
     return pd.DataFrame(omni, columns=omni_cols), pd.DataFrame(post, columns=post_cols)
@@ -867,8 +1195,9 @@ def compute_stats(study_dir: Path) -> Path:
     keys = key_columns(spec)
     by = ["_index"] + keys
     comparisons, diffs, missing = compare(table, spec, hyp)
-    comparisons = _finish(comparisons, ROW_KEYS + keys + STAT_COLUMNS + ["_index"], by, orders)
-    write_csv(comparisons.drop(columns="_index"), out / "comparisons.csv")
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=ROW_KEYS + keys + STAT_COLUMNS + POSTERIOR_COLUMNS + ["_index"])
+    write_csv(comparisons[ROW_KEYS + keys + STAT_COLUMNS], out / "comparisons.csv")
     diff_cols = ROW_KEYS + keys + ["seed", "value_a", "value_b", "diff"]
     # per-seed measurements and their exact differences: data, not estimates (`RAW_FLOAT_FORMAT`)
     diffs = _finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols]

@@ -56,8 +56,8 @@ DIVERGING_CMAP = "RdBu_r"  # effect heatmap: blue = b better (ste), red = a bett
 SEQUENTIAL_CMAP = "cividis"  # accuracies and ranks
 
 # --- verdicts: symbols, so that the verdict never rests on colour alone --------------------------
-VERDICT_SYMBOLS = {"different": "≠", "equivalent": "≈", "inconclusive": "?"}
-VERDICT_LEGEND = "≠ different   ≈ equivalent   ? inconclusive"
+VERDICT_SYMBOLS = {"identical": "≡", "equivalent": "≈", "different": "≠", "trivial": "≃", "inconclusive": "?"}
+VERDICT_LEGEND = "≡ identical   ≈ equivalent   ≠ different   ≃ trivial (< δ)   ? inconclusive"
 
 # --- labels ---------------------------------------------------------------------------------------
 METRIC_LABELS = {
