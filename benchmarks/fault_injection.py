@@ -188,7 +188,7 @@ BAD_SPECS = {  # name: (spec change, words the error must contain)
     "bad exclude key": ({"exclude": [{"weight_polcy": "ste"}]}, ["exclude", "weight_polcy"]),
     "unknown policy value": ({"factors": {"weight_policy": ["stee"]}}, ["stee"]),
     "unknown base field": ({"base": {**SPEC["base"], "epoch": 3}}, ["epoch"]),
-    "not YAML": ("name: x\nfactors: {weight_policy: [ste}\n", ["not valid YAML"]),
+    "not YAML": ("name: x\nfactors: {weight_policy: [ste}\n", ["bad.yaml:2: YAML syntax error"]),
     "not a mapping": ("- just\n- a list\n", ["mapping"]),
     "oversized grid": (
         {"factors": {"lr": [i / 1e4 for i in range(1, 401)], "batch_size": list(range(1, 401))}},

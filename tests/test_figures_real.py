@@ -222,25 +222,35 @@ def test_effect_heatmap_cells_are_the_mean_paired_differences(ctx, runs) -> None
 # --- 3. policy interaction -----------------------------------------------------------------------
 def test_policy_interaction_cells_show_seed_means_and_their_95_percent_ci(ctx, runs) -> None:
     made = _one(figures.fig_policy_interaction(ctx))
-    (ax,) = [a for a in made.figure.axes if a.images]
-    per_seed = runs.groupby(["weight_policy", "signal_policy", "seed"])["test_acc"].mean()
-    texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+    panels = [a for a in made.figure.axes if a.images]
+    assert len(panels) == len(NORMS)  # one panel per normalization: never averaged across them
     weights, signals = st.policy_order(WEIGHTS), st.policy_order(SIGNALS)
-    assert len(texts) == len(weights) * len(signals)
-    grid = np.ma.filled(ax.images[0].get_array(), np.nan)
-    for (r, w), (c, s) in itertools.product(enumerate(weights), enumerate(signals)):
-        x = per_seed[(w, s)].to_numpy()
-        mean_text, lo, hi = re.fullmatch(r"(\S+)\n(\S+)–(\S+)", texts[(r, c)]).groups()
-        assert float(mean_text) == pytest.approx(x.mean(), abs=0.005 + 1e-9)
-        assert grid[r, c] == pytest.approx(x.mean(), rel=1e-12)
-        band_lo, band_hi = percentile_band(x)
-        assert within(float(lo), band_lo, 0.005) and within(float(hi), band_hi, 0.005)  # text: 2 decimals
+    for ax, norm in zip(panels, NORMS, strict=True):
+        sel = runs[runs["signal_norm"] == norm]
+        per_seed = sel.groupby(["weight_policy", "signal_policy", "seed"])["test_acc"].mean()
+        texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text() for t in ax.texts}
+        assert len(texts) == len(weights) * len(signals)
+        grid = np.ma.filled(ax.images[0].get_array(), np.nan)
+        for (r, w), (c, s) in itertools.product(enumerate(weights), enumerate(signals)):
+            x = per_seed[(w, s)].to_numpy()
+            mean_text, lo, hi = re.fullmatch(r"(\S+)\n(\S+)–(\S+)", texts[(r, c)]).groups()
+            assert float(mean_text) == pytest.approx(x.mean(), abs=0.005 + 1e-9)
+            assert grid[r, c] == pytest.approx(x.mean(), rel=1e-12)
+            band_lo, band_hi = percentile_band(x)
+            assert within(float(lo), band_lo, 0.005) and within(float(hi), band_hi, 0.005)  # 2 decimals
     made.figure.clear()
 
 
 # --- 4. learning curves --------------------------------------------------------------------------
 def test_learning_curves_are_seed_means_with_95_percent_bands(ctx, study, runs) -> None:
-    made = _one(figures.fig_learning_curves(ctx))
+    made_all = [o for o in figures.fig_learning_curves(ctx) if isinstance(o, Made)]
+    assert len(made_all) == len(NORMS)  # one figure per normalization: never averaged across them
+    for made, norm in zip(made_all, NORMS, strict=True):
+        assert made.name.endswith(norm)
+        _check_learning_curves(made, study, runs[runs["signal_norm"] == norm])
+
+
+def _check_learning_curves(made: Made, study: Path, runs: pd.DataFrame) -> None:
     curves = pd.read_csv(study / "curves.csv.gz").merge(runs, on="run_id")
     per_seed = curves.groupby(["metric", "weight_policy", "signal_policy", "seed", "epoch"])["value"].mean()
     axes = np.array(made.figure.axes[: 2 * len(WEIGHTS)]).reshape(2, len(WEIGHTS))
@@ -282,7 +292,7 @@ def test_critical_difference_ranks_are_mean_within_seed_ranks(ctx, runs) -> None
         cond = title.split(": Friedman")[0]
         got = {}
         for t in ax.texts:
-            m = re.fullmatch(r"(W \S+ · S \S+) \((\d+\.\d\d)\)", t.get_text())
+            m = re.fullmatch(r"(?:\* )?(W \S+ · S \S+) \((\d+\.\d\d)\)", t.get_text())  # * = preset
             if m:
                 got[m.group(1)] = float(m.group(2))
         assert got.keys() == expected[cond].keys()
