@@ -42,7 +42,10 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_behaviours.py::test_gradient_mismatch_norm_ratio_and_cosine_against_hand_computed_gradients",
         ],
     ),
-    "study/stats.py": (["study/stats.py"], ["tests/test_stats.py", "tests/test_behaviours.py"]),
+    "study/stats.py": (
+        ["study/stats.py"],
+        ["tests/test_stats.py", "tests/test_stats_contracts.py", "tests/test_behaviours.py"],
+    ),
     "study/runner.py": (["study/runner.py"], ["tests/test_runner.py", "tests/test_behaviours.py"]),
     "study/trial.py": (["study/trial.py"], ["tests/test_trial.py", "tests/test_behaviours.py"]),
 }
