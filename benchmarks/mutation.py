@@ -2,6 +2,7 @@
 
     python benchmarks/mutation.py                      # every module in MODULES, 2 workers
     python benchmarks/mutation.py analog study/stats.py --max-children 4
+    python benchmarks/mutation.py study/stats.py --sample 300   # a seeded random sample: an estimate
     python benchmarks/mutation.py --report-only        # re-print the scores of the last run
 
 Not part of CI (it takes tens of minutes to hours). For each module, a scratch copy of the repository
@@ -12,8 +13,10 @@ module and runs, per mutant, the tests of the module's fast selection that reach
 `mutants/` copy, so tests that start `python -m study` subprocesses run the mutated code too
 (mutmut's trampolines read the mutant to apply from the inherited environment).
 
-Score = killed / total, where killed includes timeouts and crashes (the tests noticed); `no tests`
-(no selected test reaches the function) and `survived` are not killed. Survivors are listed with
+Score = killed / tested, where killed includes timeouts and crashes (the tests noticed); `no tests`
+(no selected test reaches the function) and `survived` are not killed. With `--sample N` only a seeded
+random sample of the module's mutants is tested; the score is then an estimate, printed with its Wilson
+95% interval. Survivors are listed with
 `mutmut show NAME` run in the scratch copy (printed below the scores).
 """
 
@@ -21,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -86,7 +91,23 @@ def prepare(module: str, work: Path) -> Path:
     return scratch
 
 
-def run(module: str, work: Path, max_children: int) -> None:
+def sample_names(scratch: Path, env: dict[str, str], size: int, seed: int = 0) -> list[str]:
+    """A seeded random sample of `size` of the module's mutant names (mutmut generates them and traces
+    the tests first, via `print-time-estimates`)."""
+    out = subprocess.run(
+        [shutil.which("mutmut") or "mutmut", "print-time-estimates"],
+        cwd=scratch,
+        env=env,
+        capture_output=True,
+        text=True,
+    ).stdout
+    names = sorted({ln.split()[-1] for ln in out.splitlines() if "__mutmut_" in ln})
+    if not names:
+        raise SystemExit(f"no mutants listed by mutmut print-time-estimates in {scratch}")
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def run(module: str, work: Path, max_children: int, sample: int | None = None) -> None:
     scratch = prepare(module, work)
     env = {
         **os.environ,
@@ -100,9 +121,14 @@ def run(module: str, work: Path, max_children: int) -> None:
     (scratch / "mutants").mkdir()
     mutmut = shutil.which("mutmut") or "mutmut"
     start = time.time()
+    names = sample_names(scratch, env, sample) if sample else []
     with open(scratch / "mutmut.log", "w") as log:
         subprocess.run(
-            [mutmut, "run", "--max-children", str(max_children)], cwd=scratch, env=env, stdout=log, stderr=log
+            [mutmut, "run", "--max-children", str(max_children), *names],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     print(
         f"{module}: mutmut finished in {(time.time() - start) / 60:.1f} min (log: {scratch / 'mutmut.log'})"
@@ -125,16 +151,28 @@ def results(module: str, work: Path) -> tuple[Counter, list[str]]:
     return counts, alive
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion k/n (the score of a random sample of mutants)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
 def report(modules: list[str], work: Path, show: bool) -> None:
-    print(f"\n{'module':<18} {'killed':>7} {'total':>6} {'score':>7}  other")
+    print(f"\n{'module':<18} {'killed':>7} {'tested':>7} {'score':>7}  {'95% CI':>13}  other")
     details = []
     for module in modules:
         counts, alive = results(module, work)
+        unchecked = counts.pop("not checked", 0)
         total = sum(counts.values())
         killed = sum(counts[s] for s in KILLED)
         other = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()) if s not in KILLED)
+        if unchecked:
+            other += f"{', ' if other else ''}not run (outside the sample) {unchecked}"
         score = f"{100 * killed / total:.1f}%" if total else "-"
-        print(f"{module:<18} {killed:>7} {total:>6} {score:>7}  {other}")
+        ci = "" if not total else "[{:.1f}, {:.1f}]%".format(*(100 * v for v in wilson(killed, total)))
+        print(f"{module:<18} {killed:>7} {total:>7} {score:>7}  {ci:>13}  {other}")
         details.append((module, alive))
     for module, alive in details:
         if not alive:
@@ -169,6 +207,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".mutation")
     parser.add_argument("--report-only", action="store_true", help="print the scores of the last run")
     parser.add_argument("--show", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="test only a seeded random sample of this many mutants per module (an estimate)",
+    )
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -177,7 +220,7 @@ def main() -> None:
     (args.work / ".gitignore").write_text("*\n")
     if not args.report_only:
         for module in args.modules:
-            run(module, args.work, args.max_children)
+            run(module, args.work, args.max_children, args.sample)
     report(args.modules, args.work, args.show)
     sys.stdout.flush()
 
