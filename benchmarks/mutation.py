@@ -92,18 +92,24 @@ def prepare(module: str, work: Path) -> Path:
 
 
 def sample_names(scratch: Path, env: dict[str, str], size: int, seed: int = 0) -> list[str]:
-    """A seeded random sample of `size` of the module's mutant names (mutmut generates them and traces
-    the tests first, via `print-time-estimates`)."""
-    out = subprocess.run(
-        [shutil.which("mutmut") or "mutmut", "print-time-estimates"],
-        cwd=scratch,
-        env=env,
-        capture_output=True,
-        text=True,
-    ).stdout
-    names = sorted({ln.split()[-1] for ln in out.splitlines() if "__mutmut_" in ln})
+    """A seeded random sample of `size` of the module's mutant names. A `mutmut run` filtered on a name
+    that matches nothing generates the mutants and traces the tests, then stops; the names are then
+    read from its meta files."""
+    with open(scratch / "mutmut-generate.log", "w") as log:
+        subprocess.run(
+            [shutil.which("mutmut") or "mutmut", "run", "no-mutant-has-this-name"],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    names = sorted(
+        name
+        for meta in (scratch / "mutants").rglob("*.py.meta")
+        for name in json.loads(meta.read_text()).get("exit_code_by_key", {})
+    )
     if not names:
-        raise SystemExit(f"no mutants listed by mutmut print-time-estimates in {scratch}")
+        raise SystemExit(f"mutmut generated no mutants in {scratch} (see mutmut-generate.log)")
     return sorted(random.Random(seed).sample(names, min(size, len(names))))
 
 
