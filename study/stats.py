@@ -420,7 +420,7 @@ def bayes_probs(n: int, mean: float, sd: float, margin: float, higher: bool) -> 
     if n < 2 or not np.isfinite(sd):
         return {"p_a_worse": math.nan, "p_equiv": math.nan, "p_a_better": math.nan}
     if sd == 0:
-        below, inside = float(mean < -margin), float(abs(mean) < margin)
+        below, inside = float(mean <= -margin), float(abs(mean) < margin)  # -margin itself: not inside
     else:
         post = sst.t(df=n - 1, loc=mean, scale=sd / math.sqrt(n))
         below = float(post.cdf(-margin))

@@ -3,8 +3,16 @@ flags and statuses are read, and the small helpers behind comparisons.csv. Expec
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
+import yaml
+from scipy import stats as sst
 
 from study import stats as S
 
@@ -81,3 +89,281 @@ def test_trial_table_keeps_the_status_and_value_of_each_trial():
     rows = {(r.weight_policy, r.seed): (r.value, r.status) for r in table.itertuples()}
     assert rows[("ste", 0)] == (90.0, "ok") and rows[("exact", 0)] == (70.0, "ok")
     assert rows[("ste", 1)][1] == "failed" and np.isnan(rows[("ste", 1)][0])
+
+
+# --- the tables compute_stats writes, value by value ---------------------------------------------------
+
+POLICIES = ("exact", "ste", "zero")
+SEEDS = list(range(5))
+
+
+def _study_runs() -> pd.DataFrame:
+    rng = np.random.default_rng(11)
+    rows = []
+    for dataset, wp, sp, seed in itertools.product(("A", "B"), POLICIES, POLICIES, SEEDS):
+        acc = 80 + seed + (1.5 if sp == "exact" else 0) - (10 if "zero" in (wp, sp) else 0) + rng.normal(0, 1)
+        rows.append(
+            {
+                "run_id": f"r{len(rows):04d}",
+                "dataset": dataset,
+                "weight_policy": wp,
+                "signal_policy": sp,
+                "seed": seed,
+                "test_acc": round(acc, 3),
+                "diverged": False,
+                "failed": False,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+SPEC = {
+    "name": "tables",
+    "factors": {"dataset": ["B", "A"], "weight_policy": list(POLICIES), "signal_policy": list(POLICIES)},
+    "seeds": SEEDS,
+    "hypotheses": {"margin": 0.5, "bootstrap_resamples": 200},
+}
+KEYS = ["dataset", "weight_policy", "signal_policy"]
+
+
+@pytest.fixture(scope="module")
+def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tables")
+    (root / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    _study_runs().to_csv(root / "runs.csv", index=False)
+    return S.compute_stats(root)
+
+
+def _read(out: Path, name: str) -> pd.DataFrame:
+    """A written table; the own site's policy column is empty in comparison rows (read as "")."""
+    frame = pd.read_csv(out / name, keep_default_na=False, na_values=[""])
+    return frame.assign(**{c: frame[c].fillna("") for c in [*KEYS, "better"] if c in frame})
+
+
+def _walsh_median(d: np.ndarray) -> float:
+    return float(np.median([(d[i] + d[j]) / 2 for i in range(len(d)) for j in range(i, len(d))]))
+
+
+def test_comparison_rows_every_statistic_by_hand(tables: Path):
+    comp, diffs = _read(tables, "comparisons.csv"), _read(tables, "differences.csv")
+    assert len(comp) == 4 * 2 * 3
+    for _, row in comp.iterrows():
+        sel = diffs[(diffs[["comparison", *KEYS]] == row[["comparison", *KEYS]].to_numpy()).all(axis=1)]
+        d = sel["diff"].to_numpy(float)
+        n, mean, sd = len(d), d.mean(), d.std(ddof=1)
+        half = sst.t.ppf(0.95, n - 1) * sd / math.sqrt(n)  # TOST: the (1 - 2 alpha) = 90% t interval
+        assert row["margin"] == 0.5 and row["metric"] == "test_acc" and n == row["n_pairs"] == 5
+        assert row["ci_method"] in ("bca", "percentile") and row["ci_low"] < row["mean_diff"] < row["ci_high"]
+        assert row["tost_ci_low"] == pytest.approx(mean - half, rel=1e-5, abs=1e-5)
+        assert row["tost_ci_high"] == pytest.approx(mean + half, rel=1e-5, abs=1e-5)
+        assert row["hodges_lehmann"] == pytest.approx(_walsh_median(d), rel=1e-5, abs=1e-5)
+        assert row["dz"] == pytest.approx(mean / sd, rel=1e-5)
+        assert row["better"] == ("" if row["verdict"] != "different" else "a" if mean > 0 else "b")
+
+
+def test_written_floats_have_six_significant_digits(tables: Path):
+    text = (tables / "comparisons.csv").read_text()
+    numbers = re.findall(r"(?<![\w.])-?\d+\.\d+(?:e[-+]\d+)?", text)
+    assert numbers
+    for token in numbers:
+        mantissa = token.lstrip("-").split("e")[0].replace(".", "").lstrip("0")
+        assert len(mantissa) <= 6, token
+
+
+def test_bayes_table_columns_and_posteriors(tables: Path):
+    bayes, comp = _read(tables, "bayes.csv"), _read(tables, "comparisons.csv")
+    assert list(bayes.columns) == (
+        ["comparison", "role", "site", "policy_a", "policy_b", *KEYS]
+        + ["metric", "n_pairs", "margin", "mean_diff", "p_a_worse", "p_equiv", "p_a_better", "verdict"]
+    )
+    assert (bayes[["comparison", *KEYS, "verdict"]] == comp[["comparison", *KEYS, "verdict"]]).all().all()
+    for (_, b), (_, c) in zip(bayes.iterrows(), comp.iterrows(), strict=True):
+        post = sst.t(df=c["n_pairs"] - 1, loc=c["mean_diff"], scale=c["sd_diff"] / math.sqrt(c["n_pairs"]))
+        assert b["p_a_worse"] == pytest.approx(post.cdf(-0.5), abs=1e-5)
+        assert b["p_equiv"] == pytest.approx(post.cdf(0.5) - post.cdf(-0.5), abs=1e-5)
+        assert b["p_a_worse"] + b["p_equiv"] + b["p_a_better"] == pytest.approx(1, abs=1e-5)
+
+
+def test_omnibus_and_posthoc_by_hand(tables: Path):
+    omni, post = _read(tables, "omnibus.csv"), _read(tables, "posthoc.csv")
+    assert list(omni.columns) == [
+        "dataset",
+        "combo",
+        "weight_policy",
+        "signal_policy",
+        "metric",
+        "n_seeds",
+    ] + [
+        "mean_metric",
+        "mean_rank",
+        "friedman_stat",
+        "friedman_p",
+        "cd",
+        "k",
+    ]
+    assert list(post.columns) == [
+        "dataset",
+        "combo_a",
+        "combo_b",
+        "mean_rank_diff",
+        "p_nemenyi",
+        "significant",
+    ]
+    assert list(dict.fromkeys(omni["dataset"])) == ["B", "A"]  # the spec's order
+    runs = _study_runs().assign(combo=lambda r: r["weight_policy"] + "/" + r["signal_policy"])
+    for dataset, block in runs.groupby("dataset"):
+        wide = block.pivot(index="seed", columns="combo", values="test_acc")
+        ranks = dict(
+            zip(wide.columns, np.mean([sst.rankdata(-r) for r in wide.to_numpy()], axis=0), strict=True)
+        )
+        stat = sst.friedmanchisquare(*wide.to_numpy().T).statistic
+        k, n = wide.shape[1], wide.shape[0]
+        cd = sst.studentized_range.ppf(0.95, k, np.inf) / math.sqrt(2) * math.sqrt(k * (k + 1) / (6 * n))
+        got = omni[omni["dataset"] == dataset].set_index("combo")
+        assert set(got["k"]) == {9} and set(got["n_seeds"]) == {5}
+        for combo in wide.columns:
+            assert got.at[combo, "mean_metric"] == pytest.approx(wide[combo].mean(), rel=1e-5)
+            assert got.at[combo, "mean_rank"] == pytest.approx(ranks[combo], rel=1e-5)
+            assert (got.at[combo, "weight_policy"], got.at[combo, "signal_policy"]) == tuple(combo.split("/"))
+        assert got["friedman_stat"].iloc[0] == pytest.approx(stat, rel=1e-5)
+        assert got["cd"].iloc[0] == pytest.approx(cd, rel=1e-5)
+        pairs = post[post["dataset"] == dataset]
+        assert len(pairs) == 9 * 8 // 2
+        for _, p in pairs.iterrows():
+            assert p["mean_rank_diff"] == pytest.approx(ranks[p["combo_a"]] - ranks[p["combo_b"]], abs=1e-5)
+            assert p["significant"] == (p["p_nemenyi"] < 0.05)
+
+
+def test_mixed_model_table_and_text(tables: Path):
+    model = _read(tables, "model.csv").set_index("term")
+    terms = {"Intercept", "weight_policy[exact]", "signal_policy[exact]", "dataset[B]"}
+    assert terms | {"weight_policy[zero]:signal_policy[zero]"} <= set(model.index)
+    for term, row in model.iterrows():
+        assert row["z"] == pytest.approx(row["coef"] / row["std_err"], rel=1e-3), term
+        assert row["ci_low"] < row["coef"] < row["ci_high"]
+    assert model.at["signal_policy[exact]", "coef"] == pytest.approx(1.5, abs=1.0)
+    text = (tables / "model.txt").read_text()
+    assert (
+        "formula: test_acc ~ C(weight_policy, Treatment('ste')) * C(signal_policy, Treatment('ste'))" in text
+    )
+    assert "reference levels: weight_policy=ste, signal_policy=ste, dataset=A" in text
+
+
+# --- helpers, by hand -------------------------------------------------------------------------------------
+
+
+def test_trial_table_names_the_missing_columns():
+    runs = pd.DataFrame({"weight_policy": ["ste"], "signal_policy": ["ste"], "test_acc": [1.0]})
+    with pytest.raises(ValueError, match=re.escape("runs.csv lacks columns ['seed']")):
+        S.trial_table(runs, {"factors": {}}, _hyp())
+
+
+def test_value_orders_follow_the_spec_then_known_policies_then_sorted():
+    spec = {"factors": {"dataset": ["B", "A"], "precision": [16, None], "weight_policy": ["zero", "mine"]}}
+    table = pd.DataFrame(
+        {
+            "dataset": ["A", "C", "B"],
+            "precision": ["16", "none", "4"],
+            "weight_policy": ["ste", "mine", "zero"],
+            "signal_policy": ["ste", "exact", "ste"],
+        }
+    )
+    orders = S.value_orders(spec, table)
+    assert orders["dataset"] == {"": -1, "B": 0, "b": 1, "A": 2, "a": 3, "C": 4}
+    assert orders["precision"] == {"": -1, "16": 0, "none": 1, "4": 2}
+    assert orders["weight_policy"] == {"": -1, "zero": 0, "mine": 1, "exact": 2, "ste": 3}
+    assert orders["signal_policy"] == {"": -1, "exact": 0, "ste": 1, "zero": 2}
+    assert S.value_orders({"factors": None}, table)["weight_policy"] == {
+        "": -1,
+        "exact": 0,
+        "ste": 1,
+        "zero": 2,
+        "mine": 3,
+    }
+
+
+def test_skipped_conditions_name_the_absent_policy():
+    rows = []
+    for dataset, wp, sp, seed in itertools.product(("A", "B"), ("exact", "ste"), ("exact", "ste"), range(3)):
+        if dataset == "B" and sp == "exact":
+            continue  # no signal exact trial at all in dataset B
+        rows.append(
+            {"dataset": dataset, "weight_policy": wp, "signal_policy": sp, "seed": seed, "test_acc": 1.0}
+        )
+    spec = {
+        "factors": {
+            "dataset": ["A", "B"],
+            "weight_policy": ["exact", "ste"],
+            "signal_policy": ["exact", "ste"],
+        }
+    }
+    skipped = S.skipped_conditions(pd.DataFrame(rows), spec)
+    sig = skipped[skipped["comparison"] == "signal: exact vs ste"]
+    assert sorted(zip(sig["dataset"], sig["weight_policy"], sig["absent_policy"], strict=True)) == [
+        ("B", "exact", "exact"),
+        ("B", "ste", "exact"),
+    ]
+
+
+def test_condition_without_any_complete_pair_still_gets_an_inconclusive_row():
+    rows = []
+    for wp, sp, seed in itertools.product(("exact", "ste"), ("exact", "ste"), range(4)):
+        failed = wp == "ste" and sp == "exact"  # every seed of this cell failed
+        rows.append(
+            {
+                "run_id": f"{wp}{sp}{seed}",
+                "weight_policy": wp,
+                "signal_policy": sp,
+                "seed": seed,
+                "test_acc": np.nan if failed else 80.0 + seed + (sp == "exact"),
+                "failed": failed,
+            }
+        )
+    spec = {"factors": {"weight_policy": ["exact", "ste"], "signal_policy": ["exact", "ste"]}}
+    hyp = _hyp(comparisons=[{"site": "signal", "a": "exact", "b": "ste"}])
+    comp, _, missing = S.compare(S.trial_table(pd.DataFrame(rows), spec, hyp), spec, hyp)
+    empty = comp[comp["weight_policy"] == "ste"]
+    assert len(comp) == 2 and len(empty) == 1
+    assert empty["n_pairs"].item() == 0 and empty["verdict"].item() == "inconclusive"
+    assert empty["comparison"].item() == "signal: exact vs ste" and empty["_index"].item() == 0
+    assert len(missing) == 4 and set(missing["policy_a_status"]) == {"failed"}
+
+
+def test_small_statistics_edge_cases():
+    assert S.bootstrap_ci(np.array([1.0]), np.array([0.0]), 100, 0)[2] == "none"
+    assert S.wilcoxon_p(np.zeros(5)) == 1.0
+    assert math.isnan(S.cohen_dz(np.full(4, 0.3)))
+    assert S.better_side("different", 0.5, True) == "a" and S.better_side("different", 0.5, False) == "b"
+    assert S.better_side("equivalent", 0.5, True) == ""
+    adjusted = S.adjust_pvalues(pd.Series([0.01, None, 0.04], dtype=object), "bonferroni")
+    assert (
+        adjusted[0] == pytest.approx(0.02) and math.isnan(adjusted[1]) and adjusted[2] == pytest.approx(0.08)
+    )
+    assert S.nemenyi_cd(2, 10, 0.05) == pytest.approx(
+        sst.studentized_range.ppf(0.95, 2, np.inf) / math.sqrt(2) * math.sqrt(2 * 3 / 60)
+    )
+    assert math.isnan(S.nemenyi_cd(1, 10, 0.05)) and math.isnan(S.nemenyi_cd(3, 0, 0.05))
+
+
+def test_paired_t_power_is_symmetric_in_the_effect_and_matches_statsmodels():
+    from statsmodels.stats.power import TTestPower
+
+    for effect in (0.3, 1.2):
+        ref = TTestPower().power(effect_size=effect, nobs=10, alpha=0.05, alternative="two-sided")
+        assert float(S.paired_t_power(effect, 10, 0.05)) == pytest.approx(ref, rel=1e-6)
+        assert float(S.paired_t_power(-effect, 10, 0.05)) == pytest.approx(ref, rel=1e-6)
+
+
+def test_bayes_probabilities_with_constant_differences_at_the_margin():
+    """sd = 0: the posterior is a point mass; a - b = -margin is not within the margin, so a is worse."""
+    assert S.bayes_probs(5, -0.5, 0.0, 0.5, True) == {"p_a_worse": 1.0, "p_equiv": 0.0, "p_a_better": 0.0}
+    assert S.bayes_probs(5, 0.5, 0.0, 0.5, True) == {"p_a_worse": 0.0, "p_equiv": 0.0, "p_a_better": 1.0}
+    assert S.bayes_probs(5, 0.2, 0.0, 0.5, True) == {"p_a_worse": 0.0, "p_equiv": 1.0, "p_a_better": 0.0}
+    nan = S.bayes_probs(1, 0.2, 0.1, 0.5, True)
+    assert set(nan) == {"p_a_worse", "p_equiv", "p_a_better"} and all(math.isnan(v) for v in nan.values())
+
+
+def test_short_term_names():
+    assert S.short_term("C(weight_policy, Treatment('ste'))[T.exact]") == "weight_policy[exact]"
+    assert S.short_term('C(Q("signal-norm"))[T.l2norm]') == "signal-norm[l2norm]"
+    assert S.short_term("C(dataset)[T.B]:C(precision)[T.4]") == "dataset[B]:precision[4]"
