@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,11 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "study/runner.py": (["study/runner.py"], ["tests/test_runner.py", "tests/test_behaviours.py"]),
     "study/trial.py": (["study/trial.py"], ["tests/test_trial.py", "tests/test_behaviours.py"]),
 }
+# mutmut maps each test to the functions called while it runs, and runs only those tests per mutant. A
+# module- or session-scoped fixture runs inside the first test that uses it, so the later tests that read
+# its result would never be run against mutants of what the fixture calls (false survivors). In the
+# scratch copy every fixture is therefore function-scoped: slower, but each test runs what it reads.
+FIXTURE_SCOPE = re.compile(r"""scope=["'](?:module|session|package|class)["'],?\s*""")
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-q"]
 
@@ -78,6 +84,8 @@ def prepare(module: str, work: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for name in ("analog", "study", "tests"):
         shutil.copytree(ROOT / name, scratch / name, ignore=ignore)
+    for test_file in (scratch / "tests").glob("*.py"):  # see FIXTURE_SCOPE
+        test_file.write_text(FIXTURE_SCOPE.sub("", test_file.read_text()))
     config = (
         "\n\n[tool.mutmut]\n"
         'source_paths = ["analog", "study"]\n'
