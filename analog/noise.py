@@ -216,6 +216,8 @@ class UniformNoise(_Noise):
         precision: float | None = None,
     ):
         super().__init__()
+        if (low is None) != (high is None):
+            raise ValueError(f"UniformNoise: give low and high together, got low={low!r}, high={high!r}")
         bounds = None if low is None or high is None else (low, high)
         _exactly_two("UniformNoise", bounds=bounds, leakage=leakage, precision=precision)
         _check_leakage(leakage)

@@ -2,6 +2,7 @@
 
     python benchmarks/mutation.py                      # every module in MODULES, 2 workers
     python benchmarks/mutation.py analog study/stats.py --max-children 4
+    python benchmarks/mutation.py study/stats.py --sample 300   # a seeded random sample: an estimate
     python benchmarks/mutation.py --report-only        # re-print the scores of the last run
 
 Not part of CI (it takes tens of minutes to hours). For each module, a scratch copy of the repository
@@ -12,8 +13,10 @@ module and runs, per mutant, the tests of the module's fast selection that reach
 `mutants/` copy, so tests that start `python -m study` subprocesses run the mutated code too
 (mutmut's trampolines read the mutant to apply from the inherited environment).
 
-Score = killed / total, where killed includes timeouts and crashes (the tests noticed); `no tests`
-(no selected test reaches the function) and `survived` are not killed. Survivors are listed with
+Score = killed / tested, where killed includes timeouts and crashes (the tests noticed); `no tests`
+(no selected test reaches the function) and `survived` are not killed. With `--sample N` only a seeded
+random sample of the module's mutants is tested; the score is then an estimate, printed with its Wilson
+95% interval. Survivors are listed with
 `mutmut show NAME` run in the scratch copy (printed below the scores).
 """
 
@@ -21,7 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
@@ -42,10 +48,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_behaviours.py::test_gradient_mismatch_norm_ratio_and_cosine_against_hand_computed_gradients",
         ],
     ),
-    "study/stats.py": (["study/stats.py"], ["tests/test_stats.py", "tests/test_behaviours.py"]),
+    "study/stats.py": (
+        ["study/stats.py"],
+        ["tests/test_stats.py", "tests/test_stats_contracts.py", "tests/test_behaviours.py"],
+    ),
     "study/runner.py": (["study/runner.py"], ["tests/test_runner.py", "tests/test_behaviours.py"]),
     "study/trial.py": (["study/trial.py"], ["tests/test_trial.py", "tests/test_behaviours.py"]),
 }
+# mutmut maps each test to the functions called while it runs, and runs only those tests per mutant. A
+# module- or session-scoped fixture runs inside the first test that uses it, so the later tests that read
+# its result would never be run against mutants of what the fixture calls (false survivors). In the
+# scratch copy every fixture is therefore function-scoped: slower, but each test runs what it reads.
+FIXTURE_SCOPE = re.compile(r"""scope=["'](?:module|session|package|class)["'],?\s*""")
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
 PYTEST_ARGS = ["-p", "no:cacheprovider", "-m", "not slow", "-q"]
 
@@ -70,6 +84,8 @@ def prepare(module: str, work: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
     for name in ("analog", "study", "tests"):
         shutil.copytree(ROOT / name, scratch / name, ignore=ignore)
+    for test_file in (scratch / "tests").glob("*.py"):  # see FIXTURE_SCOPE
+        test_file.write_text(FIXTURE_SCOPE.sub("", test_file.read_text()))
     config = (
         "\n\n[tool.mutmut]\n"
         'source_paths = ["analog", "study"]\n'
@@ -83,7 +99,29 @@ def prepare(module: str, work: Path) -> Path:
     return scratch
 
 
-def run(module: str, work: Path, max_children: int) -> None:
+def sample_names(scratch: Path, env: dict[str, str], size: int, seed: int = 0) -> list[str]:
+    """A seeded random sample of `size` of the module's mutant names. A `mutmut run` filtered on a name
+    that matches nothing generates the mutants and traces the tests, then stops; the names are then
+    read from its meta files."""
+    with open(scratch / "mutmut-generate.log", "w") as log:
+        subprocess.run(
+            [shutil.which("mutmut") or "mutmut", "run", "no-mutant-has-this-name"],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+    names = sorted(
+        name
+        for meta in (scratch / "mutants").rglob("*.py.meta")
+        for name in json.loads(meta.read_text()).get("exit_code_by_key", {})
+    )
+    if not names:
+        raise SystemExit(f"mutmut generated no mutants in {scratch} (see mutmut-generate.log)")
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+
+
+def run(module: str, work: Path, max_children: int, sample: int | None = None) -> None:
     scratch = prepare(module, work)
     env = {
         **os.environ,
@@ -97,9 +135,14 @@ def run(module: str, work: Path, max_children: int) -> None:
     (scratch / "mutants").mkdir()
     mutmut = shutil.which("mutmut") or "mutmut"
     start = time.time()
+    names = sample_names(scratch, env, sample) if sample else []
     with open(scratch / "mutmut.log", "w") as log:
         subprocess.run(
-            [mutmut, "run", "--max-children", str(max_children)], cwd=scratch, env=env, stdout=log, stderr=log
+            [mutmut, "run", "--max-children", str(max_children), *names],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=log,
         )
     print(
         f"{module}: mutmut finished in {(time.time() - start) / 60:.1f} min (log: {scratch / 'mutmut.log'})"
@@ -122,16 +165,28 @@ def results(module: str, work: Path) -> tuple[Counter, list[str]]:
     return counts, alive
 
 
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson 95% interval of a proportion k/n (the score of a random sample of mutants)."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
 def report(modules: list[str], work: Path, show: bool) -> None:
-    print(f"\n{'module':<18} {'killed':>7} {'total':>6} {'score':>7}  other")
+    print(f"\n{'module':<18} {'killed':>7} {'tested':>7} {'score':>7}  {'95% CI':>13}  other")
     details = []
     for module in modules:
         counts, alive = results(module, work)
+        unchecked = counts.pop("not checked", 0)
         total = sum(counts.values())
         killed = sum(counts[s] for s in KILLED)
         other = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()) if s not in KILLED)
+        if unchecked:
+            other += f"{', ' if other else ''}not run (outside the sample) {unchecked}"
         score = f"{100 * killed / total:.1f}%" if total else "-"
-        print(f"{module:<18} {killed:>7} {total:>6} {score:>7}  {other}")
+        ci = "" if not total else "[{:.1f}, {:.1f}]%".format(*(100 * v for v in wilson(killed, total)))
+        print(f"{module:<18} {killed:>7} {total:>7} {score:>7}  {ci:>13}  {other}")
         details.append((module, alive))
     for module, alive in details:
         if not alive:
@@ -166,6 +221,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / ".mutation")
     parser.add_argument("--report-only", action="store_true", help="print the scores of the last run")
     parser.add_argument("--show", action="store_true", help="print each surviving mutant's diff")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="test only a seeded random sample of this many mutants per module (an estimate)",
+    )
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
@@ -174,7 +234,7 @@ def main() -> None:
     (args.work / ".gitignore").write_text("*\n")
     if not args.report_only:
         for module in args.modules:
-            run(module, args.work, args.max_children)
+            run(module, args.work, args.max_children, args.sample)
     report(args.modules, args.work, args.show)
     sys.stdout.flush()
 

@@ -346,3 +346,78 @@ def test_build_classifier_defaults_and_per_activation_init():
     w = analog.analog_layers(relu)[0].weight.detach()
     # He-uniform bound sqrt(6 / fan_in) = 0.173, above the Xavier bound sqrt(6 / 250) = 0.155 of the default
     assert float(w.abs().max()) > 0.99 * math.sqrt(6 / 200)
+
+
+def test_poisson_relations_invert_each_other_near_the_ends_of_their_ranges():
+    """The solvers' brackets reach scales below 1 and precisions below 2 (both valid: rate factor >= 1)."""
+    from analog.noise import poisson_max_leakage, poisson_precision, poisson_scale
+
+    scale = poisson_scale(0.9, 4)
+    assert scale < 1 and scale * 4 >= 1
+    assert poisson_max_leakage(scale, 4) == pytest.approx(0.9, rel=1e-9)
+    leakage = poisson_max_leakage(1.0, 1.5)
+    assert poisson_precision(1.0, leakage) == pytest.approx(1.5, rel=1e-9)
+
+
+def test_uniform_noise_bounds_come_in_pairs():
+    with pytest.raises(
+        ValueError, match=r"^UniformNoise: give low and high together, got low=-0.1, high=None$"
+    ):
+        analog.UniformNoise(low=-0.1, leakage=0.5, precision=16)
+    with pytest.raises(ValueError, match="give low and high together"):
+        analog.UniformNoise(high=0.1, leakage=0.5, precision=16)
+
+
+def test_reduce_precision_default_threshold_is_one_half():
+    x = torch.tensor([0.1, 0.13, 0.2, -0.13])  # x * 4 = 0.4, 0.52, 0.8, -0.52
+    expected = [0.0, 0.25, 0.25, -0.25]
+    assert analog.ReducePrecision(4).divide == 0.5
+    assert analog.ReducePrecision(4)(x).tolist() == expected
+    assert analog.precision.precision_fn("reduce", 4)(x).tolist() == expected
+    assert analog.reduce_precision(x, 4).tolist() == expected
+
+
+def test_layer_without_bias_and_at_full_precision():
+    layer = analog.AnalogLinear(3, 2, bias=False, config=analog.AnalogConfig(precision=None, noise="none"))
+    assert layer.bias is None and layer.transformed_parameters()[1] is None
+    x = torch.tensor([[0.3, -0.2, 0.1]])
+    w = layer.weight.detach().clamp(-1, 1)
+    assert torch.allclose(layer(x), (x @ w.T).clamp(-1, 1))  # no quantisation at full precision
+
+
+def test_layer_passes_its_rounding_threshold_to_the_precision_stage():
+    config = analog.AnalogConfig(precision=4, divide=0.3, noise="none")
+    layer = analog.AnalogLinear(6, 5, config=config)
+    w, b = layer.transformed_parameters()
+    assert torch.equal(w, analog.reduce_precision(layer.weight.detach().clamp(-1, 1), 4, 0.3))
+    assert torch.equal(b, analog.reduce_precision(layer.bias.detach().clamp(-1, 1), 4, 0.3))
+
+
+def test_layer_bias_initialisation_bound():
+    torch.manual_seed(0)
+    bias = analog.AnalogLinear(4, 3000).bias.detach()  # U(-1/2, 1/2)
+    assert 0.49 < float(bias.max()) <= 0.5 and -0.5 <= float(bias.min()) < -0.49
+    assert float(analog.AnalogLinear(1, 3000).bias.detach().abs().max()) > 0.99  # U(-1, 1)
+    assert torch.equal(analog.AnalogLinear(0, 3).bias.detach(), torch.zeros(3))  # as nn.Linear
+
+
+def test_saturation_is_recorded_per_site_and_nan_without_a_signal_normalization():
+    layer = analog.AnalogLinear(4, 3, config=analog.AnalogConfig(noise="none"))
+    layer.saturation = {}
+    layer(torch.randn(2, 4))
+    assert set(layer.saturation) == {"weight", "bias", "signal_in", "signal_out"}
+    model = analog.build_classifier(4, 3, (5,), "tanh", analog.AnalogConfig(signal_norm="none", noise="none"))
+    got = analog.gradient_mismatch(model, torch.randn(6, 4), torch.arange(6) % 3, ("ste", "ste"))
+    assert all(math.isnan(m.sat_signal_in) and math.isnan(m.sat_signal_out) for m in got)
+    assert all(0 <= m.sat_weight <= 1 for m in got)
+
+
+def test_set_noise_turns_noise_back_on():
+    model = analog.build_classifier(4, 3, (5,), "tanh", analog.AnalogConfig(leakage=0.9))
+    x = torch.rand(8, 4)
+    analog.set_noise(model, False)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+        analog.set_noise(model, True)
+        assert all(layer.noise_enabled is True for layer in analog.analog_layers(model))
+        assert not torch.equal(model(x), model(x))
