@@ -243,7 +243,9 @@ def test_omnibus_and_posthoc_by_hand(tables: Path):
         pairs = post[post["dataset"] == dataset]
         assert len(pairs) == 9 * 8 // 2
         for _, p in pairs.iterrows():
-            assert p["mean_rank_diff"] == pytest.approx(ranks[p["combo_a"]] - ranks[p["combo_b"]], rel=5e-4, abs=1e-9)
+            assert p["mean_rank_diff"] == pytest.approx(
+                ranks[p["combo_a"]] - ranks[p["combo_b"]], rel=5e-4, abs=1e-9
+            )
             assert p["significant"] == (p["p_nemenyi"] < 0.05)
 
 
