@@ -153,7 +153,8 @@ def _analogvnn_preset(weight_norm: str, signal_norm: str) -> tuple[str, str]:
     return "ste", ("exact" if signal_norm in _CLAMP_NORMS else "ste")
 
 
-PRESETS: dict[str, Callable[[str, str], tuple[str, str]]] = {"analogvnn": _analogvnn_preset}
+ANALOGVNN = "analogvnn"  # the preset of AnalogVNN 1.0.8's own choice
+PRESETS: dict[str, Callable[[str, str], tuple[str, str]]] = {ANALOGVNN: _analogvnn_preset}
 
 
 def resolve_preset(name: str, weight_norm: str, signal_norm: str) -> tuple[str, str]:
@@ -170,3 +171,15 @@ def resolve_preset(name: str, weight_norm: str, signal_norm: str) -> tuple[str, 
         f"policies: unknown preset {name!r}; allowed: {', '.join(PRESETS)} or '<weight>/<signal>' with "
         f"policies from {', '.join(available_policies())}"
     )
+
+
+# --- facts every stage shares ---------------------------------------------------------------------
+
+POLICY_ORDER = ("exact", "ste", "zero")  # the built-in policies in the order tables and figures list them
+OTHER_SITE = {"weight": "signal", "signal": "weight"}  # the two normalization sites, each naming the other
+
+
+def analogvnn_cell(weight_norm: str, signal_norm: str) -> dict[str, str]:
+    """The `analogvnn` preset's policies for these normalizations, as {"weight_policy", "signal_policy"}."""
+    weight, signal = resolve_preset(ANALOGVNN, weight_norm, signal_norm)
+    return {"weight_policy": weight, "signal_policy": signal}

@@ -52,9 +52,9 @@ def one(k: int, epochs: int, setting: str) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from study.bundle import run_bundle
-    from study.data import load_split
-    from study.trial import run_trial
+    from study.training.bundle import run_bundle
+    from study.training.data import load_split
+    from study.training.trial import run_trial
 
     base = SETTINGS[setting]
     load_split(base["dataset"])  # data loading is not what is measured

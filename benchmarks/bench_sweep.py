@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from study.runner import run_study
-from study.spec import parse_spec
+from study.sweep.runner import run_study
+from study.sweep.spec import parse_spec
 
 GRID = {
     "name": "benchsweep",

@@ -42,7 +42,7 @@ SPEC = {
 # the runner, with each trial start logged as "<pid> <run_id>" (pool workers import this as __mp_main__)
 WRAPPER = """\
 import os, sys
-import study.trial as T
+import study.training.trial as T
 _real = T.run_trial
 def run_trial(config, out_dir=None):
     with open(os.environ["NG_TRIAL_LOG"], "a") as fh:
@@ -157,7 +157,7 @@ def kills(work: Path, n: int, rng: random.Random) -> dict[str, float]:
     now = fingerprints(sdir)
     rewritten |= {rid for rid, fp in seen.items() if now.get(rid) != fp}
     starts = Counter(rid for _, rid in (ln.split() for ln in log.read_text().splitlines() if ln.strip()))
-    from study.runner import InvalidRecord, load_record
+    from study.sweep.runner import InvalidRecord, load_record
 
     valid = 0
     for rid in now:
@@ -230,7 +230,7 @@ def bad_specs(work: Path) -> list[tuple[str, int, bool, int, str]]:
 
 
 def corrupt_records(work: Path) -> dict[str, int]:
-    from study.runner import RECORD, InvalidRecord, load_record
+    from study.sweep.runner import RECORD, InvalidRecord, load_record
 
     sdir = work / "out" / "faults"
     rids = sorted(p.parent.name for p in sdir.glob(f"trials/*/{RECORD}"))

@@ -5,7 +5,7 @@
 Setting (AnalogVNN's sample code): 784-256-128-10 with GeLU after every layer, Clamp, ReducePrecision
 with 2**4 levels, Gaussian noise of leakage 0.5 on signals and weights, Adam (lr 1e-3), batch 128, on
 the `mnist5k` split (3,500 train / 1,000 test images). (a) AnalogVNN 1.0.8 trained with its own
-`train_on` / `test_on`; (b) ours, `study.trial.run_trial` with the `analogvnn` policies (weights ste,
+`train_on` / `test_on`; (b) ours, `study.training.trial.run_trial` with the `analogvnn` policies (weights ste,
 signals exact). Prints mean ± sd of the final test accuracy of both, the difference (b − a) with a
 95% Welch CI, and the time per trial. Known semantic difference: AnalogVNN 1.0.8's GeLU backward is
 wrong (see tests/test_parity_analogvnn.py); ours uses the true derivative.
@@ -46,7 +46,7 @@ def fix_analogvnn_gelu() -> None:
 def analogvnn_trial(seed: int, epochs: int) -> float:
     import bench_step
 
-    from study.data import load_split
+    from study.training.data import load_split
 
     data = load_split("mnist5k")
     torch.manual_seed(seed)
@@ -66,7 +66,7 @@ def analogvnn_trial(seed: int, epochs: int) -> float:
 
 
 def ours_trial(seed: int, epochs: int) -> float:
-    from study.trial import run_trial
+    from study.training.trial import run_trial
 
     rec = run_trial({"dataset": "mnist5k", "epochs": epochs, "seed": seed, "diagnostics": False})
     return rec["test_acc"]

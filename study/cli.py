@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from study.config import ConfigError, TrialConfig
+from study.training.config import ConfigError, TrialConfig
 from study.tables import read_yaml
 
 TRAIN_HELP = {
@@ -75,7 +75,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from study.trial import run_trial
+    from study.training.trial import run_trial
 
     data: dict[str, Any] = {}
     if args.config:
@@ -99,7 +99,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from study.runner import DEFAULT_BUNDLE
+    from study.sweep.runner import DEFAULT_BUNDLE
 
     p = sub.add_parser("run", help="run (or resume) every trial of a study spec")
     p.add_argument("spec", help="spec file, or the name of one in study/specs/ (e.g. smoke)")
@@ -143,7 +143,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _check_run_args(args: argparse.Namespace) -> Any:
     """Refuse options that are wrong or would be ignored (ValueError naming the option and what is
     allowed); returns the Dask `Security` for a TLS scheduler, or None."""
-    from study.runner import check_scheduler_address
+    from study.sweep.runner import check_scheduler_address
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
@@ -193,8 +193,8 @@ def _check_run_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from study.runner import dry_run, run_study
-    from study.spec import load_spec
+    from study.sweep.runner import dry_run, run_study
+    from study.sweep.spec import load_spec
 
     security = _check_run_args(args)  # bad options are refused before the spec is even read
     spec = load_spec(args.spec)  # an oversized grid is refused before anything builds it
@@ -216,8 +216,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     left = counts["failed"] + counts["todo"]
     if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study
-        from study.runner import held_elsewhere, study_dir, unfinished_message
-        from study.spec import expand
+        from study.sweep.runner import held_elsewhere, study_dir, unfinished_message
+        from study.sweep.spec import expand
 
         trials = expand(spec)
         held = held_elsewhere(study_dir(args.out, spec), trials) if counts["todo"] else 0
@@ -227,7 +227,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from study.collect import collect
+    from study.sweep.collect import collect
 
     collect(args.dir)
     return 0
@@ -249,28 +249,28 @@ def _cmd_figures(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from study.verify import verify
+    from study.sweep.verify import verify
 
     result = verify(args.dir, args.sample, args.seed)
     return 0 if not result["mismatches"] else 1
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from study.publish import write_report
+    from study.analysis.publish import write_report
 
     write_report(args.dir)
     return 0
 
 
 def _cmd_paper(args: argparse.Namespace) -> int:
-    from study.publish import build_paper_inputs
+    from study.analysis.publish import build_paper_inputs
 
     build_paper_inputs(args.dirs)
     return 0
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from study.publish import summary
+    from study.analysis.publish import summary
 
     summary(args.dirs)
     return 0
@@ -278,7 +278,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from study.figures import make_figures
-    from study.publish import build_paper_inputs, readme_answer, summary, write_report
+    from study.analysis.publish import build_paper_inputs, readme_answer, summary, write_report
     from study.stats import compute_stats
 
     for sdir in args.dirs:
@@ -293,7 +293,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_readme(args: argparse.Namespace) -> int:
-    from study.publish import readme_answer
+    from study.analysis.publish import readme_answer
 
     readme_answer(args.dirs)
     return 0
@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "readme": _cmd_readme,
         "analyze": _cmd_analyze,
     }[args.command]
-    from study.runner import HypothesesChanged
+    from study.sweep.runner import HypothesesChanged
     from study.tables import require_study_dir
 
     try:
@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file or folder the command must write or read: say which, no traceback
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # study.runner.Interrupted carries the counts of an interrupted run
+    except KeyboardInterrupt as err:  # study.sweep.runner.Interrupted carries the counts of an interrupted run
         command = "python -m study " + shlex.join(sys.argv[1:] if argv is None else argv)
         finished = getattr(err, "finished", None)
         if finished is None:

@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from analog.policies import OTHER_SITE
+
 SIG_DIGITS = 4
 ZERO_TOL = 1e-9
 FLOAT_FORMAT = f"%.{SIG_DIGITS}g"
@@ -51,6 +53,55 @@ STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
 PRESET_COLUMN = "policies"
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
+PRESET_FLAG = "analogvnn"  # column of stats tables marking the `analogvnn` preset cell of a condition
+
+_TRUE_TEXTS = ("true", "yes", "1", "1.0")
+_FALSE_TEXTS = ("false", "no", "0", "0.0")
+
+
+def parse_bool(value: Any, numeric: bool = True) -> bool | None:
+    """True or False for the spellings of a boolean in tables and on the command line, else None.
+
+    `true`/`yes` and `false`/`no` in any case, surrounding space ignored; with `numeric` also
+    `1`/`1.0` and `0`/`0.0` (how a boolean column reads back from CSV; a command-line `1` is a number).
+    """
+    text = str(value).strip().lower()
+    for texts, result in ((_TRUE_TEXTS, True), (_FALSE_TEXTS, False)):
+        if text in (texts if numeric else texts[:2]):
+            return result
+    return None
+
+
+def truthy(frame: pd.DataFrame, column: str) -> pd.Series:
+    """Boolean column `column` of a table read back from CSV (False where absent or not a true spelling)."""
+    if column not in frame:
+        return pd.Series(False, index=frame.index)
+    return frame[column].map(lambda v: parse_bool(v) is True).astype(bool)
+
+
+def is_percent(metric: str) -> bool:
+    """Whether a metric is an accuracy in percent (its differences are percentage points)."""
+    return metric.endswith("_acc") or "_acc_" in metric
+
+
+def diff_unit(metric: str) -> str:
+    """Unit suffix of a paired difference of `metric`: " pp" for accuracies, "" otherwise."""
+    return " pp" if is_percent(metric) else ""
+
+
+def diff_unit_name(metric: str, other: str = "units") -> str:
+    """Unit of a paired difference in words: `percentage points` for accuracies, else `other`."""
+    return "percentage points" if is_percent(metric) else other
+
+
+def other_site_informative(rows: pd.DataFrame, site: str) -> pd.DataFrame:
+    """Rows of `site` without those whose other site's policy is `zero`.
+
+    With `zero` at either site no gradient reaches any parameter (the network stays at its
+    initialisation), so such rows compare two untrained networks and say nothing about `site`.
+    """
+    other = SITE_COLUMN[OTHER_SITE[site]]
+    return rows[rows[other].astype(str) != "zero"] if other in rows else rows
 
 
 def require_study_dir(path: str | Path, needs: tuple[str, ...] = ("spec.yaml",)) -> Path:

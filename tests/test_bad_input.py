@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from study.publish import build_paper_inputs
+from study.analysis.publish import build_paper_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,8 +92,8 @@ def _spec(**over) -> dict:
 
 
 def _errors(spec: dict) -> str:
-    from study.config import ConfigError
-    from study.spec import parse_spec
+    from study.training.config import ConfigError
+    from study.sweep.spec import parse_spec
 
     with pytest.raises(ConfigError) as err:
         parse_spec(spec)
@@ -122,7 +122,7 @@ def test_exclude_rules_with_unknown_values_are_errors() -> None:
 
 
 def test_an_include_cell_the_exclude_dropped_is_accepted() -> None:
-    from study.spec import expand, parse_spec
+    from study.sweep.spec import expand, parse_spec
 
     spec = parse_spec(_spec(exclude=[{"precision": 4}], include=[{"precision": 4, "weight_policy": "ste"}]))
     assert len(expand(spec)) == 3 * 2
@@ -169,7 +169,7 @@ def test_negative_seeds_and_repeated_factor_spellings_are_reported_together() ->
 
 
 def test_preset_names_of_one_policy_pair_are_one_trial_not_an_error() -> None:
-    from study.spec import expand, parse_spec
+    from study.sweep.spec import expand, parse_spec
 
     spec = parse_spec(_spec(factors={"policies": ["analogvnn", "ste/exact", "exact/exact"]}))
     assert len({t.run_id for t in expand(spec)}) == 2 * 2
@@ -201,8 +201,8 @@ def test_statistics_refuse_to_pair_trials_whose_configurations_differ(tmp_path: 
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     """A finished 2-trial study (tiny trials, sequential, one worker)."""
-    from study.runner import run_study
-    from study.spec import parse_spec
+    from study.sweep.runner import run_study
+    from study.sweep.spec import parse_spec
 
     spec = _spec(factors={"weight_policy": ["exact", "ste"]}, seeds=1)
     out = tmp_path_factory.mktemp("ran")
@@ -219,7 +219,7 @@ def _copy(ran: tuple[Path, dict], dest: Path) -> Path:
 def test_collect_refuses_records_run_under_a_hand_edited_spec(ran, tmp_path: Path) -> None:
     import yaml
 
-    from study.collect import collect
+    from study.sweep.collect import collect
 
     sdir = _copy(ran, tmp_path)
     spec = yaml.safe_load((sdir / "spec.yaml").read_text())
@@ -235,9 +235,9 @@ def test_a_spec_changed_through_the_runner_is_logged_and_its_records_accepted(ra
 
     import pandas as pd
 
-    from study.collect import collect
-    from study.runner import run_study
-    from study.spec import parse_spec
+    from study.sweep.collect import collect
+    from study.sweep.runner import run_study
+    from study.sweep.spec import parse_spec
 
     sdir = _copy(ran, tmp_path)
     old_hash = parse_spec(ran[1]).hash()
@@ -253,7 +253,7 @@ def test_a_spec_changed_through_the_runner_is_logged_and_its_records_accepted(ra
 def test_stats_refuse_a_table_with_trials_of_an_unknown_spec(ran, tmp_path: Path) -> None:
     import pandas as pd
 
-    from study.collect import collect
+    from study.sweep.collect import collect
     from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)
@@ -266,9 +266,9 @@ def test_stats_refuse_a_table_with_trials_of_an_unknown_spec(ran, tmp_path: Path
 
 def test_a_hypotheses_change_needs_a_reason_that_the_report_shows(ran, tmp_path: Path) -> None:
     from study.cli import main
-    from study.collect import collect
-    from study.runner import HypothesesChanged, run_study
-    from study.spec import parse_spec
+    from study.sweep.collect import collect
+    from study.sweep.runner import HypothesesChanged, run_study
+    from study.sweep.spec import parse_spec
     from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)
@@ -305,7 +305,7 @@ def test_an_unreadable_or_damaged_input_names_the_file(
     ran, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from study.cli import main
-    from study.collect import collect
+    from study.sweep.collect import collect
 
     sdir = _copy(ran, tmp_path)
     collect(sdir)
@@ -335,7 +335,7 @@ def test_a_folder_where_a_file_is_expected_is_one_line(
 def test_stats_refuse_a_table_that_does_not_cover_the_spec(ran, tmp_path: Path) -> None:
     import pandas as pd
 
-    from study.collect import collect
+    from study.sweep.collect import collect
     from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)

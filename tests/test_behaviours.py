@@ -20,16 +20,16 @@ import yaml
 from conftest import TINY
 
 import analog
-import study.bundle as bundle_mod
-import study.trial as trial_mod
+import study.training.bundle as bundle_mod
+import study.training.trial as trial_mod
 from study import stats as S
-from study.bundle import BundleClassifier, run_bundle
-from study.config import TrialConfig
-from study.data import load_split
-from study.module import AnalogClassifier
-from study.runner import write_run_summary
-from study.spec import stored_spec_hash
-from study.trial import run_trial, summarize
+from study.training.bundle import BundleClassifier, run_bundle
+from study.training.config import TrialConfig
+from study.training.data import load_split
+from study.training.module import AnalogClassifier
+from study.sweep.runner import write_run_summary
+from study.sweep.spec import stored_spec_hash
+from study.training.trial import run_trial, summarize
 
 # ------------------------------------------------------------------------------ record: best epoch
 

@@ -1,4 +1,4 @@
-"""Tests for study.data: split sizes, stratification, determinism, batch order, IDX loading."""
+"""Tests for study.training.data: split sizes, stratification, determinism, batch order, IDX loading."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from study import data as D
+from study.training import data as D
 
 SIZES = {  # name -> (kwargs, train, val, test, features)
     "mnist5k": ({}, 3500, 500, 1000, 784),

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from study.bundle import run_bundle
-from study.trial import run_trial
+from study.training.bundle import run_bundle
+from study.training.trial import run_trial
 
 # a digital network at lr 1e30: the first Adam step sends every weight to ±1e30 and the loss to inf
 DIVERGES = {"dataset": "digits", "hidden": [16], "epochs": 3, "batch_size": 64, "diagnostics": False}
@@ -39,7 +39,7 @@ def test_a_finite_run_records_no_divergence() -> None:
 def test_a_member_that_diverges_leaves_the_bundle_and_the_others_are_untouched(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from study import bundle
+    from study.training import bundle
 
     config = {**DIVERGES, "digital": False, "lr": 1e-3, "epochs": 2}
     clean = run_bundle([{**config, "seed": s} for s in (0, 1)])

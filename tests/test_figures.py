@@ -19,7 +19,7 @@ import yaml
 from study import figures
 from study import style as st
 from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figures, mean_ci
-from study.spec import stored_spec_hash
+from study.sweep.spec import stored_spec_hash
 from study.stats import compute_stats
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}

@@ -23,7 +23,7 @@ def test_readme_extension_example_runs() -> None:
 
 def test_readme_registered_names_reach_trial_config() -> None:
     code = _example() + (
-        "\nfrom study.config import TrialConfig\n"
+        "\nfrom study.training.config import TrialConfig\n"
         "c = TrialConfig.parse({'weight_norm': 'tanh', 'weight_policy': 'half', 'signal_policy': 'half'})\n"
         "print('CFG', c.weight_norm, c.weight_policy)\n"
     )

@@ -21,13 +21,13 @@ import pytest
 import yaml
 from conftest import TINY, study_env, write_spec
 
-import study.bundle as bundle_mod
-import study.runner as R
-import study.trial as trial_mod
+import study.training.bundle as bundle_mod
+import study.sweep.runner as R
+import study.training.trial as trial_mod
 from study.cli import main
-from study.collect import collect
-from study.spec import expand, load_spec
-from study.verify import verify
+from study.sweep.collect import collect
+from study.sweep.spec import expand, load_spec
+from study.sweep.verify import verify
 
 DOCUMENTED_RUNS_COLUMNS = [
     "study",
@@ -57,7 +57,7 @@ DOCUMENTED_RUNS_COLUMNS = [
 # `python -m study` with run_trial wrapped so that each call appends "<pid> <run_id>" to $NG_TRIAL_LOG
 WRAPPER = """\
 import os, sys
-import study.trial as T
+import study.training.trial as T
 _run_trial = T.run_trial
 def run_trial(config, out_dir=None):
     with open(os.environ["NG_TRIAL_LOG"], "a") as fh:

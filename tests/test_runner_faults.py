@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from conftest import TINY, write_spec
 
-import study.runner as R
-import study.trial as trial_mod
+import study.sweep.runner as R
+import study.training.trial as trial_mod
 from study.cli import main
-from study.collect import collect
-from study.spec import expand, load_spec
+from study.sweep.collect import collect
+from study.sweep.spec import expand, load_spec
 
 
 def _spec(name: str, seeds: int, factors: dict[str, list], **base: Any) -> dict[str, Any]:
@@ -287,7 +287,7 @@ def test_count_cells_equals_the_built_grid():
     empty rules) and include cells (in the grid, excluded, partial, repeated)."""
     import random
 
-    from study.spec import StudySpec, cells, count_cells
+    from study.sweep.spec import StudySpec, cells, count_cells
 
     rng = random.Random(0)
 
@@ -320,7 +320,7 @@ def test_oversized_grid_is_refused_without_building_it(tmp_path, monkeypatch, ca
     build the grid (cells() is made to fail on anything large)."""
     import math
 
-    import study.spec as spec_mod
+    import study.sweep.spec as spec_mod
 
     real_cells = spec_mod.cells
 
@@ -491,7 +491,7 @@ def test_scheduler_addresses_that_are_accepted(tls_files):
 # $NG_TRIAL_SECONDS; NG_REAL_TRIALS=1 keeps the real training
 STUB_WRAPPER = """\
 import os, sys, time
-import study.trial as T
+import study.training.trial as T
 _real = T.run_trial
 def run_trial(config, out_dir=None):
     with open(os.environ["NG_TRIAL_LOG"], "a") as fh:

@@ -19,7 +19,7 @@ from scipy import stats as sst
 
 from study import stats as S
 from study.report import latex_escape, macro_prefix
-from study.spec import stored_spec_hash
+from study.sweep.spec import stored_spec_hash
 
 POLICIES = ("exact", "ste", "zero")
 SEEDS = list(range(8))

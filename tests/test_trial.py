@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from conftest import study_env
 from torch import nn
 
-from study.bundle import member_model
+from study.training.bundle import member_model
 from study.cli import main
-from study.config import ConfigError, TrialConfig
-from study.data import AnalogDataModule, load_split
-from study.module import AnalogClassifier
-from study.trial import make_trainer, quiet_lightning, run_trial, seed_all
+from study.training.config import ConfigError, TrialConfig
+from study.training.data import AnalogDataModule, load_split
+from study.training.module import AnalogClassifier
+from study.training.trial import make_trainer, quiet_lightning, run_trial, seed_all
 
 RECORD_KEYS = {
     "run_id",
@@ -241,7 +241,7 @@ def test_ste_policies_train_every_layer(tiny):
 
 
 def test_nan_loss_ends_trial_as_diverged(tiny, monkeypatch):
-    import study.trial as trial_mod
+    import study.training.trial as trial_mod
 
     class NaNAfterTwoSteps(AnalogClassifier):
         def forward(self, x):
@@ -258,7 +258,7 @@ def test_nan_loss_ends_trial_as_diverged(tiny, monkeypatch):
 
 
 def test_inf_loss_is_divergence_too(tiny, monkeypatch):
-    import study.trial as trial_mod
+    import study.training.trial as trial_mod
 
     class InfFromStart(AnalogClassifier):
         def forward(self, x):

@@ -14,8 +14,8 @@ import yaml
 from scipy import stats as sst
 
 from study import stats as S
-from study.publish import summary
-from study.spec import stored_spec_hash
+from study.analysis.publish import summary
+from study.sweep.spec import stored_spec_hash
 
 N_SEEDS = 30
 # `epochs` is only a label here: one planted case per value (the statistics never look at its meaning)

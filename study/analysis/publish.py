@@ -11,9 +11,30 @@ from pathlib import Path
 
 import pandas as pd
 
-from study.tables import REDO_STATS, load_spec_dict, read_csv, require_study_dir, write_text_atomic
+from study.analysis.report.common import (
+    count_text,
+    distinct,
+    families,
+    informative_rows,
+    read_stats_csv,
+    verdict_counts,
+)
+from study.analysis.report.latex import write_latex
+from study.analysis.report.markdown import write_report as write_stats_report
+from study.analysis.stats import compute_stats
+from study.tables import diff_unit, load_spec_dict, require_study_dir, write_text_atomic
 
-PAPER_GENERATED = Path(__file__).resolve().parent.parent / "paper" / "generated"
+ROOT = Path(__file__).resolve().parents[2]  # the repository
+PAPER_GENERATED = ROOT / "paper" / "generated"
+
+
+def stats_stage(sdir: str | Path) -> Path:
+    """`python -m study stats DIR`: the statistics tables, then the statistics report and LaTeX read from
+    them (`stats/report.md`, `stats/latex/`); returns `DIR/stats`."""
+    out = compute_stats(Path(sdir))
+    write_latex(Path(sdir))
+    write_stats_report(Path(sdir))
+    return out
 
 
 def write_report(sdir: str | Path) -> Path:
@@ -74,23 +95,13 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
     return out
 
 
-def _distinct(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows not repeating an earlier row's paired data (`same_data_as` empty): each finding once."""
-    if "same_data_as" not in frame:
-        return frame
-    return frame[frame["same_data_as"].fillna("").astype(str) == ""]
+def _merged(rows: pd.DataFrame) -> str:
+    n = len(rows) - len(distinct(rows))
+    return f"; {len(rows)} rows, {n} repeating another row's paired runs, counted once" if n else ""
 
 
 def _counts(frame: pd.DataFrame) -> str:
-    from study.stats import VERDICTS
-
-    counts = frame["verdict"].value_counts()
-    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
-
-
-def _merged(rows: pd.DataFrame) -> str:
-    n = len(rows) - len(_distinct(rows))
-    return f"; {len(rows)} rows, {n} repeating another row's paired runs, counted once" if n else ""
+    return count_text(verdict_counts(frame))
 
 
 def summary(study_dirs: list[str | Path]) -> str:
@@ -101,10 +112,10 @@ def summary(study_dirs: list[str | Path]) -> str:
         if not comp_path.exists():
             lines.append(f"{sdir.name}: no statistics yet ({comp_path} missing)")
             continue
-        comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
+        comp = read_stats_csv(sdir, "comparisons.csv", load_spec_dict(sdir))
         lines.append(f"{sdir.name} ({sdir}):")
         for (label, role), g in comp.groupby(["comparison", "role"], sort=False):
-            own = _distinct(g)
+            own = distinct(g)
             tested = own[own["verdict"] != "identical"]
             big = (
                 tested.loc[tested["mean_diff"].abs().idxmax()] if tested["mean_diff"].notna().any() else None
@@ -113,7 +124,7 @@ def summary(study_dirs: list[str | Path]) -> str:
                 ""
                 if big is None
                 else (
-                    f"; largest |a-b| = {big['mean_diff']:+.2f} pp "
+                    f"; largest |a-b| = {big['mean_diff']:+.2f}{diff_unit(big['metric'])} "
                     f"[{big['ci_low']:+.2f}, {big['ci_high']:+.2f}]"
                 )
             )
@@ -127,19 +138,16 @@ def summary(study_dirs: list[str | Path]) -> str:
     return text
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 BEGIN, END = "<!-- ANSWER:BEGIN (written by `python -m study readme`) -->", "<!-- ANSWER:END -->"
 
 
 def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
-    from study.report import families
-
     rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
-    other = "signal_policy" if site == "weight" else "weight_policy"
-    informative = rows[rows[other].astype(str) != "zero"] if other in rows else rows
+    informative = informative_rows(comp, site)
     if informative.empty:
         return f"- **{study}, {site} site:** no primary comparison."
-    own = _distinct(informative)
+    own = distinct(informative)
     label = rows["comparison"].iloc[0]
     n = own["n_pairs"]
     pairs = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
@@ -158,7 +166,8 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
     keys = cols[cols.index("policy_b") + 1 : cols.index("metric")]  # condition columns, both policies
     cond = ", ".join(f"{c}={big[c]}" for c in keys if str(big[c]) not in ("", "nan")) or "all"
     return text + (
-        f"; largest effect {big['mean_diff']:+.2f} pp [95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] "
+        f"; largest effect {big['mean_diff']:+.2f}{diff_unit(big['metric'])} "
+        f"[95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] "
         f"({cond}, {big['verdict']})."
     )
 
@@ -166,16 +175,17 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
 def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
     """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
     lines = [BEGIN, ""]
-    figure, margin = None, None
+    figure, margin, unit = None, None, " pp"
     for sdir in (require_study_dir(d) for d in study_dirs):
         comp_path = sdir / "stats" / "comparisons.csv"
         if not comp_path.exists():
             continue
-        comp = read_csv(comp_path, REDO_STATS, keep_default_na=False, na_values=[""])
         spec = load_spec_dict(sdir)
+        comp = read_stats_csv(sdir, "comparisons.csv", spec)
         for site in ("weight", "signal"):
             lines.append(_site_line(comp, sdir.name, site, spec))
-        margin = margin if margin is not None or comp.empty else comp["margin"].iloc[0]
+        if margin is None and not comp.empty:
+            margin, unit = comp["margin"].iloc[0], diff_unit(comp["metric"].iloc[0])
         png = (sdir / "figures" / "paired_differences_signal.png").resolve()
         if figure is None and png.exists() and png.is_relative_to(readme.resolve().parent):
             figure = png
@@ -186,7 +196,7 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         "runs) is counted once. Rows whose other site is `zero` are left out: under `zero` no gradient "
         "reaches any parameter, so those rows compare two untrained networks. Verdicts: `identical` = "
         "every pair of runs equal in every recorded metric (no test); otherwise a paired t-test and TOST "
-        f"within ±{margin:g} pp, both Holm-adjusted: `different` (difference, CI reaching beyond the "
+        f"within ±{margin:g}{unit}, both Holm-adjusted: `different` (difference, CI reaching beyond the "
         "margin), `trivial` (difference, CI within the margin), `equivalent` (TOST), else "
         "`inconclusive`. Full tables, the Bayesian view and what the inconclusive rows would need in each "
         "study's `report.md`.",

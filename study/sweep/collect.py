@@ -8,8 +8,8 @@ from typing import Any
 
 import pandas as pd
 
-from study.runner import FAILED, RECORD, InvalidRecord, load_record, trial_dir
-from study.spec import expand, parse_spec
+from study.sweep.runner import FAILED, RECORD, InvalidRecord, load_record, trial_dir
+from study.sweep.spec import expand, parse_spec
 from study.tables import METRICS, RESTORE_SPEC, check_spec_hashes, read_yaml, write_table
 
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from study.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
+from study.sweep.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
 from study.tables import HYPOTHESES_LOG, METRICS, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
@@ -53,7 +53,7 @@ def trial_dir(sdir: Path, run_id: str) -> Path:
     return sdir / "trials" / run_id
 
 
-# what every record holds (study.trial.summarize writes the first group, the runner adds the second)
+# what every record holds (study.training.trial.summarize writes the first group, the runner adds the second)
 RECORD_KEYS = (
     "run_id",
     "config",
@@ -309,9 +309,9 @@ def execute_unit(
     """
     import torch
 
-    from study.bundle import run_bundle
-    from study.config import TrialConfig
-    from study.trial import run_trial
+    from study.training.bundle import run_bundle
+    from study.training.config import TrialConfig
+    from study.training.trial import run_trial
 
     global _IN_UNIT
     if _STOPPING:  # a pool worker told to stop must not start the next queued unit
@@ -521,7 +521,7 @@ def prepare(spec: StudySpec, out: str | Path, hypotheses_change_reason: str | No
     sdir = study_dir(out, spec)
     stored = sdir / "spec.yaml"
     if stored.exists():
-        from study.spec import parse_spec
+        from study.sweep.spec import parse_spec
 
         old = parse_spec(read_yaml(stored, RESTORE_SPEC))
         trials_exist = any((sdir / "trials").glob(f"*/{RECORD}"))

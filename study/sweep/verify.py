@@ -8,9 +8,9 @@ import random
 from pathlib import Path
 from typing import Any
 
-from study.runner import RECORD, load_record, trial_dir, write_json_atomic
-from study.runner import status as trial_status
-from study.spec import expand, parse_spec
+from study.sweep.runner import RECORD, load_record, trial_dir, write_json_atomic
+from study.sweep.runner import status as trial_status
+from study.sweep.spec import expand, parse_spec
 from study.tables import METRICS, RESTORE_SPEC, read_yaml
 
 COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv reports
@@ -18,9 +18,9 @@ COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv re
 
 def retrain(record: dict[str, Any]) -> dict[str, Any]:
     """Train the trial of `record` again the way it was trained (alone, or in its original seed bundle)."""
-    from study.bundle import run_bundle
-    from study.config import TrialConfig
-    from study.trial import run_trial
+    from study.training.bundle import run_bundle
+    from study.training.config import TrialConfig
+    from study.training.trial import run_trial
 
     config = TrialConfig.parse(record["config"])
     seeds = record.get("bundle_seeds")

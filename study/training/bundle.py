@@ -4,7 +4,7 @@ Each member starts from the weights its seed gives in the sequential path (bit-i
 the same data order its seed gives sequentially, draws its own noise (``vmap(randomness="different")``)
 and has its own Adam state (Adam over stacked parameters is element-wise; the loss is the sum of the
 members' losses, so each member's gradient is its own). Divergence follows the sequential rule
-(`study.module.AnalogClassifier`): a member whose loss is non-finite (that step is skipped for it) or
+(`study.training.module.AnalogClassifier`): a member whose loss is non-finite (that step is skipped for it) or
 whose parameters are non-finite after a step is frozen as it stands, evaluated at the end of that
 epoch, and leaves the bundle; the others go on.
 """
@@ -24,10 +24,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from analog import gradient_mismatch, set_noise
-from study.config import TrialConfig
-from study.data import load_split, train_batches
-from study.module import build_network
-from study.trial import make_trainer, quiet_lightning, summarize
+from study.training.config import TrialConfig
+from study.training.data import load_split, train_batches
+from study.training.module import build_network
+from study.training.trial import make_trainer, quiet_lightning, summarize
 
 STAGES = ("train", "val", "test")
 
@@ -214,7 +214,7 @@ class BundleClassifier(L.LightningModule):
 def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, Any]]:
     """Train the trials `configs` (identical but for the seed) together; one record per member.
 
-    Each record has the same format as :func:`study.trial.run_trial`'s; `wall_time_s` is the bundle's
+    Each record has the same format as :func:`study.training.trial.run_trial`'s; `wall_time_s` is the bundle's
     wall time divided by K, and `bundle_size` / `bundle_wall_time_s` say how it was trained.
     """
     configs = [c if isinstance(c, TrialConfig) else TrialConfig.parse(c) for c in configs]
@@ -225,7 +225,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     data = load_split(c0.dataset, c0.split_seed, c0.data_dir, c0.n_samples)
     probe = (data.train_x[: c0.probe_size], data.train_y[: c0.probe_size])
     module = BundleClassifier(configs, data.n_features, data.n_classes, probe)
-    from study.data import AnalogDataModule
+    from study.training.data import AnalogDataModule
 
     dm = AnalogDataModule(c0.dataset, c0.batch_size, c0.seed, c0.split_seed, c0.data_dir, c0.n_samples)
     dm.setup("fit")

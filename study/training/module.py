@@ -12,7 +12,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from analog import build_classifier, gradient_mismatch, set_noise
-from study.config import TrialConfig
+from study.training.config import TrialConfig
 
 STAGES = ("train", "val", "test")
 

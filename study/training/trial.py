@@ -18,9 +18,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from study.config import TrialConfig
-from study.data import AnalogDataModule
-from study.module import AnalogClassifier
+from study.training.config import TrialConfig
+from study.training.data import AnalogDataModule
+from study.training.module import AnalogClassifier
 
 RECORD_FILE = "record.json"
 CONFIG_FILE = "config.json"

@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from study import style as st
-from study.hypotheses import SITES, Hypotheses
+from study.sweep.hypotheses import SITES, Hypotheses
 from study.tables import (
     POLICY_COLUMNS,
     REDO_COLLECT,

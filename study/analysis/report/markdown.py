@@ -1,197 +1,70 @@
-"""Report and LaTeX outputs of the statistics stage.
+"""The statistics report, `DIR/stats/report.md`, written from files only.
 
-Reads only `DIR/stats/*` plus `DIR/runs.csv` and `DIR/spec.yaml` (and, when present,
-`DIR/verify.json` and `DIR/run_summary.json`); writes `DIR/stats/report.md` and `DIR/stats/latex/`.
+Reads `DIR/stats/*` (tables the statistics stage wrote, `skipped.csv` included), `DIR/runs.csv` and
+`DIR/spec.yaml` (and, when present, `DIR/verify.json`, `DIR/run_summary.json` and the hypotheses log);
+it never re-pairs or re-tests trials.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import yaml
 
-from study.hypotheses import Hypotheses
-from study.stats import (
-    OTHER_SITE,
+from analog.policies import OTHER_SITE
+from study.analysis.report.common import (
+    MAX_LISTED,
+    _cell_seeds,
+    _read_json,
+    condition_label,
+    count_text,
+    distinct,
+    families,
+    fmt,
+    fmt_ci,
+    fmt_p,
+    informative_rows,
+    largest_effects,
+    md_table,
+    merged_text,
+    plural,
+    read_stats_csv,
+    row_columns,
+    settle_cost,
+    varying,
+    verdict_counts,
+)
+from study.analysis.stats import (
     PERMUTATION_RESAMPLES,
     POSTERIOR_DECISION,
     POSTERIOR_DRAWS,
-    ROW_KEYS,
     VERDICTS,
     analogvnn_cell,
-    applicable_comparisons,
-    condition_norms,
     higher_is_better,
     key_columns,
     load_hypotheses,
-    norm_family,
     planning_alpha,
     sd_limit_equivalence,
-    skipped_conditions,
-    trial_table,
 )
+from study.sweep.hypotheses import Hypotheses
 from study.tables import (
     HYPOTHESES_LOG,
-    REDO_COLLECT,
+    PRESET_FLAG,
     REDO_STATS,
     SITE_COLUMN,
     condition_columns,
+    diff_unit,
     load_runs,
     load_spec_dict,
     read_csv,
     read_jsonl,
+    truthy,
     write_text_atomic,
 )
-
-DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
-MAX_LISTED = 50
-
-
-# --------------------------------------------------------------------------- reading
-
-
-def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataFrame:
-    """A stats/ CSV with key columns as strings ("" for empty) and the rest parsed as usual."""
-    text_cols = (
-        ROW_KEYS
-        + key_columns(spec)
-        + [
-            "combo",
-            "combo_a",
-            "combo_b",
-            "term",
-            "ci_method",
-            "family",
-            "verdict",
-            "verdict_permutation",
-            "better",
-            "metric",
-            "same_data_as",
-            "analogvnn",
-            "bayes_decision",
-            "agrees",
-        ]
-    )
-    path = Path(study_dir) / "stats" / name
-    frame = read_csv(
-        path,
-        REDO_STATS,
-        dtype={c: str for c in text_cols},
-        keep_default_na=False,
-        na_values=[""],
-    )
-    for column in text_cols:
-        if column in frame:
-            frame[column] = frame[column].fillna("")
-    return frame
-
-
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-# --------------------------------------------------------------------------- formatting
-
-
-def fmt(x: Any, digits: int = 2, signed: bool = False) -> str:
-    """Fixed-point number, `n/a` for NaN/None."""
-    if x is None or not math.isfinite(float(x)):
-        return "n/a"
-    x = float(x) if round(float(x), digits) != 0 else 0.0  # no "-0.00"
-    return f"{x:+.{digits}f}" if signed else f"{x:.{digits}f}"
-
-
-def fmt_p(p: Any) -> str:
-    """p-value with three decimals, `<0.001` below that."""
-    if p is None or not math.isfinite(float(p)):
-        return "n/a"
-    return "<0.001" if p < 0.001 else f"{p:.3f}"
-
-
-def fmt_ci(low: float, high: float) -> str:
-    """`[low, high]` with two decimals."""
-    return f"[{fmt(low)}, {fmt(high)}]"
-
-
-def unit(metric: str) -> str:
-    """Unit suffix of a metric's differences: percentage points for accuracies."""
-    return " pp" if metric.endswith("acc") else ""
-
-
-def varying(frame: pd.DataFrame, columns: list[str]) -> list[str]:
-    """The columns of `columns` that take more than one value in `frame`."""
-    return [c for c in columns if c in frame and frame[c].nunique() > 1]
-
-
-def condition_label(row: pd.Series, columns: list[str]) -> str:
-    """`dataset=A, weight_policy=ste` for the given columns (`all` when there are none)."""
-    parts = [f"{c}={row[c]}" for c in columns if row[c] != ""]
-    return ", ".join(parts) or "all"
-
-
-def row_columns(frame: pd.DataFrame, spec: dict[str, Any], site: str) -> list[str]:
-    """Condition columns worth printing for a site's rows: varying ones plus the other site's policy."""
-    other = SITE_COLUMN[OTHER_SITE[site]]
-    return [c for c in varying(frame, condition_columns(spec)) if c != other] + [other]
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """A markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(r) + " |" for r in rows]
-
-
-def verdict_counts(frame: pd.DataFrame) -> dict[str, int]:
-    """Number of rows per verdict (every verdict present, in `VERDICTS` order)."""
-    return {v: int((frame["verdict"] == v).sum()) if len(frame) else 0 for v in VERDICTS}
-
-
-def count_text(counts: dict[str, int]) -> str:
-    """`2 identical, 0 equivalent, 1 different, 0 trivial, 0 inconclusive` (identical ones first)."""
-    return ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS)
-
-
-def distinct(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows whose paired data are not those of an earlier row (`same_data_as` empty): each counted once."""
-    if frame.empty or "same_data_as" not in frame:
-        return frame
-    return frame[frame["same_data_as"].astype(str) == ""]
-
-
-def merged_text(rows: pd.DataFrame) -> str:
-    """`(2 rows; 1 has the same paired data as another row and is counted once)` or ``."""
-    n_merged = len(rows) - len(distinct(rows))
-    if not n_merged:
-        return ""
-    verb = "repeats" if n_merged == 1 else "repeat"
-    return (
-        f" ({len(rows)} rows, of which {n_merged} {verb} the paired runs of another row of the comparison, "
-        "e.g. because the other site's policies give identical runs, and count once)"
-    )
-
-
-def plural(n: int, word: str) -> str:
-    """`1 condition`, `2 conditions`."""
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-def row_family(spec: dict[str, Any], row: pd.Series) -> str:
-    """The normalization family of a row's condition: `clamp`, `Lp`, ... (`W clamp / S Lp` when mixed)."""
-    weight, signal = (norm_family(n) for n in condition_norms(spec, row))
-    return weight if weight == signal else f"W {weight} / S {signal}"
-
-
-def families(frame: pd.DataFrame, spec: dict[str, Any]) -> pd.Series:
-    """`row_family` of every row."""
-    return pd.Series([row_family(spec, r) for _, r in frame.iterrows()], index=frame.index, dtype=object)
-
-
-# --------------------------------------------------------------------------- report sections
 
 
 def _effect_text(row: pd.Series, columns: list[str], u: str) -> str:
@@ -200,12 +73,6 @@ def _effect_text(row: pd.Series, columns: list[str], u: str) -> str:
         f"{fmt(row['mean_diff'], signed=True)}{u} [95% CI {fmt(row['ci_low'])}, {fmt(row['ci_high'])}] "
         f"({cond}; {row['verdict']})"
     )
-
-
-def largest_effects(rows: pd.DataFrame, count: int = 3) -> pd.DataFrame:
-    """The `count` rows with the largest |mean_diff| (ties kept in file order)."""
-    order = rows["mean_diff"].abs().sort_values(ascending=False, kind="mergesort").index
-    return rows.loc[order[:count]]
 
 
 def _family_sentence(rows: pd.DataFrame, spec: dict[str, Any]) -> str:
@@ -219,7 +86,7 @@ def _family_sentence(rows: pd.DataFrame, spec: dict[str, Any]) -> str:
 
 def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """One paragraph per site: verdict counts over distinct rows and the largest effects."""
-    u = unit(hyp.metric)
+    u = diff_unit(hyp.metric)
     lines = ["## Answer", ""]
     for site in ("weight", "signal"):
         rows = comp[(comp["site"] == site) & (comp["role"] != "positive_control")]
@@ -263,7 +130,7 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
 
 def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """What the positive control (`zero` vs `ste`) detected, and why it could not elsewhere."""
-    u = unit(hyp.metric)
+    u = diff_unit(hyp.metric)
     lines = ["## Positive control", ""]
     rows = comp[comp["role"] == "positive_control"]
     if rows.empty:
@@ -314,9 +181,9 @@ def preset_section(omni: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
         "AnalogVNN removed. In the per-condition table, column `analogvnn` says which side (a or b) of a "
         "row is that cell in the row's condition."
     )
-    if omni.empty or "analogvnn" not in omni:
+    if omni.empty or PRESET_FLAG not in omni:
         return lines + [intro, "", "No omnibus table: the preset cell's rank is not available.", ""]
-    cell = omni[omni["analogvnn"].astype(str).str.lower() == "true"]
+    cell = omni[truthy(omni, PRESET_FLAG)]
     if cell.empty:
         return lines + [intro, "", "The `analogvnn` preset cell is not part of this study.", ""]
     conds = varying(omni, condition_columns(spec))
@@ -368,7 +235,7 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
         "TOST p adj",
         "verdict",
         "better",
-        "analogvnn",
+        PRESET_FLAG,
         "same data as",
     ]
     rows = []
@@ -385,7 +252,7 @@ def condition_table(comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
                 fmt_p(r["p_tost_adjusted"]),
                 r["verdict"],
                 r["better"],
-                r["analogvnn"],
+                r[PRESET_FLAG],
                 r["same_data_as"],
             ]
         )
@@ -438,7 +305,7 @@ def omnibus_section(omni: pd.DataFrame, post: pd.DataFrame, spec: dict[str, Any]
             ]
         )
     header = ["condition", "k", "n", "χ²", "p", "CD", "best (mean rank)"]
-    n_sig = int(post["significant"].astype(str).str.lower().eq("true").sum()) if len(post) else 0
+    n_sig = int(truthy(post, "significant").sum()) if len(post) else 0
     return (
         lines
         + md_table(header, rows)
@@ -516,46 +383,9 @@ def bayes_section(bayes: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
-def _cell_seeds(runs: pd.DataFrame, cell: dict[str, str]) -> pd.DataFrame:
-    mask = pd.Series(True, index=runs.index)
-    for column, value in cell.items():
-        mask &= runs[column].fillna("").astype(str) == value
-    return runs[mask]
-
-
-def settle_cost(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any]) -> dict[str, float]:
-    """Extra trials and their measured wall time to bring every inconclusive row to its
-    `seeds_needed_equivalence`: each cell (condition and policy pair) once, at the largest need of the
-    rows that use it, at the mean `wall_time_s` of its trials in runs.csv."""
-    rows = distinct(comp)
-    rows = rows[(rows["verdict"] == "inconclusive") & rows["seeds_needed_equivalence"].notna()]
-    need: dict[tuple, int] = {}
-    conds = condition_columns(spec)
-    for _, r in rows.iterrows():
-        own = SITE_COLUMN[r["site"]]
-        other = SITE_COLUMN[OTHER_SITE[r["site"]]]
-        for policy in (r["policy_a"], r["policy_b"]):
-            cell = tuple(sorted({**{c: str(r[c]) for c in conds + [other]}, own: str(policy)}.items()))
-            need[cell] = max(need.get(cell, 0), int(r["seeds_needed_equivalence"]))
-    trials = seconds = 0.0
-    timed = "wall_time_s" in runs
-    for cell, n in need.items():
-        sel = _cell_seeds(runs, dict(cell))
-        extra = max(n - sel["seed"].nunique(), 0)
-        trials += extra
-        if timed:
-            seconds += extra * float(pd.to_numeric(sel["wall_time_s"], errors="coerce").mean())
-    return {
-        "rows": len(rows),
-        "cells": len(need),
-        "trials": trials,
-        "seconds": seconds if timed else math.nan,
-    }
-
-
 def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """MDE of the rows that differ; for the inconclusive ones the seeds TOST would need, and the cost."""
-    u = unit(hyp.metric)
+    u = diff_unit(hyp.metric)
     lines = ["## Power: what would settle the inconclusive rows", ""]
     own = distinct(comp)
     if own.empty:
@@ -649,7 +479,7 @@ def _tally(counts: dict[str, int]) -> str:
 
 def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
     """Test, alpha, margin, correction, family, verdicts, intervals, power and the Bayesian view."""
-    u = unit(hyp.metric)
+    u = diff_unit(hyp.metric)
     n = comp["n_pairs"] if len(comp) else pd.Series([0])
     ci_methods = _tally(comp["ci_method"].value_counts().to_dict() if len(comp) else {})
     direction = "lower" if not higher_is_better(hyp.metric) else "higher"
@@ -707,8 +537,8 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
     ]
 
 
-def design_section(spec: dict[str, Any], runs: pd.DataFrame, hyp: Hypotheses) -> list[str]:
-    """Factors, seeds, comparisons, exclude/include rules and comparisons not run."""
+def design_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+    """Factors, seeds, comparisons, exclude/include rules and what was not compared (`stats/skipped.csv`)."""
     lines = ["## Design", ""]
     for name, values in (spec.get("factors") or {}).items():
         shown = ", ".join("none" if v is None else str(v) for v in (values or []))
@@ -720,11 +550,10 @@ def design_section(spec: dict[str, Any], runs: pd.DataFrame, hyp: Hypotheses) ->
         if spec.get(key):
             dumped = yaml.safe_dump(spec[key], sort_keys=True, default_flow_style=None).rstrip()
             lines += [f"- `{key}` rules:", "", "```yaml", dumped, "```"]
-    table = trial_table(runs, spec, hyp)
-    _, skipped = applicable_comparisons(hyp, table)
-    for comp in skipped:
-        lines.append(f"- **skipped** `{comp.label}`: policy absent from the runs")
-    cells = skipped_conditions(runs, spec)
+    skipped = read_stats_csv(study_dir, "skipped.csv", spec)
+    for label in skipped.loc[skipped["scope"] == "comparison", "comparison"]:
+        lines.append(f"- **skipped** `{label}`: policy absent from the runs")
+    cells = skipped[skipped["scope"] == "condition"]
     if len(cells):
         lines.append(
             f"- {len(cells)} comparison × condition cell(s) not compared because one policy has no "
@@ -758,7 +587,7 @@ def missing_section(
 ) -> list[str]:
     """Incomplete pairs (excluded) and diverged trials (kept as data unless the spec excludes them)."""
     lines = ["## Missing data", ""]
-    diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}) if "diverged" in runs else None
+    diverged = truthy(runs, "diverged") if "diverged" in runs else None
     n_div = int(diverged.sum()) if diverged is not None else 0
     if hyp.diverged == "include":
         used = int(comp["n_diverged"].sum()) if len(comp) else 0
@@ -799,8 +628,8 @@ def provenance_section(runs: pd.DataFrame) -> list[str]:
         if column in runs:
             values = sorted(runs[column].dropna().astype(str).unique())
             lines.append(f"- {column}: {', '.join(f'`{v}`' for v in values) or 'n/a'}")
-    failed = runs["failed"].astype(str).str.lower().isin({"true", "1"}).sum() if "failed" in runs else 0
-    diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}).sum() if "diverged" in runs else 0
+    failed = truthy(runs, "failed").sum()
+    diverged = truthy(runs, "diverged").sum()
     never = int(runs["status"].astype(str).eq("missing").sum()) if "status" in runs else 0
     not_run = f", {never} not run" if never else ""
     lines.append(f"- trials: {len(runs)} total, {int(failed)} failed, {int(diverged)} diverged{not_run}")
@@ -850,339 +679,10 @@ def write_report(study_dir: Path) -> Path:
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
     lines += bayes_section(bayes, spec) + power_section(comp, runs, spec, hyp)
-    lines += methods_section(comp, hyp) + design_section(spec, runs, hyp)
+    lines += methods_section(comp, hyp) + design_section(study_dir, spec, hyp)
     lines += preregistration_section(study_dir)
     lines += missing_section(missing, comp, runs, spec, hyp) + provenance_section(runs)
     lines += verification_section(study_dir) + run_section(study_dir)
     path = study_dir / "stats" / "report.md"
     write_text_atomic(path, "\n".join(lines).rstrip() + "\n")
     return path
-
-
-# --------------------------------------------------------------------------- LaTeX
-
-
-def macro_prefix(name: str) -> str:
-    """Study name as letters-only CamelCase, digits spelled out: `core` -> `Core`, `exp2_a` -> `ExpTwoA`."""
-    parts = re.findall(r"[A-Za-z]+|\d", name)
-    out = "".join(DIGITS[int(p)] if p.isdigit() else p[0].upper() + p[1:] for p in parts)
-    return out or "Study"
-
-
-def camel(text: str) -> str:
-    """`positive_control` -> `PositiveControl` (letters only)."""
-    return macro_prefix(text)
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX special characters."""
-    repl = {
-        "\\": r"\textbackslash{}",
-        "&": r"\&",
-        "%": r"\%",
-        "$": r"\$",
-        "#": r"\#",
-        "_": r"\_",
-        "{": r"\{",
-        "}": r"\}",
-        "~": r"\textasciitilde{}",
-        "^": r"\textasciicircum{}",
-    }
-    return "".join(repl.get(ch, ch) for ch in str(text))
-
-
-def tex_num(x: Any, digits: int = 2) -> str:
-    """A number as it should print; negatives wrapped in \\ensuremath, `--` for NaN."""
-    if x is None or not math.isfinite(float(x)):
-        return "--"
-    text = fmt(x, digits)
-    return rf"\ensuremath{{{text}}}" if text.startswith("-") else text
-
-
-def tex_p(p: Any) -> str:
-    """p-value for a table cell."""
-    text = fmt_p(p)
-    return "--" if text == "n/a" else (r"\ensuremath{<}0.001" if text.startswith("<") else text)
-
-
-def _macro(prefix: str, name: str, value: Any) -> str:
-    return rf"\newcommand{{\{prefix}{name}}}{{{value}}}"
-
-
-def headline_macros(
-    comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
-) -> list[str]:
-    """`\\newcommand` lines for the paper's headline numbers (verdict counts over distinct rows)."""
-    prefix = macro_prefix(str(spec.get("name", "study")))
-    out = [_macro(prefix, "Margin", f"{hyp.margin:g}"), _macro(prefix, "Alpha", f"{hyp.alpha:g}")]
-    failed = runs["failed"].astype(str).str.lower().isin({"true", "1"}).sum() if "failed" in runs else 0
-    diverged = runs["diverged"].astype(str).str.lower().isin({"true", "1"}).sum() if "diverged" in runs else 0
-    out += [
-        _macro(prefix, "Trials", len(runs)),
-        _macro(prefix, "TrialsFailed", int(failed)),
-        _macro(prefix, "TrialsDiverged", int(diverged)),
-        _macro(prefix, "Conditions", _n_conditions(comp, spec)),
-        _macro(prefix, "ComparisonRows", len(comp)),
-        _macro(prefix, "DistinctRows", len(distinct(comp))),
-    ]
-    n = comp["n_pairs"] if len(comp) else pd.Series([math.nan])
-    low, high = n.min(), n.max()
-    both = "--" if not math.isfinite(low) else f"{int(low)}" if low == high else f"{int(low)}--{int(high)}"
-    out += [
-        _macro(prefix, "NPairs", both),
-        _macro(prefix, "NPairsMin", tex_num(low, 0)),
-        _macro(prefix, "NPairsMax", tex_num(high, 0)),
-    ]
-    roles = list(dict.fromkeys(c.role for c in hyp.comparisons))
-    for site in ("weight", "signal"):
-        s = camel(site)
-        for role in roles:
-            rows = comp[(comp["site"] == site) & (comp["role"] == role)] if len(comp) else comp
-            counts = verdict_counts(distinct(rows))
-            out += [_macro(prefix, f"{s}{camel(role)}{camel(v)}", counts[v]) for v in VERDICTS]
-            out.append(_macro(prefix, f"{s}{camel(role)}Conditions", len(rows)))
-            out.append(_macro(prefix, f"{s}{camel(role)}Distinct", len(distinct(rows))))
-        out += _largest_macros(prefix, s, comp, site)
-        out += _control_macros(prefix, s, comp, site)
-    return out
-
-
-def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
-    """Distinct conditions (combinations of the condition factors) among the comparison rows."""
-    cols = condition_columns(spec)
-    if not len(comp):
-        return 0
-    return len(comp[cols].drop_duplicates()) if cols else 1
-
-
-def informative_rows(comp: pd.DataFrame, site: str) -> pd.DataFrame:
-    """Primary rows of `site`, without those whose other site is `zero`.
-
-    With `zero` at either site no gradient reaches any parameter (the network stays at its
-    initialisation), so such rows compare two untrained networks whatever the policy under test.
-    """
-    other = SITE_COLUMN[OTHER_SITE[site]]
-    rows = comp[(comp["site"] == site) & (comp["role"] == "primary")]
-    return rows[rows[other].astype(str) != "zero"] if other in rows else rows
-
-
-def headline_rows(comp: pd.DataFrame, site: str) -> pd.DataFrame:
-    """What the headline counts: informative primary rows of `site`, each distinct data set once."""
-    return distinct(informative_rows(comp, site)) if len(comp) else comp
-
-
-def _answer(rows: pd.DataFrame) -> tuple[str, str]:
-    """(common verdict or `mixed`, which policy the `different` rows favour)."""
-    if rows.empty:
-        return "--", "--"
-    verdicts = set(rows["verdict"])
-    answer = verdicts.pop() if len(verdicts) == 1 else "mixed"
-    diff = rows[rows["verdict"] == "different"]
-    if diff.empty:
-        return answer, "none"
-    winners = {r["policy_a"] if r["better"] == "a" else r["policy_b"] for _, r in diff.iterrows()}
-    return answer, winners.pop() if len(winners) == 1 else "both"
-
-
-def answer_macros(
-    prefix: str,
-    comp: pd.DataFrame,
-    omni: pd.DataFrame,
-    bayes: pd.DataFrame,
-    runs: pd.DataFrame,
-    spec: dict[str, Any],
-    hyp: Hypotheses,
-) -> list[str]:
-    """Text and count macros the paper's discussion is driven by: the headline counts per site and per
-    normalization family, the preset cell, ranks, the Bayesian view and the cost of settling rows."""
-    out = []
-    for site in ("weight", "signal"):
-        s = camel(site)
-        rows = headline_rows(comp, site)
-        answer, better = _answer(rows)
-        counts = verdict_counts(rows)
-        preset = rows[rows["analogvnn"].astype(str) != ""] if len(rows) else rows
-        first = preset.iloc[0] if len(preset) == 1 else None
-        effect = (
-            "--"
-            if first is None
-            else (f"{tex_num(first['mean_diff'])} [{tex_num(first['ci_low'])}, {tex_num(first['ci_high'])}]")
-        )
-        tested = rows[rows["verdict"] != "identical"] if len(rows) else rows
-        all_rows = informative_rows(comp, site) if len(comp) else comp
-        out += [_macro(prefix, f"{s}{camel(v)}", counts[v]) for v in VERDICTS]
-        out += [
-            _macro(prefix, f"{s}Answer", answer),
-            _macro(prefix, f"{s}Better", better),
-            _macro(prefix, f"{s}InformativeConditions", len(all_rows)),
-            _macro(prefix, f"{s}Distinct", len(rows)),
-            _macro(prefix, f"{s}Merged", len(all_rows) - len(rows)),
-            _macro(prefix, f"{s}PresetEffect", effect),
-            _macro(prefix, f"{s}PresetVerdict", "--" if first is None else first["verdict"]),
-            _macro(prefix, f"{s}MdeMax", tex_num(tested["mde"].max()) if len(tested) else "--"),
-        ]
-        fam = families(rows, spec) if len(rows) else pd.Series([], dtype=object)
-        for name in ("clamp", "Lp"):
-            part = rows[fam == name] if len(rows) else rows
-            c = verdict_counts(part)
-            out += [_macro(prefix, f"{s}{camel(name)}{camel(v)}", c[v]) for v in VERDICTS]
-            out.append(_macro(prefix, f"{s}{camel(name)}Distinct", len(part)))
-    if len(omni) and "analogvnn" in omni:
-        preset = omni[omni["analogvnn"].astype(str).str.lower() == "true"]
-        ranks = omni.groupby("combo", sort=True)["mean_rank"].mean()
-        out.append(
-            _macro(prefix, "PresetRank", tex_num(preset["mean_rank"].mean() if len(preset) else math.nan))
-        )
-        out.append(_macro(prefix, "BestCombo", ranks.idxmin() if ranks.notna().any() else "--"))
-    else:
-        out += [_macro(prefix, "PresetRank", "--"), _macro(prefix, "BestCombo", "--")]
-    usable = distinct(bayes) if len(bayes) else bayes
-    usable = usable[usable["bayes_decision"].astype(str) != ""] if len(usable) else usable
-    agree = int((usable["agrees"].astype(str) == "True").sum()) if len(usable) else 0
-    out += [
-        _macro(prefix, "BayesRows", len(usable)),
-        _macro(prefix, "BayesAgree", agree),
-        _macro(prefix, "BayesDisagree", len(usable) - agree),
-    ]
-    own = distinct(comp) if len(comp) else comp
-    inc = own[own["verdict"] == "inconclusive"] if len(own) else own
-    seeds = inc["seeds_needed_equivalence"].dropna() if len(inc) else pd.Series([], dtype=float)
-    sds = inc["sd_diff"].dropna() if len(inc) else pd.Series([], dtype=float)
-    n = own["n_pairs"] if len(own) else pd.Series([], dtype=float)
-    limit = (
-        sd_limit_equivalence(int(n.min()), hyp.margin, hyp.alpha)
-        if len(n) and n.min() == n.max()
-        else math.nan
-    )
-    cost = settle_cost(comp, runs, spec) if len(comp) else {"trials": 0.0, "seconds": math.nan}
-    hours = cost["seconds"] / 3600 if math.isfinite(cost["seconds"]) else math.nan
-    out += [
-        _macro(prefix, "InconclusiveRows", len(inc)),
-        _macro(prefix, "SdLimit", tex_num(limit)),
-        _macro(prefix, "InconclusiveSdMin", tex_num(sds.min() if len(sds) else math.nan)),
-        _macro(prefix, "InconclusiveSdMedian", tex_num(sds.median() if len(sds) else math.nan)),
-        _macro(prefix, "InconclusiveSdMax", tex_num(sds.max() if len(sds) else math.nan)),
-        _macro(prefix, "SeedsEquivMin", tex_num(seeds.min() if len(seeds) else math.nan, 0)),
-        _macro(prefix, "SeedsEquivMax", tex_num(seeds.max() if len(seeds) else math.nan, 0)),
-        _macro(prefix, "SettleTrials", int(cost["trials"])),
-        _macro(prefix, "SettleHours", tex_num(hours, 1)),
-    ]
-    return out
-
-
-def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[str]:
-    """Final-epoch gradient cosine and saturation, from curves.csv.gz (mean over layers and seeds)."""
-    path = Path(study_dir) / "curves.csv.gz"
-    names = ["WeightCosine", "SignalCosine", "SatWeight", "SatSignalOut", "SatSignalOutSte"]
-    if not path.exists() or "weight_policy" not in runs:
-        return [_macro(prefix, n, "--") for n in names]
-    curves = read_csv(path, REDO_COLLECT)
-    diag = curves[curves["metric"].isin(["grad_cosine", "sat_weight", "sat_signal_out"])]
-    last = diag[diag["epoch"] == diag.groupby("run_id")["epoch"].transform("max")]
-    cells = runs[["run_id", "weight_policy", "signal_policy"]].astype(str)
-    last = last.merge(cells, on="run_id")
-
-    def mean(metric: str, w: str, s: str) -> str:
-        sel = last[(last["metric"] == metric) & (last["weight_policy"] == w) & (last["signal_policy"] == s)]
-        return tex_num(sel["value"].mean()) if len(sel) else "--"
-
-    # the weight site alone differs from exact in the ste/exact cell; the signal site alone in exact/ste
-    return [
-        _macro(prefix, "WeightCosine", mean("grad_cosine", "ste", "exact")),
-        _macro(prefix, "SignalCosine", mean("grad_cosine", "exact", "ste")),
-        _macro(prefix, "SatWeight", mean("sat_weight", "ste", "exact")),
-        _macro(prefix, "SatSignalOut", mean("sat_signal_out", "ste", "exact")),
-        _macro(prefix, "SatSignalOutSte", mean("sat_signal_out", "ste", "ste")),
-    ]
-
-
-def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
-    rows = comp[(comp["site"] == site) & (comp["role"] == "primary")] if len(comp) else comp
-    rows = rows.dropna(subset=["mean_diff"]) if len(rows) else rows
-    top = largest_effects(rows, 1).iloc[0] if len(rows) else None
-    get = (lambda c: top[c]) if top is not None else (lambda c: math.nan)  # noqa: E731
-    return [
-        _macro(prefix, f"{s}LargestDiff", tex_num(get("mean_diff"))),
-        _macro(prefix, f"{s}LargestDiffLow", tex_num(get("ci_low"))),
-        _macro(prefix, f"{s}LargestDiffHigh", tex_num(get("ci_high"))),
-    ]
-
-
-def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
-    rows = comp[(comp["site"] == site) & (comp["role"] == "positive_control")] if len(comp) else comp
-    rows = distinct(rows)
-    diffs = rows["mean_diff"].dropna() if len(rows) else pd.Series([], dtype=float)
-    agg = (diffs.mean(), diffs.min(), diffs.max()) if len(diffs) else (math.nan,) * 3
-    detected = int((rows["verdict"] == "different").sum()) if len(rows) else 0
-    identical = int((rows["verdict"] == "identical").sum()) if len(rows) else 0
-    return [
-        _macro(prefix, f"{s}ControlMeanDiff", tex_num(agg[0])),
-        _macro(prefix, f"{s}ControlMinDiff", tex_num(agg[1])),
-        _macro(prefix, f"{s}ControlMaxDiff", tex_num(agg[2])),
-        _macro(prefix, f"{s}ControlDetected", detected),
-        _macro(prefix, f"{s}ControlIdentical", identical),
-        _macro(prefix, f"{s}ControlConditions", len(rows)),
-    ]
-
-
-def comparisons_tex(comp: pd.DataFrame, spec: dict[str, Any], site: str) -> str:
-    """Booktabs tabular (no float) of one site's comparison rows."""
-    rows = comp[comp["site"] == site] if len(comp) else comp
-    cols = row_columns(rows, spec, site) if len(rows) else [SITE_COLUMN[OTHER_SITE[site]]]
-    merged = bool(len(rows)) and (rows["same_data_as"].astype(str) != "").any()
-    header = [
-        "Comparison",
-        *[latex_escape(c) for c in cols],
-        "$n$",
-        r"$\Delta$ [95\% CI]",
-        r"$p_\mathrm{adj}$",
-        r"$p_\mathrm{TOST,adj}$",
-        "Verdict",
-        *(["Same data as"] if merged else []),
-    ]
-    lines = [
-        "% Generated by the normgrad statistics stage; do not edit.",
-        r"\begin{tabular}{" + "l" * (1 + len(cols)) + "rlrrl" + ("l" if merged else "") + "}",
-        r"\toprule",
-        " & ".join(header) + r" \\",
-        r"\midrule",
-    ]
-    previous = None
-    for _, r in rows.iterrows():
-        if previous is not None and r["comparison"] != previous:
-            lines.append(r"\midrule")
-        previous = r["comparison"]
-        label = r["comparison"] + (" (control)" if r["role"] == "positive_control" else "")
-        cells = [
-            latex_escape(label),
-            *[latex_escape(r[c]) for c in cols],
-            str(int(r["n_pairs"])),
-            f"{tex_num(r['mean_diff'])} [{tex_num(r['ci_low'])}, {tex_num(r['ci_high'])}]",
-            tex_p(r["p_adjusted"]),
-            tex_p(r["p_tost_adjusted"]),
-            latex_escape(r["verdict"]),
-            *([latex_escape(r["same_data_as"])] if merged else []),
-        ]
-        lines.append(" & ".join(cells) + r" \\")
-    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
-
-
-def write_latex(study_dir: Path) -> Path:
-    """Write `stats/latex/macros.tex` and `comparisons_{weight,signal}.tex`; return the folder."""
-    study_dir = Path(study_dir)
-    spec = load_spec_dict(study_dir)
-    hyp = load_hypotheses(spec)
-    comp = read_stats_csv(study_dir, "comparisons.csv", spec)
-    runs = load_runs(study_dir)
-    out = study_dir / "stats" / "latex"
-    out.mkdir(parents=True, exist_ok=True)
-    head = "% Generated by the normgrad statistics stage; do not edit.\n"
-    prefix = macro_prefix(str(spec.get("name", "study")))
-    omni = read_stats_csv(study_dir, "omnibus.csv", spec)
-    bayes = read_stats_csv(study_dir, "bayes.csv", spec)
-    lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes, runs, spec, hyp)
-    lines += mechanism_macros(prefix, study_dir, runs)
-    write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
-    for site in ("weight", "signal"):
-        write_text_atomic(out / f"comparisons_{site}.tex", comparisons_tex(comp, spec, site))
-    return out

@@ -1,0 +1,98 @@
+"""Statistics stage: paired policy comparisons, equivalence tests, omnibus tests and a mixed model.
+
+`compute_stats(DIR)` reads `DIR/spec.yaml` and `DIR/runs.csv` and writes `DIR/stats/`
+(`comparisons.csv`, `differences.csv`, `missing.csv`, `skipped.csv`, `bayes.csv`, `omnibus.csv`,
+`posthoc.csv`, `model.csv`, `model.txt`; the report stage adds `report.md` and `latex/` from them).
+Every output is a deterministic function of the two inputs: rows are sorted by stable keys, floats
+follow the number policy of `study.tables` (the same digits on every machine)
+and every resampling (bootstrap, permutation, posterior) is seeded by
+`hypotheses.bootstrap_seed`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from study.analysis.stats.bayes import POSTERIOR_COLUMNS, bayes_table
+from study.analysis.stats.families import compare
+from study.analysis.stats.mixed_model import fit_mixed_model
+from study.analysis.stats.omnibus import omnibus
+from study.analysis.stats.paired import STAT_COLUMNS, skipped_table
+from study.analysis.stats.table import (
+    MISSING_STATUS,
+    ROW_KEYS,
+    check_coverage,
+    key_columns,
+    load_hypotheses,
+    sort_rows,
+    trial_table,
+    value_orders,
+)
+from study.sweep.spec import stored_spec_hash
+from study.tables import (
+    check_spec_hashes,
+    load_runs,
+    load_spec_dict,
+    write_table,
+    write_text_atomic,
+)
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """Deterministic CSV at the number policy of `study.tables`, written atomically."""
+    write_table(frame, path)
+
+
+def _finish(frame: pd.DataFrame, columns: list[str], by: list[str], orders: dict) -> pd.DataFrame:
+    if frame.empty:
+        return pd.DataFrame(columns=columns)
+    return sort_rows(frame, by, orders)[columns]
+
+
+def compute_stats(study_dir: Path) -> Path:
+    """The statistics tables of `study_dir` (needs spec.yaml and runs.csv) in `study_dir/stats`; returns it.
+
+    Writes tables only; the statistics report and LaTeX are written from them by
+    `study.analysis.report` (`python -m study stats` runs both: `study.analysis.publish.stats_stage`).
+    """
+    study_dir = Path(study_dir)
+    spec = load_spec_dict(study_dir)
+    hyp = load_hypotheses(spec)
+    runs = load_runs(study_dir)
+    if "spec_hash" in runs:
+        current = stored_spec_hash(spec)
+        check_spec_hashes(
+            study_dir, current, dict(zip(runs["run_id"], runs["spec_hash"].fillna(""), strict=True))
+        )
+    check_coverage(runs, spec, study_dir)
+    table = trial_table(runs, spec, hyp)
+    orders = value_orders(spec, table)
+    out = study_dir / "stats"
+    out.mkdir(parents=True, exist_ok=True)
+
+    keys = key_columns(spec)
+    by = ["_index"] + keys
+    comparisons, diffs, missing = compare(table, spec, hyp)
+    if comparisons.empty:
+        comparisons = pd.DataFrame(columns=ROW_KEYS + keys + STAT_COLUMNS + POSTERIOR_COLUMNS + ["_index"])
+    write_csv(comparisons[ROW_KEYS + keys + STAT_COLUMNS], out / "comparisons.csv")
+    diff_cols = ROW_KEYS + keys + ["seed", "value_a", "value_b", "diff"]
+    # per-seed measurements and their exact differences: data, not estimates (`RAW_FLOAT_FORMAT`)
+    diffs = _finish(diffs, diff_cols + ["_index"], by + ["seed"], orders)[diff_cols]
+    write_table(diffs, out / "differences.csv", raw=True)
+    miss_cols = ROW_KEYS + keys + ["seed"] + MISSING_STATUS
+    write_csv(_finish(missing, miss_cols + ["_index"], by + ["seed"], orders)[miss_cols], out / "missing.csv")
+    write_csv(bayes_table(comparisons, spec, hyp), out / "bayes.csv")
+
+    omni, post = omnibus(table, spec, hyp, orders)
+    write_csv(omni, out / "omnibus.csv")
+    write_csv(post, out / "posthoc.csv")
+
+    text, model = fit_mixed_model(table, spec, hyp)
+    write_text_atomic(out / "model.txt", text)
+    write_csv(model, out / "model.csv")
+
+    write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")
+    return out
