@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from study.training.config import ConfigError, TrialConfig
 from study.tables import read_yaml
+from study.training.config import ConfigError, TrialConfig
 
 TRAIN_HELP = {
     "dataset": "data: mnist5k, digits, mnist1d (offline), or mnist, fashion_mnist (IDX files, --data-dir)",
@@ -234,15 +234,15 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_stats(args: argparse.Namespace) -> int:
-    from study.stats import compute_stats
+    from study.analysis.publish import stats_stage
 
-    out = compute_stats(args.dir)
+    out = stats_stage(args.dir)
     print(f"statistics -> {out}")
     return 0
 
 
 def _cmd_figures(args: argparse.Namespace) -> int:
-    from study.figures import make_figures
+    from study.analysis.figures.registry import make_figures
 
     make_figures(args.dir)
     return 0
@@ -277,13 +277,12 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from study.figures import make_figures
-    from study.analysis.publish import build_paper_inputs, readme_answer, summary, write_report
-    from study.stats import compute_stats
+    from study.analysis.figures.registry import make_figures
+    from study.analysis.publish import build_paper_inputs, readme_answer, stats_stage, summary, write_report
 
     for sdir in args.dirs:
         print(f"==> statistics, figures and report: {sdir}")
-        print(f"statistics -> {compute_stats(sdir)}")
+        print(f"statistics -> {stats_stage(sdir)}")
         make_figures(sdir)
         write_report(sdir)
     build_paper_inputs(args.dirs)
@@ -352,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # a file or folder the command must write or read: say which, no traceback
         print(f"error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # study.sweep.runner.Interrupted carries the counts of an interrupted run
+    # study.sweep.runner.Interrupted carries the counts of an interrupted run
+    except KeyboardInterrupt as err:
         command = "python -m study " + shlex.join(sys.argv[1:] if argv is None else argv)
         finished = getattr(err, "finished", None)
         if finished is None:

@@ -92,8 +92,8 @@ def _spec(**over) -> dict:
 
 
 def _errors(spec: dict) -> str:
-    from study.training.config import ConfigError
     from study.sweep.spec import parse_spec
+    from study.training.config import ConfigError
 
     with pytest.raises(ConfigError) as err:
         parse_spec(spec)
@@ -179,7 +179,7 @@ def test_statistics_refuse_to_pair_trials_whose_configurations_differ(tmp_path: 
     import pandas as pd
     import yaml
 
-    from study.stats import compute_stats
+    from study.analysis.publish import stats_stage
 
     rows = [
         {"run_id": f"{i:016x}", "weight_policy": wp, "signal_policy": "exact", "seed": s, "test_acc": 80.0}
@@ -191,7 +191,7 @@ def test_statistics_refuse_to_pair_trials_whose_configurations_differ(tmp_path: 
     )
     pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
     with pytest.raises(ValueError, match="different configurations.*0000000000000000, ffffffffffffffff"):
-        compute_stats(tmp_path)
+        stats_stage(tmp_path)
     assert not (tmp_path / "stats" / "comparisons.csv").exists()
 
 
@@ -253,23 +253,23 @@ def test_a_spec_changed_through_the_runner_is_logged_and_its_records_accepted(ra
 def test_stats_refuse_a_table_with_trials_of_an_unknown_spec(ran, tmp_path: Path) -> None:
     import pandas as pd
 
+    from study.analysis.publish import stats_stage
     from study.sweep.collect import collect
-    from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)
     runs = pd.read_csv(collect(sdir)[0])
     runs.loc[0, "spec_hash"] = "0123456789abcdef"
     runs.to_csv(sdir / "runs.csv", index=False)
     with pytest.raises(ValueError, match=f"{runs.loc[0, 'run_id']} \\(spec 0123456789abcdef\\)"):
-        compute_stats(sdir)
+        stats_stage(sdir)
 
 
 def test_a_hypotheses_change_needs_a_reason_that_the_report_shows(ran, tmp_path: Path) -> None:
+    from study.analysis.publish import stats_stage
     from study.cli import main
     from study.sweep.collect import collect
     from study.sweep.runner import HypothesesChanged, run_study
     from study.sweep.spec import parse_spec
-    from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)
     changed = parse_spec({**ran[1], "hypotheses": {"margin": 1.0}})
@@ -281,7 +281,7 @@ def test_a_hypotheses_change_needs_a_reason_that_the_report_shows(ran, tmp_path:
         main(["run", "x.yaml", "--allow-hypotheses-change"])
     run_study(changed, tmp_path, workers=1, quiet=True, hypotheses_change_reason="pilot SD was 2 pp")
     collect(sdir)
-    report = (compute_stats(sdir) / "report.md").read_text()
+    report = (stats_stage(sdir) / "report.md").read_text()
     assert "## Pre-registration" in report and "`margin` 0.5 → 1.0; reason: pilot SD was 2 pp" in report
 
 
@@ -335,8 +335,8 @@ def test_a_folder_where_a_file_is_expected_is_one_line(
 def test_stats_refuse_a_table_that_does_not_cover_the_spec(ran, tmp_path: Path) -> None:
     import pandas as pd
 
+    from study.analysis.publish import stats_stage
     from study.sweep.collect import collect
-    from study.stats import compute_stats
 
     sdir = _copy(ran, tmp_path)
     full = pd.read_csv(collect(sdir)[0])
@@ -344,9 +344,9 @@ def test_stats_refuse_a_table_that_does_not_cover_the_spec(ran, tmp_path: Path) 
     with pytest.raises(
         ValueError, match=r"1 cell x seed row\(s\) of the spec missing \(e.g. weight_policy=ste"
     ):
-        compute_stats(sdir)
+        stats_stage(sdir)
     extra = pd.concat([full, full.iloc[:1].assign(seed=7)])
     extra.to_csv(sdir / "runs.csv", index=False)
     with pytest.raises(ValueError, match=r"1 row\(s\) not in the spec \(e.g. weight_policy=exact, seed=7\)"):
-        compute_stats(sdir)
+        stats_stage(sdir)
     assert not (sdir / "stats" / "comparisons.csv").exists()

@@ -22,13 +22,14 @@ from conftest import TINY
 import analog
 import study.training.bundle as bundle_mod
 import study.training.trial as trial_mod
-from study import stats as S
+from study.analysis import stats as S
+from study.analysis.publish import stats_stage
+from study.sweep.runner import write_run_summary
+from study.sweep.spec import stored_spec_hash
 from study.training.bundle import BundleClassifier, run_bundle
 from study.training.config import TrialConfig
 from study.training.data import load_split
 from study.training.module import AnalogClassifier
-from study.sweep.runner import write_run_summary
-from study.sweep.spec import stored_spec_hash
 from study.training.trial import run_trial, summarize
 
 # ------------------------------------------------------------------------------ record: best epoch
@@ -230,7 +231,7 @@ def _write(path: Path, runs: pd.DataFrame, spec: dict[str, Any]) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     (path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     runs.assign(spec_hash=stored_spec_hash(spec)).to_csv(path / "runs.csv", index=False)  # run under it
-    return S.compute_stats(path)
+    return stats_stage(path)
 
 
 def _read(out: Path, name: str) -> pd.DataFrame:

@@ -1,5 +1,6 @@
-"""Seed-parallel training (study.training.bundle): K seeds in one vmapped model must reproduce the sequential trials -
-bit-identical initial weights and data order, identical training without noise, a diverging member that
+"""Seed-parallel training (study.training.bundle): K seeds in one vmapped model must reproduce the
+sequential trials - bit-identical initial weights and data order, identical training without noise,
+a diverging member that
 spoils nobody, and (slow) statistically equivalent accuracies with noise on."""
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from scipy import stats as sst
 
 import study.training.bundle as bundle_mod
 import study.training.trial as trial_mod
+from study.analysis.stats import tost
 from study.training.bundle import BundleClassifier, _BundleBatches, member_model, run_bundle
 from study.training.config import TrialConfig
 from study.training.data import AnalogDataModule, load_split
 from study.training.module import AnalogClassifier
-from study.stats import tost
 from study.training.trial import run_trial
 
 SEEDS = [2, 0, 5]  # unsorted and including 0: member k must follow SEEDS[k]
@@ -197,7 +198,8 @@ def test_diverging_member_does_not_spoil_the_others(quiet_runs, monkeypatch):
     monkeypatch.setattr(bundle_mod, "BundleClassifier", _PoisonMember)
     monkeypatch.setattr(_PoisonMember, "victims", (1,))
     recs = run_bundle(quiet_runs["configs"])
-    # the divergence rule of study.training.module: the NaN loss of step 1 stops it; its network is evaluated as it
+    # the divergence rule of study.training.module: the NaN loss of step 1 stops it; its network is
+    # evaluated as it
     # stands at the end of that epoch, which closes its history (the same as the sequential path)
     assert recs[1]["diverged"] is True and recs[1]["diverged_at"] == {"epoch": 1, "step": 1}
     assert recs[1]["epochs_run"] == 1 and not math.isnan(recs[1]["test_acc"])

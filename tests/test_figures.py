@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from study import figures
-from study import style as st
-from study.figures import REGISTRY, FigureResult, Made, StudyContext, make_figures, mean_ci
+from study.analysis.figures import paired, ranks, registry
+from study.analysis.figures import style as st
+from study.analysis.figures.common import REGISTRY, FigureResult, Made, StudyContext, mean_ci
+from study.analysis.figures.registry import make_figures
+from study.analysis.publish import stats_stage
 from study.sweep.spec import stored_spec_hash
-from study.stats import compute_stats
 
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
 OTHER = {"weight": "signal_policy", "signal": "weight_policy"}
@@ -110,7 +111,7 @@ def write_study(
         with gzip.open(root / "curves.csv.gz", "wt") as fh:
             frame.to_csv(fh, index=False)
     if stats:
-        compute_stats(root)  # the real statistics stage writes stats/
+        stats_stage(root)  # the real statistics stage writes stats/
     return root
 
 
@@ -183,7 +184,7 @@ def test_pdfs_embed_truetype_not_type3(grid_study: tuple[Path, list[FigureResult
 
 def _only(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     """Draw only these figures (keeps the tests short; the full registry runs on the grid study)."""
-    monkeypatch.setattr(figures, "REGISTRY", [(b, f) for b, f in REGISTRY if b in names])
+    monkeypatch.setattr(registry, "REGISTRY", [(b, f) for b, f in REGISTRY if b in names])
 
 
 def test_core_study_skips_figures_lacking_factors(
@@ -268,13 +269,13 @@ def test_many_conditions_split_the_estimation_plot_and_become_a_rank_heatmap(
     grid_study: tuple[Path, list[FigureResult], dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx = StudyContext.load(grid_study[0])
-    monkeypatch.setattr(figures, "MAX_ROWS", 4)
-    outs = [o for o in figures.fig_paired_differences(ctx) if o.name.startswith("paired_differences_signal")]
+    monkeypatch.setattr(paired, "MAX_ROWS", 4)
+    outs = [o for o in paired.fig_paired_differences(ctx) if o.name.startswith("paired_differences_signal")]
     assert len(outs) == 4 and all(isinstance(o, Made) for o in outs)
     assert all(o.name.startswith("paired_differences_signal_weight_policy-") for o in outs)
     assert all("one figure per level" in o.caption for o in outs)
-    monkeypatch.setattr(figures, "MAX_CD_DIAGRAMS", 2)
-    (cd,) = figures.fig_critical_difference(ctx)
+    monkeypatch.setattr(ranks, "MAX_CD_DIAGRAMS", 2)
+    (cd,) = ranks.fig_critical_difference(ctx)
     assert isinstance(cd, Made) and cd.caption.startswith("Mean rank")
     for o in [*outs, cd]:
         o.figure.clear()

@@ -1,6 +1,7 @@
 """Figures drawn from the tables the real statistics stage writes, checked by the values they plot.
 
-A small synthetic study (runs.csv, curves.csv.gz, spec.yaml) goes through `study.stats.compute_stats`;
+A small synthetic study (runs.csv, curves.csv.gz, spec.yaml) goes through
+`study.analysis.publish.stats_stage`;
 every plotted value is read back from the matplotlib artists and compared with a value computed here
 from runs.csv / curves.csv.gz alone (pandas means, an exact or large reference bootstrap), never with the
 figure code's own helpers.
@@ -20,10 +21,11 @@ import pytest
 import yaml
 from scipy import stats as sst
 
-from study import figures
-from study import style as st
-from study.figures import Made, StudyContext, mean_ci
-from study.stats import compute_stats
+from study.analysis.figures import common, curves, paired
+from study.analysis.figures import ranks as rank_figures
+from study.analysis.figures import style as st
+from study.analysis.figures.common import Made, StudyContext, mean_ci
+from study.analysis.publish import stats_stage
 
 WEIGHTS, SIGNALS = ("exact", "ste", "zero"), ("exact", "ste")
 NORMS, PRECS = ("clamp", "l2norm_m"), ("4", "16")
@@ -43,7 +45,7 @@ def bootstrap_means(x: np.ndarray, resamples: int = 50_000) -> np.ndarray:
     )
 
 
-def percentile_band(x: np.ndarray, n_boot: int = figures.N_BOOT) -> tuple[tuple[float, float], ...]:
+def percentile_band(x: np.ndarray, n_boot: int = common.N_BOOT) -> tuple[tuple[float, float], ...]:
     """Where a 95% percentile-bootstrap CI from `n_boot` resamples may fall: for each end (p = 2.5%,
     97.5%), the bootstrap distribution's quantiles at p +- 4 sqrt(p (1 - p) / n_boot), the Monte Carlo
     spread of a sample quantile (distribution-free, via the binomial count of resamples below it)."""
@@ -129,7 +131,7 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pd.DataFrame(rows).to_csv(root / "runs.csv", index=False)
     with gzip.open(root / "curves.csv.gz", "wt") as fh:
         pd.DataFrame(curves, columns=["run_id", "epoch", "metric", "layer", "value"]).to_csv(fh, index=False)
-    compute_stats(root)
+    stats_stage(root)
     return root
 
 
@@ -162,7 +164,7 @@ def _tick_rows(ax) -> dict[str, float]:
 
 # --- 1. paired differences -----------------------------------------------------------------------
 def test_paired_difference_plot_shows_the_stats_stage_means_cis_and_every_pair(ctx, runs) -> None:
-    made = _one(o for o in figures.fig_paired_differences(ctx) if o.name == "paired_differences_signal")
+    made = _one(o for o in paired.fig_paired_differences(ctx) if o.name == "paired_differences_signal")
     (ax,) = made.figure.axes
     comps = ctx.table("comparisons")
     comps = comps[comps["site"] == "signal"]
@@ -177,7 +179,7 @@ def test_paired_difference_plot_shows_the_stats_stage_means_cis_and_every_pair(c
     bar_at = {float(ln.get_ydata()[0]): tuple(map(float, ln.get_xdata())) for ln in bars}
     for _, row in comps.iterrows():
         key = tuple(str(row[c]) for c in row_cols)
-        y = rows[figures._key_label(row_cols, key)]
+        y = rows[common._key_label(row_cols, key)]
         sel = diffs[(diffs[row_cols].astype(str) == list(key)).all(axis=1)]
         assert len(sel) == N_SEEDS
         assert mean_at[y] == pytest.approx(
@@ -193,7 +195,7 @@ def test_paired_difference_plot_shows_the_stats_stage_means_cis_and_every_pair(c
         label = by_row[float(round(y))]
         assert abs(y - round(y)) <= 0.28 + 1e-9  # jitter (0.28 rows when there are more than 8) keeps the row
         key = next(
-            k for k in itertools.product(NORMS, PRECS, WEIGHTS) if figures._key_label(row_cols, k) == label
+            k for k in itertools.product(NORMS, PRECS, WEIGHTS) if common._key_label(row_cols, k) == label
         )
         sel = diffs[(diffs[row_cols].astype(str) == list(key)).all(axis=1)]
         assert np.isclose(sel["diff"], x, atol=1e-4).any()
@@ -202,7 +204,7 @@ def test_paired_difference_plot_shows_the_stats_stage_means_cis_and_every_pair(c
 
 # --- 2. effect heatmap ---------------------------------------------------------------------------
 def test_effect_heatmap_cells_are_the_mean_paired_differences(ctx, runs) -> None:
-    made = _one(o for o in figures.fig_effect_heatmap(ctx) if o.name == "effect_heatmap_signal")
+    made = _one(o for o in paired.fig_effect_heatmap(ctx) if o.name == "effect_heatmap_signal")
     axes = [ax for ax in made.figure.axes if ax.images]
     assert len(axes) == len(WEIGHTS)  # one row of panels per weight-site policy
     expected = (
@@ -221,7 +223,7 @@ def test_effect_heatmap_cells_are_the_mean_paired_differences(ctx, runs) -> None
 
 # --- 3. policy interaction -----------------------------------------------------------------------
 def test_policy_interaction_cells_show_seed_means_and_their_95_percent_ci(ctx, runs) -> None:
-    made = _one(figures.fig_policy_interaction(ctx))
+    made = _one(paired.fig_policy_interaction(ctx))
     panels = [a for a in made.figure.axes if a.images]
     assert len(panels) == len(NORMS)  # one panel per normalization: never averaged across them
     weights, signals = st.policy_order(WEIGHTS), st.policy_order(SIGNALS)
@@ -243,7 +245,7 @@ def test_policy_interaction_cells_show_seed_means_and_their_95_percent_ci(ctx, r
 
 # --- 4. learning curves --------------------------------------------------------------------------
 def test_learning_curves_are_seed_means_with_95_percent_bands(ctx, study, runs) -> None:
-    made_all = [o for o in figures.fig_learning_curves(ctx) if isinstance(o, Made)]
+    made_all = [o for o in curves.fig_learning_curves(ctx) if isinstance(o, Made)]
     assert len(made_all) == len(NORMS)  # one figure per normalization: never averaged across them
     for made, norm in zip(made_all, NORMS, strict=True):
         assert made.name.endswith(norm)
@@ -278,12 +280,12 @@ def _check_learning_curves(made: Made, study: Path, runs: pd.DataFrame) -> None:
 
 # --- 5. critical difference ----------------------------------------------------------------------
 def test_critical_difference_ranks_are_mean_within_seed_ranks(ctx, runs) -> None:
-    made = _one(figures.fig_critical_difference(ctx))
+    made = _one(rank_figures.fig_critical_difference(ctx))
     expected = {}
     for (norm, prec), cond in runs.groupby(["signal_norm", "precision"]):
         block = cond.pivot(index="seed", columns=["weight_policy", "signal_policy"], values="test_acc")
         ranks = pd.DataFrame(sst.rankdata(-block.to_numpy(), axis=1), columns=block.columns).mean()
-        expected[figures._key_label(["signal_norm", "precision"], (norm, prec))] = {
+        expected[common._key_label(["signal_norm", "precision"], (norm, prec))] = {
             st.combo_label(w, s): r for (w, s), r in ranks.items()
         }
     seen = set()

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from conftest import TINY, study_env, write_spec
 
-import study.training.bundle as bundle_mod
 import study.sweep.runner as R
+import study.training.bundle as bundle_mod
 import study.training.trial as trial_mod
 from study.cli import main
 from study.sweep.collect import collect

@@ -10,10 +10,10 @@ import pytest
 import torch
 from conftest import TINY, write_spec
 
-from study.training.bundle import member_model
 from study.cli import main
-from study.training.config import ConfigError, TrialConfig
 from study.sweep.spec import cells, expand, load_spec, parse_spec
+from study.training.bundle import member_model
+from study.training.config import ConfigError, TrialConfig
 
 POLICIES = ["ste", "exact", "zero"]
 

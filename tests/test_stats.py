@@ -17,8 +17,9 @@ import pytest
 import yaml
 from scipy import stats as sst
 
-from study import stats as S
-from study.report import latex_escape, macro_prefix
+from study.analysis import stats as S
+from study.analysis.publish import stats_stage
+from study.analysis.report.latex import latex_escape, macro_prefix
 from study.sweep.spec import stored_spec_hash
 
 POLICIES = ("exact", "ste", "zero")
@@ -103,7 +104,7 @@ def read(out: Path, name: str) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> Path:
     study = write_study(tmp_path_factory.mktemp("planted"), make_runs(), make_spec())
-    return S.compute_stats(study)
+    return stats_stage(study)
 
 
 # --------------------------------------------------------------------------- statistics vs independent values
@@ -432,7 +433,7 @@ def test_missing_and_diverged_never_shift_pairing(tmp_path):
     runs.loc[absent, ["status", "test_acc"]] = ["missing", np.nan]
     runs = runs.sample(frac=1.0, random_state=0)  # shuffled rows must not matter
 
-    out = S.compute_stats(write_study(tmp_path / "ex", runs, make_spec(diverged="exclude")))
+    out = stats_stage(write_study(tmp_path / "ex", runs, make_spec(diverged="exclude")))
     missing = read(out, "missing.csv")
     assert list(missing.columns) == [
         "comparison",
@@ -478,7 +479,7 @@ def test_missing_and_diverged_never_shift_pairing(tmp_path):
     assert "trials: 144 total, 1 failed, 1 diverged, 1 not run" in report
 
     # default (diverged: include): the diverged trial is data, only failed and absent are missing
-    out = S.compute_stats(write_study(tmp_path / "in", runs, make_spec()))
+    out = stats_stage(write_study(tmp_path / "in", runs, make_spec()))
     missing = read(out, "missing.csv")
     assert "diverged" not in set(missing["policy_a_status"]) | set(missing["policy_b_status"])
     assert (
@@ -488,8 +489,8 @@ def test_missing_and_diverged_never_shift_pairing(tmp_path):
 
 def test_same_input_gives_byte_identical_outputs(tmp_path):
     runs, spec = make_runs(), make_spec()
-    first = S.compute_stats(write_study(tmp_path / "one", runs, spec))
-    second = S.compute_stats(write_study(tmp_path / "two", runs, spec))
+    first = stats_stage(write_study(tmp_path / "one", runs, spec))
+    second = stats_stage(write_study(tmp_path / "two", runs, spec))
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert len(files) == 12
     for name in files:
@@ -504,7 +505,7 @@ def test_report_optional_sections_and_skips(tmp_path):
     study = write_study(tmp_path / "s", runs, spec)
     (study / "verify.json").write_text(json.dumps({"checked": 3, "matched": 2, "mismatches": ["run 7"]}))
     (study / "run_summary.json").write_text(json.dumps({"wall_time_s": 12.5, "trials": 144}))
-    out = S.compute_stats(study)
+    out = stats_stage(study)
     report = (out / "report.md").read_text()
     assert "**skipped** `signal: zero vs ste`" in report
     assert "## Verification" in report and "matched: 2" in report and "run 7" in report
@@ -515,12 +516,12 @@ def test_report_optional_sections_and_skips(tmp_path):
 
 def test_too_few_pairs_is_inconclusive_and_loss_flips_better(tmp_path):
     runs = make_runs(seeds=[0])
-    out = S.compute_stats(write_study(tmp_path / "one", runs, {**make_spec(), "seeds": [0]}))
+    out = stats_stage(write_study(tmp_path / "one", runs, {**make_spec(), "seeds": [0]}))
     comp = read(out, "comparisons.csv")
     assert set(comp["verdict"]) == {"inconclusive"} and comp["p_ttest"].isna().all()
     assert "model not fitted" in (out / "model.txt").read_text()
 
-    out = S.compute_stats(write_study(tmp_path / "loss", make_runs(), make_spec(metric="test_loss")))
+    out = stats_stage(write_study(tmp_path / "loss", make_runs(), make_spec(metric="test_loss")))
     rows = rows_of(read(out, "comparisons.csv"), "signal: exact vs ste", "A")
     # 2 pp of accuracy is 0.02 of loss here, well inside the margin of 0.5 (loss units): significant but
     # trivial; lower loss is better, so a (exact) is the better side
@@ -565,7 +566,7 @@ def test_tables_are_the_same_whatever_the_floating_point_order(tmp_path: Path) -
     runs.loc[exact, "test_acc"] = ste.loc[keys].to_numpy()
     outs = []
     for i, order in enumerate((np.arange(len(runs)), np.random.default_rng(7).permutation(len(runs)))):
-        outs.append(S.compute_stats(write_study(tmp_path / f"s{i}", runs.iloc[order], make_spec())))
+        outs.append(stats_stage(write_study(tmp_path / f"s{i}", runs.iloc[order], make_spec())))
     model = read(outs[0], "model.csv").set_index("term")
     assert model.loc["weight_policy[exact]", "coef"] == 0 and model.loc["weight_policy[exact]", "z"] == 0
     for f in sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*") if p.is_file()):

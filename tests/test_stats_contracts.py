@@ -14,7 +14,8 @@ import pytest
 import yaml
 from scipy import stats as sst
 
-from study import stats as S
+from study.analysis import stats as S
+from study.analysis.publish import stats_stage
 
 
 def _hyp(**kwargs) -> S.Hypotheses:
@@ -131,7 +132,7 @@ def tables(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tables")
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
     _study_runs().to_csv(root / "runs.csv", index=False)
-    return S.compute_stats(root)
+    return stats_stage(root)
 
 
 def _read(out: Path, name: str) -> pd.DataFrame:

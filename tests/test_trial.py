@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from conftest import study_env
 from torch import nn
 
-from study.training.bundle import member_model
 from study.cli import main
+from study.training.bundle import member_model
 from study.training.config import ConfigError, TrialConfig
 from study.training.data import AnalogDataModule, load_split
 from study.training.module import AnalogClassifier

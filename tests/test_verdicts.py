@@ -13,8 +13,8 @@ import pytest
 import yaml
 from scipy import stats as sst
 
-from study import stats as S
-from study.analysis.publish import summary
+from study.analysis import stats as S
+from study.analysis.publish import stats_stage, summary
 from study.sweep.spec import stored_spec_hash
 
 N_SEEDS = 30
@@ -85,9 +85,7 @@ def read(out: Path, name: str) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return S.compute_stats(
-        write_study(tmp_path_factory.mktemp("v") / "planted", planted_runs(), planted_spec())
-    )
+    return stats_stage(write_study(tmp_path_factory.mktemp("v") / "planted", planted_runs(), planted_spec()))
 
 
 def by_case(out: Path) -> pd.DataFrame:
@@ -178,7 +176,7 @@ def test_rows_with_the_same_paired_runs_are_merged_and_counted_once(tmp_path: Pa
     second = runs["epochs"] == 2
     for column in METRIC_COLUMNS:  # case 2 holds exactly the runs of case 1
         runs.loc[second, column] = runs.loc[first, column].to_numpy()
-    out = S.compute_stats(write_study(tmp_path / "planted", runs, planted_spec(cases)))
+    out = stats_stage(write_study(tmp_path / "planted", runs, planted_spec(cases)))
     comp = read(out, "comparisons.csv").set_index("epochs")
     assert comp.loc[2, "same_data_as"] == "epochs=1" and pd.isna(comp.loc[1, "same_data_as"])
     assert comp.loc[2, "verdict"] == comp.loc[1, "verdict"] == "different"
@@ -304,7 +302,7 @@ def test_omnibus_and_rows_mark_the_preset_cell_of_each_condition(tmp_path: Path)
         "seeds": 6,
         "hypotheses": {"bootstrap_resamples": 999},
     }
-    out = S.compute_stats(write_study(tmp_path / "presets", pd.DataFrame(rows), spec))
+    out = stats_stage(write_study(tmp_path / "presets", pd.DataFrame(rows), spec))
     omni = read(out, "omnibus.csv")
     flagged = omni[omni["analogvnn"].astype(str) == "True"].set_index("norm")["combo"].to_dict()
     assert flagged == {"clamp": "ste/exact", "l2norm": "ste/ste"}

