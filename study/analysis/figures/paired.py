@@ -40,6 +40,7 @@ from study.sweep.hypotheses import SITES
 from study.tables import (
     POLICY_COLUMNS,
     SITE_COLUMN,
+    diff_unit,
     diff_unit_name,
 )
 
@@ -241,7 +242,7 @@ def _draw_paired(
     fig.text(
         0.5,
         0,
-        f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{st.diff_unit(metric)}",
+        f"{st.VERDICT_LEGEND}    shaded: ±δ = {delta:g}{diff_unit(metric)}",
         ha="center",
         va="top",
         fontsize=st.FONT_SMALL,
@@ -253,7 +254,7 @@ def _draw_paired(
         f"difference a − b within each seed, in {diff_unit_name(metric)})."
         f" Points: one per seed ({_n_text(n_pairs, 'pairs per condition')}); filled circle: mean; "
         f"bar: 95% {_ci_method_text(comps)} CI of the mean; dashed line: no difference; grey band: "
-        f"equivalence margin ±δ = {delta:g}{st.diff_unit(metric)}. Rows: {rows_text}"
+        f"equivalence margin ±δ = {delta:g}{diff_unit(metric)}. Rows: {rows_text}"
         + (f"; panels: {st.factor_label(facet).lower()} × comparison." if facet else ".")
         + f" {_verdict_note(ctx)}"
         + ctx.fixed_note(comps, key_cols)
