@@ -103,7 +103,7 @@ def test_mnist1d_keeps_global_rng_and_ignores_options_elsewhere() -> None:
 def test_unknown_dataset() -> None:
     with pytest.raises(ValueError, match="dataset") as err:
         D.load_split("cifar10")
-    for name in D.DATASETS:
+    for name in D.available_datasets():
         assert name in str(err.value)
     with pytest.raises(ValueError, match="mnist5k"):
         D.AnalogDataModule("cifar10")

@@ -16,6 +16,7 @@ from scipy import stats as sst
 
 from study.analysis import stats as S
 from study.analysis.publish import stats_stage
+from study.tables import truthy
 
 
 def _hyp(**kwargs) -> S.Hypotheses:
@@ -48,10 +49,10 @@ def test_truthy_reads_the_usual_spellings_and_a_missing_column_as_false():
         },
         index=range(100, 115),
     )
-    got = S._truthy(frame, "flag")
+    got = truthy(frame, "flag")
     assert got.tolist() == [True] * 6 + [False] * 5 + [True, False, True, False]
     assert got.index.equals(frame.index)
-    missing = S._truthy(frame, "absent")
+    missing = truthy(frame, "absent")
     assert missing.dtype == bool and not missing.any() and missing.index.equals(frame.index)
 
 

@@ -22,13 +22,12 @@ from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
 from analog.precision import PRECISION_CLASSES, check_precision
+from study.training.data import available_datasets
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "mnist", "fashion_mnist")
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "dataset": DATASETS,
     "activation": ACTIVATIONS,
     "precision_class": PRECISION_CLASSES,
     "noise": NOISE_CLASSES,
@@ -84,7 +83,7 @@ class TrialConfig(BaseModel):
     @field_validator("dataset", "activation", "precision_class", "noise")
     @classmethod
     def _choice(cls, v: str, info: ValidationInfo) -> str:
-        allowed = CHOICES[info.field_name]
+        allowed = available_datasets() if info.field_name == "dataset" else CHOICES[info.field_name]
         if v not in allowed:
             raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v

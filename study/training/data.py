@@ -34,8 +34,9 @@ Heavy dependencies (numpy file parsing, sklearn, mlxtend, mnist1d) are imported 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,8 +46,6 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 if TYPE_CHECKING:
     import numpy as np
-
-DATASETS: tuple[str, ...] = ("mnist5k", "digits", "mnist1d", "mnist", "fashion_mnist")
 
 N_CLASSES = 10
 VAL_PERCENT = 10
@@ -83,11 +82,49 @@ class SplitData:
 
 
 # --------------------------------------------------------------------------------------------- helpers
+# a loader: called with those of `split_seed`, `data_dir`, `n_samples` it declares; returns a SplitData,
+# or inputs x (N, F) in [0, 1] and integer labels y to be split 70/10/20, stratified by `split_seed`
+DatasetLoader = Callable[..., Any]
+_DATASETS: dict[str, DatasetLoader] = {}
+_LOADER_OPTIONS = ("split_seed", "data_dir", "n_samples")
+
+
+def register_dataset(name: str, loader: DatasetLoader) -> DatasetLoader:
+    """Make `loader` the dataset `name`: valid in `TrialConfig`, spec factors and `--dataset` from then on.
+
+    `loader(split_seed=..., [data_dir=...], [n_samples=...])` receives the options it declares and returns a
+    `SplitData`, or `(x, y)`: float inputs (N, F) in [0, 1] and integer labels 0..C-1, which are split
+    70/10/20 (train/val/test), stratified and seeded by `split_seed`. Registering a name again replaces it.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"dataset {name!r}: loader must be callable; got {type(loader).__name__}")
+    params = inspect.signature(loader).parameters
+    if "split_seed" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise TypeError(f"dataset {name!r}: loader must take a `split_seed` argument")
+    _DATASETS[name] = loader
+    _load_cached.cache_clear()
+    return loader
+
+
+def available_datasets() -> list[str]:
+    """Names of the registered datasets, in registration order."""
+    return list(_DATASETS)
+
+
 def check_dataset(name: str) -> str:
     """Return ``name`` if it is a known dataset, else raise ``ValueError`` listing the allowed values."""
-    if name not in DATASETS:
-        raise ValueError(f"dataset must be one of {', '.join(DATASETS)}; got {name!r}")
+    if name not in _DATASETS:
+        raise ValueError(f"dataset must be one of {', '.join(_DATASETS)}; got {name!r}")
     return name
+
+
+def _options(loader: DatasetLoader) -> set[str]:
+    params = inspect.signature(loader).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return set(_LOADER_OPTIONS)
+    return {p for p in _LOADER_OPTIONS if p in params}
 
 
 def pooled_split_sizes(n: int) -> tuple[int, int, int]:
@@ -189,8 +226,14 @@ def generate_mnist1d(n_samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]
     return x, y
 
 
-def _load_mnist1d(split_seed: int, n_samples: int) -> SplitData:
+def _load_mnist1d(split_seed: int, n_samples: int | None = None) -> SplitData:
     import numpy as np
+
+    if n_samples is None:
+        n_samples = MNIST1D_DEFAULT_SAMPLES
+    elif int(n_samples) != n_samples or n_samples < 100 or n_samples % 10:
+        raise ValueError(f"n_samples must be a multiple of 10 and >= 100 for mnist1d; got {n_samples}")
+    n_samples = int(n_samples)
 
     x, y = generate_mnist1d(n_samples, split_seed)
     _, n_val, n_test = pooled_split_sizes(len(y))
@@ -281,13 +324,31 @@ def _load_idx_dataset(name: str, split_seed: int, data_dir: str | None) -> Split
 
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split_seed: int, data_dir: str | None, n_samples: int | None) -> SplitData:
-    if name == "mnist5k":
-        return _load_mnist5k(split_seed)
-    if name == "digits":
-        return _load_digits(split_seed)
-    if name == "mnist1d":
-        return _load_mnist1d(split_seed, MNIST1D_DEFAULT_SAMPLES if n_samples is None else n_samples)
-    return _load_idx_dataset(name, split_seed, data_dir)
+    loader = _DATASETS[name]
+    given = {"split_seed": split_seed, "data_dir": data_dir, "n_samples": n_samples}
+    out = loader(**{k: v for k, v in given.items() if k in _options(loader)})
+    if isinstance(out, SplitData):
+        return out
+    try:
+        x, y = out
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"dataset {name!r}: loader must return a SplitData or (x, y); got {type(out).__name__}"
+        ) from None
+    return _pooled(_as_array(x, float), _as_array(y, "int64"), split_seed)
+
+
+def _as_array(a: Any, dtype: Any) -> np.ndarray:
+    import numpy as np
+
+    return np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a, dtype=dtype)
+
+
+register_dataset("mnist5k", _load_mnist5k)
+register_dataset("digits", _load_digits)
+register_dataset("mnist1d", _load_mnist1d)
+register_dataset("mnist", functools.partial(_load_idx_dataset, "mnist"))
+register_dataset("fashion_mnist", functools.partial(_load_idx_dataset, "fashion_mnist"))
 
 
 def load_split(
@@ -298,15 +359,10 @@ def load_split(
     ``n_samples`` (mnist1d only, multiple of 10, >= 100) and ``data_dir`` (mnist/fashion_mnist only) are
     ignored for the datasets they do not apply to.
     """
-    check_dataset(name)
-    if name == "mnist1d":
-        if n_samples is not None and (int(n_samples) != n_samples or n_samples < 100 or n_samples % 10):
-            raise ValueError(f"n_samples must be a multiple of 10 and >= 100 for mnist1d; got {n_samples}")
-        n_samples = None if n_samples is None else int(n_samples)
-    else:
-        n_samples = None
-    if name in ("mnist", "fashion_mnist"):
-        data_dir = None if data_dir is None else str(Path(data_dir).expanduser().resolve())
+    options = _options(_DATASETS[check_dataset(name)])  # options a dataset does not take are ignored
+    n_samples = n_samples if "n_samples" in options else None
+    if "data_dir" in options and data_dir is not None:
+        data_dir = str(Path(data_dir).expanduser().resolve())
     else:
         data_dir = None
     return _load_cached(name, int(split_seed), data_dir, n_samples)
