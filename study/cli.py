@@ -11,37 +11,31 @@ from typing import Any
 
 import yaml
 
-from study.tables import read_yaml
-from study.training.config import ConfigError, TrialConfig
+from study.tables import parse_bool, read_yaml
+from study.training.config import ConfigError, TrialConfig, field_choices
 
-TRAIN_HELP = {
-    "dataset": "data: mnist5k, digits, mnist1d (offline), or mnist, fashion_mnist (IDX files, --data-dir)",
-    "data_dir": "folder holding the IDX files of mnist / fashion_mnist",
-    "n_samples": "total samples generated for mnist1d (multiple of 10)",
-    "split_seed": "seed of the stratified train/val/test split (independent of --seed)",
-    "hidden": "hidden layer sizes, comma separated (e.g. 256,128)",
-    "activation": "activation after each layer: none, relu, leakyrelu, tanh, elu, silu, gelu",
-    "final_activation": "apply the activation after the last layer too (AnalogVNN's sample code does)",
-    "digital": "turn every analog effect off (the digital baseline)",
-    "weight_norm": "normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, ..._m/_w/_wm)",
-    "weight_policy": "gradient policy of the weight normalization (exact, ste, zero, or a registered one)",
-    "signal_norm": "normalization of signals (same choices as --weight-norm)",
-    "signal_policy": "gradient policy of the signal normalization",
-    "precision_class": "reduced precision: reduce (deterministic) or stochastic",
-    "precision": "number of precision levels p (16 = 2**4); 'none' = full precision",
-    "divide": "rounding threshold of deterministic reduced precision, in [0, 1]",
-    "noise": "noise: none, gaussian, poisson, laplacian, uniform",
-    "leakage": "noise leakage in (0, 1) (probability a quantised value changes level); none = no noise",
-    "noise_precision": "levels the leakage refers to (default: --precision; needed at full precision)",
-    "noise_at_eval": "keep the analog noise on when evaluating (the hardware is noisy at inference)",
-    "optimizer": "optimizer (adam)",
-    "lr": "learning rate",
-    "batch_size": "training batch size",
-    "epochs": "training epochs",
-    "seed": "trial seed: initial weights, data order and noise all follow it",
-    "diagnostics": "log gradient mismatch and saturation on a probe batch each epoch",
-    "probe_size": "probe batch size for the diagnostics",
-}
+
+def _shown_default(name: str) -> str:
+    default = TrialConfig.model_fields[name].default
+    shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+    return "none" if shown is None else str(shown)
+
+
+def train_help(name: str) -> str:
+    """`--NAME` help of `train`: the field's description (`TrialConfig`), its choices and default."""
+    text = TrialConfig.model_fields[name].description or name
+    choices = field_choices(name)
+    if choices:
+        text += f"; one of: {', '.join(choices)}"
+    return f"{text} (default: {_shown_default(name)})"
+
+
+def option_table() -> str:
+    """The README's table of `train` options, from the same field descriptions as `train --help`."""
+    lines = ["| option | default | what |", "| --- | --- | --- |"]
+    for name, field in TrialConfig.model_fields.items():
+        lines.append(f"| `--{name.replace('_', '-')}` | `{_shown_default(name)}` | {field.description} |")
+    return "\n".join(lines)
 
 
 def _parse_value(field: str, text: str) -> Any:
@@ -49,8 +43,9 @@ def _parse_value(field: str, text: str) -> Any:
         return None
     if field == "hidden":
         return [int(v) for v in text.split(",") if v.strip()]
-    if text.lower() in ("true", "false"):
-        return text.lower() == "true"
+    flag = parse_bool(text, numeric=False)
+    if flag is not None:
+        return flag
     return yaml.safe_load(text)
 
 
@@ -63,15 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML file of configuration fields (options override it)")
     p.add_argument("--out", type=Path, help="folder for the Lightning CSV log (<out>/<run_id>/metrics.csv)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
-    for name, field in TrialConfig.model_fields.items():
-        default = field.default
-        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        p.add_argument(
-            f"--{name.replace('_', '-')}",
-            dest=name,
-            metavar=name.upper(),
-            help=f"{TRAIN_HELP.get(name, name)} (default: {shown})",
-        )
+    for name in TrialConfig.model_fields:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), help=train_help(name))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -26,10 +26,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from analog import gradient_mismatch, set_noise
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import build_network
+from study.training.module import STAGES, build_network
 from study.training.trial import make_trainer, quiet_lightning, summarize
-
-STAGES = ("train", "val", "test")
 
 
 def check_bundle(configs: list[TrialConfig]) -> None:

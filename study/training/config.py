@@ -34,6 +34,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def field_choices(name: str) -> list[str]:
+    """The allowed values of a `TrialConfig` field with a fixed set of names (empty for other fields)."""
+    return available_datasets() if name == "dataset" else list(CHOICES.get(name, ()))
+
+
 class ConfigError(ValueError):
     """Invalid configuration; the message names each bad field and its allowed values."""
 
@@ -50,40 +55,76 @@ class TrialConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # data
-    dataset: str = "mnist5k"
-    data_dir: str | None = None
-    n_samples: int | None = Field(None, ge=100)
-    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    dataset: str = Field(
+        "mnist5k",
+        description="data set, by registered name (`study.training.data.register_dataset`); "
+        "mnist and fashion_mnist read IDX files from data_dir",
+    )
+    data_dir: str | None = Field(None, description="folder holding the IDX files of mnist / fashion_mnist")
+    n_samples: int | None = Field(
+        None, ge=100, description="total samples generated for mnist1d (multiple of 10)"
+    )
+    split_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the stratified train/val/test split (independent of seed)"
+    )
     # network
-    hidden: tuple[int, ...] = (256, 128)
-    activation: str = "gelu"
-    final_activation: bool = True
-    digital: bool = False
+    hidden: tuple[int, ...] = Field(
+        (256, 128), description="hidden layer sizes, comma separated on the command line (e.g. 256,128)"
+    )
+    activation: str = Field("gelu", description="activation after each layer")
+    final_activation: bool = Field(
+        True, description="apply the activation after the last layer too (AnalogVNN's sample code does)"
+    )
+    digital: bool = Field(False, description="turn every analog effect off (the digital baseline)")
     # analog effects and gradient policies
-    weight_norm: str = "clamp"
-    weight_policy: str = "ste"
-    signal_norm: str = "clamp"
-    signal_policy: str = "exact"
-    precision_class: str = "reduce"
-    precision: int | None = 16
-    divide: float = 0.5
-    noise: str = "gaussian"
-    leakage: float | None = 0.5
-    noise_precision: int | None = None
-    noise_at_eval: bool = True
+    weight_norm: str = Field(
+        "clamp",
+        description="normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, "
+        "..._m/_w/_wm, or a registered one)",
+    )
+    weight_policy: str = Field(
+        "ste",
+        description="gradient policy of the weight normalization (exact, ste, zero, or a registered one)",
+    )
+    signal_norm: str = Field(
+        "clamp", description="normalization of signals (the same choices as weight_norm)"
+    )
+    signal_policy: str = Field("exact", description="gradient policy of the signal normalization")
+    precision_class: str = Field(
+        "reduce", description="reduced precision: reduce (deterministic) or stochastic"
+    )
+    precision: int | None = Field(
+        16, description="number of precision levels p (16 = 2**4); none = full precision"
+    )
+    divide: float = Field(0.5, description="rounding threshold of deterministic reduced precision, in [0, 1]")
+    noise: str = Field("gaussian", description="analog noise model (none turns it off)")
+    leakage: float | None = Field(
+        0.5,
+        description="noise leakage in (0, 1) (probability a quantised value changes level); none = no noise",
+    )
+    noise_precision: int | None = Field(
+        None, description="levels the leakage refers to (default: precision; needed at full precision)"
+    )
+    noise_at_eval: bool = Field(
+        True, description="keep the analog noise on when evaluating (the hardware is noisy at inference)"
+    )
     # protocol
-    optimizer: Literal["adam"] = "adam"
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(128, ge=1)
-    epochs: int = Field(10, ge=1)
-    seed: int = Field(0, ge=0, le=MAX_SEED)
-    diagnostics: bool = True
-    probe_size: int = Field(256, ge=1)
+    optimizer: Literal["adam"] = Field("adam", description="optimizer (adam)")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    batch_size: int = Field(128, ge=1, description="training batch size")
+    epochs: int = Field(10, ge=1, description="training epochs")
+    seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="trial seed: initial weights, data order and noise all follow it"
+    )
+    diagnostics: bool = Field(
+        True, description="log gradient mismatch and saturation on a probe batch each epoch"
+    )
+    probe_size: int = Field(256, ge=1, description="probe batch size for the diagnostics")
 
     @field_validator("dataset", "activation", "precision_class", "noise")
     @classmethod
     def _choice(cls, v: str, info: ValidationInfo) -> str:
-        allowed = available_datasets() if info.field_name == "dataset" else CHOICES[info.field_name]
+        allowed = field_choices(info.field_name)
         if v not in allowed:
             raise ValueError(f"unknown {info.field_name} {v!r}; allowed: {', '.join(allowed)}")
         return v

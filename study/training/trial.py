@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import os
@@ -16,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from study.training.config import TrialConfig
 from study.training.data import AnalogDataModule
@@ -139,19 +137,3 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
     )
     wall = time.perf_counter() - start
     return summarize(config, module.history, module.diagnostics, module.diverged_at, wall)
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file and rename it into place: the file's presence means complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1, sort_keys=True, allow_nan=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def thread_setup(n_threads: int = 1) -> None:
-    """One torch thread per worker process, so parallel workers do not fight over cores."""
-    torch.set_num_threads(n_threads)
