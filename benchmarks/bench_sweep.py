@@ -29,7 +29,7 @@ def timed(spec, executor: str, workers: int, bundle: int) -> tuple[float, float]
     """Wall seconds of the whole sweep, and the mean wall time of one trial inside its worker."""
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        counts = run_study(spec, Path(out), workers=workers, executor=executor, bundle=bundle, quiet=True)
+        counts = run_study(spec, out=Path(out), workers=workers, executor=executor, bundle=bundle, quiet=True)
         seconds = time.perf_counter() - start
         assert counts["failed"] == 0 and counts["todo"] == 0, counts
         walls = [json.loads(p.read_text())["wall_time_s"] for p in Path(out).glob("*/trials/*/record.json")]

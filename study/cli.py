@@ -187,20 +187,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     security = _check_run_args(args)  # bad options are refused before the spec is even read
     spec = load_spec(args.spec)  # an oversized grid is refused before anything builds it
     if args.dry_run:
-        dry_run(spec, args.out, args.workers, args.bundle)
+        dry_run(spec, out=args.out, workers=args.workers, bundle=args.bundle)
         return 0
     counts = run_study(
         spec,
-        args.out,
-        args.workers,
-        args.executor,
-        args.scheduler,
-        args.retry_failed,
-        args.bundle,
-        args.quiet,
-        args.allow_hypotheses_change,
-        security,
-        args.insecure,
+        out=args.out,
+        workers=args.workers,
+        executor=args.executor,
+        scheduler=args.scheduler,
+        retry_failed=args.retry_failed,
+        bundle=args.bundle,
+        quiet=args.quiet,
+        hypotheses_change_reason=args.allow_hypotheses_change,
+        security=security,
+        insecure=args.insecure,
     )
     left = counts["failed"] + counts["todo"]
     if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study

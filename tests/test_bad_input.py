@@ -206,7 +206,7 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
     spec = _spec(factors={"weight_policy": ["exact", "ste"]}, seeds=1)
     out = tmp_path_factory.mktemp("ran")
-    run_study(parse_spec(spec), out, workers=1, bundle=1, quiet=True)
+    run_study(parse_spec(spec), out=out, workers=1, bundle=1, quiet=True)
     return out / "s", spec
 
 
@@ -242,7 +242,7 @@ def test_a_spec_changed_through_the_runner_is_logged_and_its_records_accepted(ra
     sdir = _copy(ran, tmp_path)
     old_hash = parse_spec(ran[1]).hash()
     more = parse_spec({**ran[1], "seeds": 2, "description": "two seeds now"})
-    run_study(more, tmp_path, workers=1, bundle=1, quiet=True)
+    run_study(more, out=tmp_path, workers=1, bundle=1, quiet=True)
     (entry,) = [json.loads(ln) for ln in (sdir / "spec_log.jsonl").read_text().splitlines()]
     assert entry["old_hash"] == old_hash and entry["new_hash"] == more.hash()
     assert entry["changed"] == ["description", "seeds"]
@@ -275,11 +275,11 @@ def test_a_hypotheses_change_needs_a_reason_that_the_report_shows(ran, tmp_path:
     changed = parse_spec({**ran[1], "hypotheses": {"margin": 1.0}})
     for reason in (None, "", "   "):
         with pytest.raises(HypothesesChanged, match="--allow-hypotheses-change REASON"):
-            run_study(changed, tmp_path, workers=1, quiet=True, hypotheses_change_reason=reason)
+            run_study(changed, out=tmp_path, workers=1, quiet=True, hypotheses_change_reason=reason)
     assert not (sdir / "hypotheses_log.jsonl").exists()
     with pytest.raises(SystemExit):  # the flag without its reason is a usage error
         main(["run", "x.yaml", "--allow-hypotheses-change"])
-    run_study(changed, tmp_path, workers=1, quiet=True, hypotheses_change_reason="pilot SD was 2 pp")
+    run_study(changed, out=tmp_path, workers=1, quiet=True, hypotheses_change_reason="pilot SD was 2 pp")
     collect(sdir)
     report = (stats_stage(sdir) / "report.md").read_text()
     assert "## Pre-registration" in report and "`margin` 0.5 → 1.0; reason: pilot SD was 2 pp" in report

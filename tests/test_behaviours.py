@@ -132,7 +132,7 @@ NOISY_EVAL = {**TINY, "leakage": 0.9, "seed": 3}
 
 def _val_losses(net: torch.nn.Module, config: TrialConfig) -> tuple[float, float]:
     """(validation loss without noise, with noise) of `net`, computed here over the whole split."""
-    data = load_split(config.dataset, config.split_seed, config.data_dir, config.n_samples)
+    data = load_split(config.dataset, config.split_seed, data_dir=config.data_dir, n_samples=config.n_samples)
     with torch.no_grad():
         analog.set_noise(net, False)
         quiet = float(F.cross_entropy(net(data.val_x), data.val_y))

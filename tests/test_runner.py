@@ -194,7 +194,7 @@ def test_two_runners_in_threads_run_each_trial_once(tmp_path, monkeypatch):
 
     def runner() -> None:
         try:
-            results.append(R.run_study(spec, tmp_path / "out", workers=1, bundle=1, quiet=True))
+            results.append(R.run_study(spec, out=tmp_path / "out", workers=1, bundle=1, quiet=True))
         except Exception:  # noqa: BLE001 - reported by the assertion below
             errors.append(traceback.format_exc())
 
@@ -292,9 +292,9 @@ def test_dask_local_cluster_gives_the_local_records(tmp_path):
     spec = load_spec(
         write_spec(tmp_path / "dask.yaml", _spec("dasky", 2, {"weight_policy": ["ste", "exact"]}))
     )
-    counts = R.run_study(spec, tmp_path / "dask", workers=2, executor="dask", bundle=1, quiet=True)
+    counts = R.run_study(spec, out=tmp_path / "dask", workers=2, executor="dask", bundle=1, quiet=True)
     assert counts == {"done": 4, "failed": 0, "todo": 0}
-    R.run_study(spec, tmp_path / "local", workers=1, executor="local", bundle=1, quiet=True)
+    R.run_study(spec, out=tmp_path / "local", workers=1, executor="local", bundle=1, quiet=True)
     dask_recs = {rid: json.loads(p.read_text()) for rid, p in _records(tmp_path / "dask" / "dasky").items()}
     local_recs = {rid: json.loads(p.read_text()) for rid, p in _records(tmp_path / "local" / "dasky").items()}
     assert set(dask_recs) == set(local_recs) == {t.run_id for t in expand(spec)}
@@ -425,7 +425,7 @@ def finished(tmp_path_factory) -> Path:
         root / "fin.yaml",
         _spec("fin", 3, {"policies": ["analogvnn", "exact/exact"]}, epochs=2, diagnostics=True),
     )
-    counts = R.run_study(load_spec(spec_path), root / "out", workers=1, bundle=2, quiet=True)
+    counts = R.run_study(load_spec(spec_path), out=root / "out", workers=1, bundle=2, quiet=True)
     assert counts == {"done": 6, "failed": 0, "todo": 0}
     return root / "out" / "fin"
 
@@ -540,7 +540,7 @@ def test_changed_hypotheses_are_refused(finished, tmp_path, capsys):
     spec["hypotheses"]["margin"] = 2.0
     spec_file = write_spec(tmp_path / "changed.yaml", spec)
     with pytest.raises(R.HypothesesChanged, match="hypotheses"):
-        R.run_study(load_spec(spec_file), tmp_path, workers=1, quiet=True)
+        R.run_study(load_spec(spec_file), out=tmp_path, workers=1, quiet=True)
     assert main(["run", str(spec_file), "--out", str(tmp_path), "--workers", "1", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "hypotheses" in err and "--allow-hypotheses-change" in err

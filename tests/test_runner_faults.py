@@ -186,7 +186,7 @@ def test_live_claim_never_goes_stale_during_a_long_trial(tmp_path, monkeypatch, 
     watcher = threading.Thread(target=other_runner)
     watcher.start()
     try:
-        counts = R.run_study(spec, tmp_path / "out", workers=1, bundle=1, quiet=True)
+        counts = R.run_study(spec, out=tmp_path / "out", workers=1, bundle=1, quiet=True)
     finally:
         stop.set()
         watcher.join()
@@ -215,7 +215,7 @@ def test_release_spares_a_claim_taken_over_by_another_runner(tmp_path, monkeypat
     monkeypatch.setattr(trial_mod, "run_trial", taken_over)
     spec = load_spec(write_spec(tmp_path / "steal.yaml", _spec("steal", 1, {"weight_policy": ["ste"]})))
     (rid,) = [t.run_id for t in expand(spec)]
-    R.run_study(spec, tmp_path / "out", workers=1, bundle=1, quiet=True)
+    R.run_study(spec, out=tmp_path / "out", workers=1, bundle=1, quiet=True)
     claim = R.trial_dir(tmp_path / "out" / "steal", rid) / R.CLAIM
     assert claim.exists(), "runner A deleted runner B's claim"
     assert json.loads(claim.read_text()) == theirs
@@ -354,7 +354,7 @@ def test_oversized_grid_is_refused_without_building_it(tmp_path, monkeypatch, ca
     )
     assert spec_mod.count_cells(spec) == 19 * 20 * 18 * 20 * 20
     with pytest.raises(spec_mod.ConfigError, match="2,736,000 grid cells"):
-        R.dry_run(spec, tmp_path / "out", 1, 1)
+        R.dry_run(spec, out=tmp_path / "out", workers=1, bundle=1)
 
 
 # ------------------------------------------------------------------ item 15: Dask addresses and options

@@ -29,7 +29,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from study.sweep.spec import StudySpec, Trial, check_grid_size, expand, spec_to_yaml
+from study.sweep.spec import StudySpec, Trial, check_grid_size, expand, import_plugins, spec_to_yaml
 from study.tables import HYPOTHESES_LOG, METRICS, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 RECORD, FAILED, CLAIM, CONFIG = "record.json", "failed.json", "claim.lock", "config.json"
@@ -299,15 +299,18 @@ def _write_history_csv(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def execute_unit(
-    sdir: str, unit: Unit, retry_failed: bool = False, n_threads: int = 1
+    sdir: str, unit: Unit, retry_failed: bool = False, n_threads: int = 1, plugins: tuple[str, ...] = ()
 ) -> list[dict[str, str]]:
     """Run the unit's trials that are not done (nor failed, unless `retry_failed`) and claimable.
 
     Returns one event per trial: {"run_id", "status": done|failed|skipped|busy, "wall_time_s"}. Every claim
     it took is released on the way out, however it leaves (an interrupt included); records are written
-    atomically, so an interrupted unit leaves whole records or none.
+    atomically, so an interrupted unit leaves whole records or none. The spec's `plugins` are imported
+    first (in a pool or Dask worker too), so the policies, normalizations and datasets they register exist.
     """
     import torch
+
+    import_plugins(plugins)
 
     from study.training.bundle import run_bundle
     from study.training.config import TrialConfig
@@ -761,6 +764,7 @@ def _dask_map(
 
 def run_study(
     spec: StudySpec,
+    *,
     out: str | Path = "runs",
     workers: int | None = None,
     executor: str = "local",
@@ -803,7 +807,7 @@ def run_study(
     )
     failed = start_counts["failed"] if not retry_failed else 0
     finished = 0  # trials done in this run
-    args = (str(sdir), retry_failed, 1)
+    args = (str(sdir), retry_failed, 1, tuple(spec.plugins))
     mapper = (
         _local_map(execute_unit, units, workers, args)
         if executor == "local"
@@ -860,7 +864,7 @@ def write_run_summary(sdir: Path) -> Path:
     return sdir / "run_summary.json"
 
 
-def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
+def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
     """Trial counts and an estimated time, without running anything (an oversized grid is refused)."""
     check_grid_size(spec)
     sdir = study_dir(out, spec)

@@ -10,8 +10,11 @@ and ``norm`` (the same normalization at both sites). Trials that differ only in 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +44,19 @@ class StudySpec(BaseModel):
     include: list[dict[str, Any]] = Field(default_factory=list)
     seeds: int | list[int] = 10
     hypotheses: Hypotheses = Field(default_factory=Hypotheses)
+    # modules imported before any trial is built, in the runner and in every worker: they register the
+    # study's own policies, normalizations and datasets (absent = none; then the spec hash is unchanged)
+    plugins: list[str] = Field(default_factory=list)
+
+    @field_validator("plugins")
+    @classmethod
+    def _plugins(cls, v: list[str]) -> list[str]:
+        bad = [m for m in v if not isinstance(m, str) or not re.fullmatch(MODULE_PATTERN, m)]
+        if bad:
+            raise ValueError(f"module names (dotted Python identifiers) expected; got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"listed twice: {sorted({m for m in v if v.count(m) > 1})}")
+        return v
 
     @field_validator("seeds")
     @classmethod
@@ -58,9 +74,17 @@ class StudySpec(BaseModel):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
+    def dump(self) -> dict[str, Any]:
+        """The canonical spec as plain data; `plugins` only when there are some (so older specs' hashes and
+        stored spec.yaml files are unchanged)."""
+        data = self.model_dump(mode="json")
+        if not data["plugins"]:
+            del data["plugins"]
+        return data
+
     def hash(self) -> str:
         """16-hex hash of the canonical spec."""
-        return _hash(self.model_dump(mode="json"))
+        return _hash(self.dump())
 
     def hypotheses_hash(self) -> str:
         return _hash(self.hypotheses.model_dump(mode="json"))
@@ -81,6 +105,21 @@ class Trial:
     def condition_key(self) -> str:
         """Identity of the trial without its seed (members of one seed bundle share it)."""
         return self.config.model_copy(update={"seed": 0}).run_id
+
+
+MODULE_PATTERN = r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*"
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import each module of a spec's `plugins` (once per process); a `ConfigError` names any that fails."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - any error while importing a user's module is reported
+            raise ConfigError(
+                f"plugins: cannot import {name!r} ({type(err).__name__}: {err}); it must be importable "
+                f"by the runner and by every worker (on sys.path, e.g. through PYTHONPATH)"
+            ) from err
 
 
 def _hash(obj: Any) -> str:
@@ -245,6 +284,12 @@ def parse_spec(data: dict[str, Any]) -> StudySpec:
     if not isinstance(data, dict):
         raise ConfigError("invalid spec: the YAML document must be a mapping")
     errors: list[str] = []
+    plugins = data.get("plugins")
+    if isinstance(plugins, list) and all(isinstance(m, str) for m in plugins):
+        try:  # before the values are checked: the plugins register the names they use
+            import_plugins(plugins)
+        except ConfigError as err:
+            errors.append(str(err))
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
@@ -279,7 +324,7 @@ def load_spec(path: str | Path) -> StudySpec:
 
 def spec_to_yaml(spec: StudySpec) -> str:
     """The spec as YAML (what the runner stores next to the trials)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec.dump(), sort_keys=False)
 
 
 # -- grid size: counted without building the grid (the runner refuses oversized grids) ----------------

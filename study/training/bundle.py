@@ -220,7 +220,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     quiet_lightning()
     start = time.perf_counter()
     c0 = configs[0]
-    data = load_split(c0.dataset, c0.split_seed, c0.data_dir, c0.n_samples)
+    data = load_split(c0.dataset, c0.split_seed, data_dir=c0.data_dir, n_samples=c0.n_samples)
     probe = (data.train_x[: c0.probe_size], data.train_y[: c0.probe_size])
     module = BundleClassifier(configs, data.n_features, data.n_classes, probe)
     from study.training.data import AnalogDataModule

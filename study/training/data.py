@@ -352,7 +352,7 @@ register_dataset("fashion_mnist", functools.partial(_load_idx_dataset, "fashion_
 
 
 def load_split(
-    name: str, split_seed: int = 0, data_dir: str | None = None, n_samples: int | None = None
+    name: str, split_seed: int = 0, *, data_dir: str | None = None, n_samples: int | None = None
 ) -> SplitData:
     """Load dataset ``name`` split by ``split_seed`` (LRU-cached, 8 entries; tensors are shared).
 
@@ -454,7 +454,9 @@ def _make_datamodule_class() -> type:
         def setup(self, stage: str | None = None) -> None:
             """Load the split once and seed the training-order generator with ``seed`` (first call only)."""
             if self.data is None:
-                self.data = load_split(self.name, self.split_seed, self.data_dir, self.n_samples)
+                self.data = load_split(
+                    self.name, self.split_seed, data_dir=self.data_dir, n_samples=self.n_samples
+                )
                 self.n_classes = self.data.n_classes
                 self.n_features = self.data.n_features
             if self.generator is None:
