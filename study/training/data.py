@@ -93,7 +93,7 @@ def register_dataset(name: str, loader: DatasetLoader) -> DatasetLoader:
     """Make `loader` the dataset `name`: valid in `TrialConfig`, spec factors and `--dataset` from then on.
 
     `loader(split_seed=..., [data_dir=...], [n_samples=...])` receives the options it declares and returns a
-    `SplitData`, or `(x, y)`: float inputs (N, F) in [0, 1] and integer labels 0..C-1, which are split
+    `SplitData`, or `(x, y)`: float inputs (N, F) in [0, 1] and integer labels in 0..9, which are split
     70/10/20 (train/val/test), stratified and seeded by `split_seed`. Registering a name again replaces it.
     """
     if not isinstance(name, str) or not name.strip():
