@@ -8,10 +8,10 @@ from pathlib import Path
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def _example() -> str:
+def _example(index: int = 0) -> str:
     text = README.read_text()
-    section = text.split("## Add a gradient policy or a normalization", 1)[1]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    section = text.split("## Add a gradient policy, a normalization or a dataset", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)[index]
 
 
 def test_readme_extension_example_runs() -> None:
@@ -30,3 +30,15 @@ def test_readme_registered_names_reach_trial_config() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "CFG tanh half" in out.stdout
+
+
+def test_readme_dataset_example_is_one_call_that_trains() -> None:
+    code = _example(1) + (
+        "\nfrom study.training.trial import run_trial\n"
+        "rec = run_trial({'dataset': 'blobs', 'hidden': [8], 'epochs': 10, 'batch_size': 16, 'lr': 0.01,"
+        " 'digital': True, 'diagnostics': False})\n"
+        "print('DATA', rec['config']['dataset'], rec['test_acc'] > 50)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "DATA blobs True" in out.stdout
