@@ -1,8 +1,8 @@
 """Mutation score per module with mutmut (the `mutation` extra): how many small code changes the tests catch.
 
     python benchmarks/mutation.py                      # every module in MODULES, 2 workers
-    python benchmarks/mutation.py analog study/stats.py --max-children 4
-    python benchmarks/mutation.py study/stats.py --sample 300   # a seeded random sample: an estimate
+    python benchmarks/mutation.py analog study/analysis/stats --max-children 4
+    python benchmarks/mutation.py study/analysis/stats --sample 300   # a seeded random sample: an estimate
     python benchmarks/mutation.py --report-only        # re-print the scores of the last run
 
 Not part of CI (it takes tens of minutes to hours). For each module, a scratch copy of the repository
@@ -48,12 +48,18 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
             "tests/test_behaviours.py::test_gradient_mismatch_norm_ratio_and_cosine_against_hand_computed_gradients",
         ],
     ),
-    "study/stats.py": (
-        ["study/stats.py"],
+    "study/analysis/stats": (
+        ["study/analysis/stats/*.py"],
         ["tests/test_stats.py", "tests/test_stats_contracts.py", "tests/test_behaviours.py"],
     ),
-    "study/runner.py": (["study/runner.py"], ["tests/test_runner.py", "tests/test_behaviours.py"]),
-    "study/trial.py": (["study/trial.py"], ["tests/test_trial.py", "tests/test_behaviours.py"]),
+    "study/sweep/runner.py": (
+        ["study/sweep/runner.py"],
+        ["tests/test_runner.py", "tests/test_behaviours.py"],
+    ),
+    "study/training/trial.py": (
+        ["study/training/trial.py"],
+        ["tests/test_trial.py", "tests/test_behaviours.py"],
+    ),
 }
 # mutmut maps each test to the functions called while it runs, and runs only those tests per mutant. A
 # module- or session-scoped fixture runs inside the first test that uses it, so the later tests that read

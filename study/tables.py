@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from analog.policies import OTHER_SITE
+from analog.policies import ANALOGVNN, OTHER_SITE
 
 SIG_DIGITS = 4
 ZERO_TOL = 1e-9
@@ -53,7 +53,7 @@ STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
 PRESET_COLUMN = "policies"
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
-PRESET_FLAG = "analogvnn"  # column of stats tables marking the `analogvnn` preset cell of a condition
+PRESET_FLAG = ANALOGVNN  # column of stats tables marking the `analogvnn` preset cell of a condition
 
 _TRUE_TEXTS = ("true", "yes", "1", "1.0")
 _FALSE_TEXTS = ("false", "no", "0", "0.0")

@@ -175,7 +175,7 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
 def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
     """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
     lines = [BEGIN, ""]
-    figure, margin, unit = None, None, " pp"
+    figure, margin, unit = None, None, ""
     for sdir in (require_study_dir(d) for d in study_dirs):
         comp_path = sdir / "stats" / "comparisons.csv"
         if not comp_path.exists():
