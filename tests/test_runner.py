@@ -521,7 +521,7 @@ def test_dry_run_counts_and_estimates_without_running(finished, tmp_path, capsys
     assert "5 done, 1 failed, 4 to do" in text
     assert "estimated" in text and "min" in text and "2 workers" in text
     assert {p: _fingerprint(p) for p in sdir.rglob("*") if p.is_file()} == files_before  # nothing ran
-    info = R.dry_run(load_spec(spec_file), tmp_path, 2, 8)
+    info = R.dry_run(load_spec(spec_file), out=tmp_path, workers=2, bundle=8)
     per_trial = sum(json.loads(p.read_text())["wall_time_s"] for p in _records(sdir).values()) / 5
     assert info["est_seconds_per_trial"] == pytest.approx(per_trial, abs=0.01)
     assert info["est_total_seconds"] == pytest.approx(4 * per_trial / 2, abs=1)
