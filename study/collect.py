@@ -105,8 +105,12 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     spec_hash = spec.hash()
     trials = expand(spec)
+    from study.tuning import study_trials, write_tables
+
+    shared = {t.run_id for t in trials}
+    extra = [t for t in study_trials(spec, sdir) if t.run_id not in shared]  # tune_lr's trials
     records, bad = {}, []
-    for trial in trials:
+    for trial in [*trials, *extra]:
         try:
             records[trial.run_id] = load_record(trial_dir(sdir, trial.run_id) / RECORD, trial.run_id)
         except InvalidRecord as err:
@@ -119,12 +123,16 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
         )
     check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
+
+    def row_of(trial: Any) -> dict[str, Any]:
+        rec, fail = records[trial.run_id], _read_failed(trial_dir(sdir, trial.run_id) / FAILED)
+        return _row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail)
+
     for trial in trials:
-        d = trial_dir(sdir, trial.run_id)
-        rec, fail = records[trial.run_id], _read_failed(d / FAILED)
-        rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
-        if rec:
-            curves += _curves(trial.run_id, rec)
+        rows.append(row_of(trial))
+    for trial in [*trials, *extra]:
+        if records[trial.run_id]:
+            curves += _curves(trial.run_id, records[trial.run_id])
     runs = pd.DataFrame(rows)
     runs_path = sdir / "runs.csv"
     write_table(runs, runs_path, raw=True)
@@ -140,4 +148,6 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     )
     for _, r in runs[runs["status"] != "done"].iterrows():
         print(f"  {r['status']}: {r['run_id']} seed={r['seed']} {r['error']}")
+    for path in write_tables(spec, sdir, row_of):
+        print(f"  tune_lr -> {path}")
     return runs_path, curves_path

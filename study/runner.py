@@ -785,7 +785,9 @@ def run_study(
     check_grid_size(spec)
     sdir = prepare(spec, out, hypotheses_change_reason)
     release_dead_claims(sdir)
-    trials = expand(spec)
+    from study.tuning import study_trials
+
+    trials = study_trials(spec, sdir)  # expand(spec), plus tune_lr's selection and own-lr trials
     states = {t.run_id: status(sdir, t.run_id) for t in trials}
     start_counts = {k: sum(1 for v in states.values() if v == k) for k in ("done", "failed", "todo")}
     pending = [
@@ -844,6 +846,10 @@ def run_study(
     write_run_summary(sdir)
     if interrupted:
         raise Interrupted(finished, counts, len(trials))
+    if len(study_trials(spec, sdir)) > len(trials):  # tune_lr: the selection chose lrs; run those trials
+        again = {"workers": workers, "executor": executor, "scheduler": scheduler, "bundle": bundle}
+        again |= {"retry_failed": retry_failed, "quiet": quiet, "security": security, "insecure": insecure}
+        return run_study(spec, out, hypotheses_change_reason=hypotheses_change_reason, **again)
     print(
         f"{spec.name}: {counts['done']}/{len(trials)} done, {counts['failed']} failed, "
         f"{counts['todo']} to do; this run {elapsed:.0f} s -> {sdir}"
@@ -864,7 +870,9 @@ def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) 
     """Trial counts and an estimated time, without running anything (an oversized grid is refused)."""
     check_grid_size(spec)
     sdir = study_dir(out, spec)
-    trials = expand(spec)
+    from study.tuning import study_trials
+
+    trials = study_trials(spec, sdir)
     counts = summary_counts(sdir, trials) if sdir.exists() else {"done": 0, "failed": 0, "todo": len(trials)}
     per_trial = estimate_trial_seconds(sdir)
     workers = workers or os.cpu_count() or 1
@@ -885,4 +893,11 @@ def dry_run(spec: StudySpec, out: str | Path, workers: int | None, bundle: int) 
         f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
         f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial"
     )
+    if spec.tune_lr is not None:
+        n_eval = len(expand(spec))
+        print(
+            f"  tune_lr: includes {len(trials) - n_eval} selection trials (lr grid {spec.tune_lr.grid} x "
+            f"selection seeds {spec.tune_lr.selection_seeds}); up to {n_eval} more at the chosen lrs "
+            "follow once the selection is done (none where a cell's choice is the shared lr)"
+        )
     return info

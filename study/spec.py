@@ -5,6 +5,7 @@ list of values; the grid is their product), optional `exclude` / `include` rules
 designs, `seeds` (a count or a list) and the pre-registered `hypotheses`. Besides TrialConfig fields,
 two factor names are shorthands: ``policies`` (a preset such as ``analogvnn`` or ``"<weight>/<signal>"``)
 and ``norm`` (the same normalization at both sites). Trials that differ only in policies share seeds.
+An optional `tune_lr` block selects each cell's learning rate on validation data (`study.tuning`).
 """
 
 from __future__ import annotations
@@ -12,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -26,6 +28,38 @@ from study.tables import STUDY_NAME_PATTERN, read_yaml
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).parent / "specs"
+
+
+class TuneLR(BaseModel):
+    """Per-cell learning-rate selection (`study.tuning`): every cell trains at each `grid` value on the
+    `selection_seeds` without ever evaluating the test split; the lr with the best mean `metric` (a
+    validation metric) is the cell's own lr, at which the study's evaluation seeds then train."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    grid: list[float] = Field(min_length=2)
+    selection_seeds: list[int] = Field(min_length=1)
+    metric: Literal["val_acc", "best_val_acc"] = "val_acc"
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not (math.isfinite(x) and x > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be finite and > 0; got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"learning rates must be distinct; got {v}")
+        return v
+
+    @field_validator("selection_seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"selection seeds must be distinct; got {v}")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
+        return v
 
 
 class StudySpec(BaseModel):
@@ -41,6 +75,7 @@ class StudySpec(BaseModel):
     include: list[dict[str, Any]] = Field(default_factory=list)
     seeds: int | list[int] = 10
     hypotheses: Hypotheses = Field(default_factory=Hypotheses)
+    tune_lr: TuneLR | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -58,9 +93,16 @@ class StudySpec(BaseModel):
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
+    def dump(self) -> dict[str, Any]:
+        """The spec as JSON-ready data; `tune_lr` only when set (earlier specs keep their hash)."""
+        data = self.model_dump(mode="json")
+        if data.get("tune_lr") is None:
+            data.pop("tune_lr", None)
+        return data
+
     def hash(self) -> str:
         """16-hex hash of the canonical spec."""
-        return _hash(self.model_dump(mode="json"))
+        return _hash(self.dump())
 
     def hypotheses_hash(self) -> str:
         return _hash(self.hypotheses.model_dump(mode="json"))
@@ -183,6 +225,32 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
                     )
                 resolved.setdefault(rid, value)
     errors += _check_rules(spec_dict, factors)
+    errors += _check_tune_lr(spec_dict, factors)
+    return errors
+
+
+def _check_tune_lr(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """`tune_lr` selects the lr per cell on seeds the evaluation never uses (and no other way)."""
+    tune = spec_dict.get("tune_lr")
+    if not isinstance(tune, dict):
+        return []  # absent, or reported by the StudySpec validation
+    errors = []
+    if "lr" in factors:
+        errors.append("factors.lr: not a factor when tune_lr selects the learning rate of every cell")
+    base = spec_dict.get("base") or {}
+    if isinstance(base, dict) and "eval_test" in base:
+        errors.append("base.eval_test: set by tune_lr (selection trials never evaluate the test split)")
+    if "eval_test" in factors:
+        errors.append("factors.eval_test: set by tune_lr (selection trials never evaluate the test split)")
+    sel, seeds = tune.get("selection_seeds"), spec_dict.get("seeds", 10)
+    if isinstance(sel, list) and isinstance(seeds, (int, list)) and not isinstance(seeds, bool):
+        evaluation = range(seeds) if isinstance(seeds, int) else seeds
+        both = sorted({s for s in sel if isinstance(s, int)} & set(evaluation))
+        if both:
+            errors.append(
+                f"tune_lr.selection_seeds: {both} are evaluation seeds too; the lr must be selected on "
+                "seeds the evaluation never uses (choose selection seeds outside `seeds:`)"
+            )
     return errors
 
 
@@ -279,7 +347,7 @@ def load_spec(path: str | Path) -> StudySpec:
 
 def spec_to_yaml(spec: StudySpec) -> str:
     """The spec as YAML (what the runner stores next to the trials)."""
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(spec.dump(), sort_keys=False)
 
 
 # -- grid size: counted without building the grid (the runner refuses oversized grids) ----------------
