@@ -215,6 +215,8 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
         resolved: dict[str, Any] = {}
         for value in values if base_ok else []:
             problems = _check_value(base, name, value)
+            if problems and _valid_in_a_cell(spec_dict, name, value):
+                continue  # valid only with other factors' values (momentum with optimizer sgd)
             errors += problems
             if not problems and name != "policies":  # preset names may alias one pair (deduplicated)
                 rid = resolve_config(base, {name: value}, 0).run_id
@@ -252,6 +254,34 @@ def _check_tune_lr(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[s
                 "seeds the evaluation never uses (choose selection seeds outside `seeds:`)"
             )
     return errors
+
+
+MAX_CELLS_TRIED = 10_000  # _valid_in_a_cell gives up (the value's error stands) after this many cells
+
+
+def _valid_in_a_cell(spec_dict: dict[str, Any], name: str, value: Any) -> bool:
+    """Whether a factor value that is invalid with the base alone is valid in a cell of the grid (not
+    excluded) or an include cell: a value valid only together with another factor's value. Every cell is
+    checked when the grid is expanded, so this only keeps such values from being refused up front."""
+    base, factors = spec_dict.get("base") or {}, spec_dict.get("factors") or {}
+    rules = [r for r in spec_dict.get("exclude") or [] if isinstance(r, dict)]
+    others = [k for k, v in factors.items() if k != name and isinstance(v, list)]
+    candidates = (
+        {name: value, **dict(zip(others, combo, strict=True))}
+        for combo in itertools.product(*(factors[k] for k in others))
+    )
+    includes = [c for c in spec_dict.get("include") or [] if isinstance(c, dict) and c.get(name) == value]
+    for i, cell in enumerate(itertools.chain(includes, candidates)):
+        if i >= MAX_CELLS_TRIED:
+            return False
+        if any(_matches(cell, r) for r in rules) and cell not in includes:
+            continue
+        try:
+            resolve_config(base, cell, 0)
+        except (ConfigError, ValueError):
+            continue
+        return True
+    return False
 
 
 def _check_rules(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:

@@ -148,3 +148,23 @@ def test_tuned_study_end_to_end_and_selection_never_sees_test_data(tmp_path: Pat
         rec["val_acc"] = 100.0 if t.config.lr == loser[key] else 0.0
         path.write_text(json.dumps(rec))
     assert {k: c["chosen"] for k, c in choose_lrs(spec, selection_table(spec, sdir)).items()} == loser
+
+
+def test_factor_value_valid_only_with_another_factor() -> None:
+    spec = {
+        "name": "sgd",
+        "base": dict(TINY),
+        "factors": {"optimizer": ["adam", "sgd"], "momentum": [0.0, 0.9]},
+        "exclude": [{"optimizer": "adam", "momentum": 0.9}],
+        "seeds": 1,
+    }
+    trials = expand(parse_spec(spec))
+    assert {(t.config.optimizer, t.config.momentum) for t in trials} == {
+        ("adam", 0.0),
+        ("sgd", 0.0),
+        ("sgd", 0.9),
+    }
+    with pytest.raises(ConfigError, match="momentum: applies to optimizer 'sgd' only"):
+        parse_spec({**spec, "exclude": []})  # the cell adam + 0.9 is in the grid: refused
+    with pytest.raises(ConfigError, match="factors.momentum: bad value 0.9"):
+        parse_spec({**spec, "factors": {"momentum": [0.0, 0.9]}, "exclude": []})  # valid in no cell
