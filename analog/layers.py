@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from analog.noise import NOISE_CLASSES, make_noise
-from analog.normalize import check_normalization, normalization_fn, saturation_mask
+from analog.normalize import check_bound, check_normalization, normalization_fn, saturation_mask
 from analog.policies import check_policy, get_policy, straight_through
 from analog.precision import PRECISION_CLASSES, check_divide, check_precision, precision_fn
 
@@ -31,6 +31,8 @@ class AnalogConfig:
     """Analog effects of a layer. ``precision=None`` is full precision; ``noise="none"`` is noise-free.
 
     Noise strength follows AnalogVNN: `leakage` at `noise_precision` levels (default: `precision`).
+    `weight_clamp` is the hardware weight range: a weight clamp clips weights and biases to
+    [-weight_clamp, weight_clamp] (``clamp01``: [0, weight_clamp]); 1 is AnalogVNN's range.
     """
 
     weight_norm: str = "clamp"
@@ -43,10 +45,12 @@ class AnalogConfig:
     noise: str = "gaussian"
     leakage: float | None = 0.5
     noise_precision: int | None = None
+    weight_clamp: float = 1.0
 
     def __post_init__(self) -> None:
         check_normalization(self.weight_norm, "weight_norm")
         check_normalization(self.signal_norm, "signal_norm")
+        check_bound(self.weight_norm, self.weight_clamp, "weight_clamp")
         check_policy(self.weight_policy, "weight_policy")
         check_policy(self.signal_policy, "signal_policy")
         if self.precision_class not in PRECISION_CLASSES:
@@ -97,7 +101,7 @@ class AnalogLinear(nn.Module):
         self._noise = (
             None if c.noise == "none" else make_noise(c.noise, c.leakage, c.effective_noise_precision)
         )
-        self._wnorm = normalization_fn(c.weight_norm)
+        self._wnorm = normalization_fn(c.weight_norm, c.weight_clamp)
         self._snorm = normalization_fn(c.signal_norm)
         self.reset_parameters()
 
@@ -129,7 +133,8 @@ class AnalogLinear(nn.Module):
         while i < len(stages):
             kind, fn, policy = stages[i]
             if tracking and kind == "norm":
-                self.saturation[site] = saturation_mask(x.detach(), norm_kind).float().mean()
+                bound = self.config.weight_clamp if site in ("weight", "bias") else 1.0
+                self.saturation[site] = saturation_mask(x.detach(), norm_kind, bound).float().mean()
             if policy == "ste" and not tracking:
                 fns = [fn]
                 while i + 1 < len(stages) and stages[i + 1][2] == "ste":

@@ -6,6 +6,7 @@ The backward is not defined here: :func:`normalize` applies a registered gradien
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -112,9 +113,35 @@ def check_normalization(kind: str, field: str = "normalization") -> str:
     return kind
 
 
-def normalization_fn(kind: str) -> Callable[[Tensor], Tensor]:
-    """The forward function of normalization `kind`."""
-    return _FORWARD[check_normalization(kind)]
+def check_bound(kind: str, bound: float, field: str = "weight_clamp") -> float:
+    """Validate a clamp range `bound` (finite, > 0) for normalization `kind`.
+
+    A clamp maps to [-bound, bound] (``clamp01``: [0, bound]); any other normalization has no range to
+    set, so a bound other than 1 is refused there (an Lp norm's scale is fixed by the norm itself).
+    """
+    number = isinstance(bound, (int, float)) and not isinstance(bound, bool)
+    if not number or not math.isfinite(bound) or bound <= 0:
+        raise ValueError(field_label(field) + f"must be a finite number > 0, got {bound!r}")
+    if bound != 1 and kind not in CLAMPS:
+        raise ValueError(
+            field_label(field)
+            + f"sets a clamp range, but the normalization is {kind!r}; it applies to {', '.join(CLAMPS)} "
+            "only (leave it at 1 for other normalizations)"
+        )
+    return float(bound)
+
+
+def normalization_fn(kind: str, bound: float = 1.0) -> Callable[[Tensor], Tensor]:
+    """The forward function of normalization `kind`; clamps clip to [-bound, bound] ([0, bound])."""
+    check_normalization(kind)
+    if check_bound(kind, bound) == 1:
+        return _FORWARD[kind]  # AnalogVNN's own functions: bit-identical to it at the default range
+    lo = 0.0 if kind == "clamp01" else -bound
+
+    def clamp(x: Tensor) -> Tensor:
+        return torch.clamp(x, min=lo, max=bound)
+
+    return clamp
 
 
 def normalize(x: Tensor, kind: str, policy: str = "exact") -> Tensor:
@@ -125,19 +152,20 @@ def normalize(x: Tensor, kind: str, policy: str = "exact") -> Tensor:
     return get_policy(policy)(fn, x)
 
 
-def saturation_mask(x: Tensor, kind: str) -> Tensor:
+def saturation_mask(x: Tensor, kind: str, bound: float = 1.0) -> Tensor:
     """Elements whose normalization's true derivative is not the identity.
 
-    For clamps these are the clipped elements; for Lp norms, every element the division changes
-    (all of them unless the norm is exactly 1). Used by the gradient diagnostics.
+    For clamps these are the clipped elements (beyond the range set by `bound`); for Lp norms, every
+    element the division changes (all of them unless the norm is exactly 1). Used by the diagnostics.
     """
     check_normalization(kind)
+    check_bound(kind, bound)
     if kind == "none":
         return torch.zeros_like(x, dtype=torch.bool)
     if kind == "clamp":
-        return (x < -1) | (x > 1)
+        return (x < -bound) | (x > bound)
     if kind == "clamp01":
-        return (x < 0) | (x > 1)
+        return (x < 0) | (x > bound)
     if kind in _SATURATION:
         return _SATURATION[kind](x)
     with torch.no_grad():

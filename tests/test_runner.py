@@ -457,8 +457,11 @@ def test_collect_tables(finished, tmp_path):
     assert list(curves.columns) == ["run_id", "epoch", "metric", "layer", "value"]
     assert set(curves["run_id"]) == set(runs["run_id"])
     whole = curves[curves["layer"].isna()]
-    assert set(whole["metric"]) == {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}
-    assert len(whole) == 6 * 2 * 6  # trials x epochs x metrics
+    metrics = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "weight_saturation"}
+    assert set(whole["metric"]) == metrics  # weight_saturation: pooled over the layers
+    assert len(whole) == 6 * 2 * 7  # trials x epochs x metrics
+    sat = curves[curves["metric"] == "weight_saturation"]
+    assert len(sat) == 6 * 2 * 3 and sat["value"].between(0, 1).all()  # 2 layers and pooled
     cos = curves[curves["metric"] == "grad_cosine"]
     assert len(cos) == 6 * 2 * 2  # trials x epochs x analog layers (hidden [16]: 2 layers)
     assert set(cos["layer"]) == {0, 1} and set(cos["epoch"]) == {1, 2}

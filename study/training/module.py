@@ -12,6 +12,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from analog import build_classifier, gradient_mismatch, set_noise
+from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 
 STAGES = ("train", "val", "test")
@@ -31,15 +32,30 @@ def build_network(config: TrialConfig, n_features: int, n_classes: int) -> torch
     )
 
 
+def make_optimizer(config: TrialConfig, params: Any) -> dict[str, Any]:
+    """The optimizer and learning-rate schedule `config` names, as `configure_optimizers` returns them
+    (one definition for the sequential and the bundled paths; both optimizers act element-wise, so a
+    bundle's stacked parameters are updated exactly as each member's alone)."""
+    if config.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum)
+    else:
+        opt = torch.optim.Adam(params, lr=config.lr)
+    out: dict[str, Any] = {"optimizer": opt}
+    if config.schedule == "cosine":  # stepped once per epoch (Lightning's default interval)
+        out["lr_scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+    return out
+
+
 class AnalogClassifier(L.LightningModule):
-    """Cross-entropy classifier over an `analog` network; Adam; accuracy per split with torchmetrics.
+    """Cross-entropy classifier over an `analog` network; Adam or SGD; accuracy per split (torchmetrics).
 
     Validation runs two dataloaders each epoch (0 = validation, 1 = test), so the record holds
     per-epoch test metrics too. Evaluation keeps the analog noise on unless `noise_at_eval` is false.
     Divergence (one definition, shared with the bundled path): a non-finite training loss (that step
     is skipped) or non-finite parameters after an optimizer step. Training stops; the network as it
     stands is evaluated at the end of that epoch, which closes the history; `diverged_at` records
-    the epoch and the optimizer step.
+    the epoch and the optimizer step. `saturation` holds, per epoch, the fraction of weight-site
+    parameters beyond their range (`analog.diagnostics.weight_saturation`), for analog networks.
     """
 
     def __init__(
@@ -56,14 +72,15 @@ class AnalogClassifier(L.LightningModule):
         self.diverged_at: dict[str, int] | None = None
         self.history: list[dict[str, Any]] = []
         self.diagnostics: list[dict[str, Any]] = []
+        self.saturation: list[dict[str, Any]] = []
         self._loss_sum = {s: 0.0 for s in STAGES}
         self._loss_n = {s: 0 for s in STAGES}
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr)
+    def configure_optimizers(self) -> dict[str, Any]:
+        return make_optimizer(self.config, self.parameters())
 
     def _accumulate(self, stage: str, logits: Tensor, y: Tensor, loss: Tensor) -> None:
         self.acc[f"{stage}_acc"].update(logits.detach(), y)
@@ -116,6 +133,8 @@ class AnalogClassifier(L.LightningModule):
             self.log_dict({k: v for k, v in row.items() if k != "epoch"}, logger=True, on_epoch=True)
         if self.config.diagnostics and self.probe is not None and not self.config.digital:
             self.diagnostics.append({"epoch": row["epoch"], "layers": self._probe_mismatch()})
+        if not self.config.digital:
+            self.saturation.append({"epoch": row["epoch"], **weight_saturation(self.net)})
 
     def _probe_mismatch(self) -> list[dict[str, float]]:
         x, y = self.probe

@@ -79,8 +79,10 @@ def summarize(
     diagnostics: list[dict[str, Any]],
     diverged_at: dict[str, int] | None,
     wall: float,
+    saturation: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The record: configuration, final and best-validation metrics, per-epoch history, provenance."""
+    """The record: configuration, final and best-validation metrics, per-epoch history, provenance;
+    `weight_saturation` per epoch (see `analog.diagnostics.weight_saturation`)."""
     last = history[-1] if history else {}
     nan = math.nan
     best = max(history, key=lambda r: (r["val_acc"], -r["epoch"])) if history else {}
@@ -102,6 +104,7 @@ def summarize(
         "wall_time_s": wall,
         "history": history,
         "diagnostics": diagnostics,
+        "weight_saturation": saturation or [],
         "versions": library_versions(),
     }
 
@@ -131,9 +134,13 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
         logger = L.pytorch.loggers.CSVLogger(save_dir=str(out_dir), name="", version=config.run_id)
     trainer = make_trainer(config.epochs, logger)
     trainer.fit(
-        module,
-        train_dataloaders=data.train_dataloader(),
-        val_dataloaders=[data.val_dataloader(), data.test_dataloader()],
+        module, train_dataloaders=data.train_dataloader(), val_dataloaders=eval_dataloaders(config, data)
     )
     wall = time.perf_counter() - start
-    return summarize(config, module.history, module.diagnostics, module.diverged_at, wall)
+    return summarize(config, module.history, module.diagnostics, module.diverged_at, wall, module.saturation)
+
+
+def eval_dataloaders(config: TrialConfig, data: Any) -> list[Any]:
+    """The evaluation loaders of each epoch: validation (index 0), then test unless `eval_test` is off
+    (learning-rate selection trials never see the test split; their test metrics are NaN)."""
+    return [data.val_dataloader(), data.test_dataloader()] if config.eval_test else [data.val_dataloader()]
