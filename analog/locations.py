@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from analog.policies import check_policy
+from analog.policies import field_label as _at
 
 ROLES: tuple[str, ...] = ("hidden", "readout")
 POSITIONS: tuple[str, ...] = ("input", "output")
@@ -60,33 +61,33 @@ def _values(key: str, value: Any, field: str) -> tuple[str, ...]:
         value = value.split(INDEX_SEP)
     if isinstance(value, list | tuple):
         if not value:
-            raise ValueError(f"{field}: {key}: an empty list of policies")
+            raise ValueError(f"{_at(field)}{key}: an empty list of policies")
         if any(loc.startswith("readout") for loc in _covers(key)):
             raise ValueError(
-                f"{field}: {key}: one policy per layer is allowed only for hidden locations "
+                f"{_at(field)}{key}: one policy per layer is allowed only for hidden locations "
                 f"(hidden, hidden_input, hidden_output); the readout is one layer"
             )
-        return tuple(check_policy(v, f"{field}: {key}") for v in value)
-    return (check_policy(value, f"{field}: {key}"),)
+        return tuple(check_policy(v, f"{_at(field)}{key}") for v in value)
+    return (check_policy(value, f"{_at(field)}{key}"),)
 
 
 def _parse_string(text: str, field: str) -> dict[str, Any]:
     items = [s.strip() for s in text.split(ITEM_SEP)]
     if any(not s for s in items):
-        raise ValueError(f"{field}: empty item in {text!r}")
+        raise ValueError(f"{_at(field)}empty item in {text!r}")
     out: dict[str, Any] = {}
     for i, item in enumerate(items):
         key, sep, value = item.partition("=")
         if not sep:
             if i:
                 raise ValueError(
-                    f"{field}: {item!r} in {text!r}: only the first item may be a bare policy (the "
+                    f"{_at(field)}{item!r} in {text!r}: only the first item may be a bare policy (the "
                     "default); write the others as location=policy"
                 )
             key, value = DEFAULT_KEY, item
         key, value = key.strip(), value.strip()
         if key in out:
-            raise ValueError(f"{field}: {key!r} given twice in {text!r}")
+            raise ValueError(f"{_at(field)}{key!r} given twice in {text!r}")
         out[key] = value
     return out
 
@@ -104,14 +105,14 @@ def parse_signal_policy(value: str | Mapping[str, Any], field: str = "signal_pol
         spec = dict(value)
     else:
         raise ValueError(
-            f"{field}: must be a policy name, a mapping of locations to policies or a string such as "
+            f"{_at(field)}must be a policy name, a mapping of locations to policies or a string such as "
             f"'exact,readout_output=ste'; got {value!r}"
         )
     if not spec:
-        raise ValueError(f"{field}: an empty mapping; allowed keys: {', '.join(LOCATION_KEYS)}")
+        raise ValueError(f"{_at(field)}an empty mapping; allowed keys: {', '.join(LOCATION_KEYS)}")
     bad = [k for k in spec if k not in LOCATION_KEYS]
     if bad:
-        raise ValueError(f"{field}: unknown location {bad[0]!r}; allowed: {', '.join(LOCATION_KEYS)}")
+        raise ValueError(f"{_at(field)}unknown location {bad[0]!r}; allowed: {', '.join(LOCATION_KEYS)}")
     assigned: dict[str, tuple[int, str, tuple[str, ...]]] = {}  # location -> (level, key, policies)
     for key in sorted(spec, key=_level):
         policies = _values(key, spec[key], field)
@@ -119,13 +120,13 @@ def parse_signal_policy(value: str | Mapping[str, Any], field: str = "signal_pol
             prev = assigned.get(loc)
             if prev is not None and prev[0] == _level(key):
                 raise ValueError(
-                    f"{field}: {prev[1]!r} and {key!r} both set {loc}; set {loc} itself to say which wins"
+                    f"{_at(field)}{prev[1]!r} and {key!r} both set {loc}; set {loc} itself to say which wins"
                 )
             assigned[loc] = (_level(key), key, policies)
     missing = [loc for loc in SIGNAL_LOCATIONS if loc not in assigned]
     if missing:
         raise ValueError(
-            f"{field}: no policy for {', '.join(missing)}; give a default (a bare first item, or the "
+            f"{_at(field)}no policy for {', '.join(missing)}; give a default (a bare first item, or the "
             f"key {DEFAULT_KEY!r}) or every location"
         )
     out: Assignment = {}
@@ -177,7 +178,7 @@ def check_hidden_count(value: str | Mapping[str, Any], n_hidden: int, field: str
     for loc, policies in parse_signal_policy(value, field).items():
         if len(policies) > 1 and len(policies) != n_hidden:
             raise ValueError(
-                f"{field}: {loc} lists {len(policies)} policies ({_text(policies)}) but the network has "
+                f"{_at(field)}{loc} lists {len(policies)} policies ({_text(policies)}) but the network has "
                 f"{n_hidden} hidden layer(s); give one per hidden layer or a single policy"
             )
 
@@ -195,7 +196,7 @@ def layer_signal_policies(
         return name, name
     if role not in ROLES:
         raise ValueError(
-            f"{field}: {value!r} sets policies by location, so the layer needs its role, one of "
+            f"{_at(field)}{value!r} sets policies by location, so the layer needs its role, one of "
             f"{', '.join(ROLES)} (got {role!r}); build_classifier sets it"
         )
     assign = parse_signal_policy(value, field)
@@ -204,7 +205,7 @@ def layer_signal_policies(
         policies = assign[f"{role}_{pos}"]
         if len(policies) > 1 and not 0 <= index < len(policies):
             raise ValueError(
-                f"{field}: {role}_{pos} lists {len(policies)} policies; there is no hidden layer {index}"
+                f"{_at(field)}{role}_{pos} lists {len(policies)} policies; there is no hidden layer {index}"
             )
         out.append(policies[index] if len(policies) > 1 else policies[0])
     return out[0], out[1]

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from analog import gradient_mismatch, set_noise
+from analog import set_noise
 from study.config import TrialConfig
 from study.data import load_split, train_batches
-from study.module import build_network
+from study.module import build_network, probe_record
 from study.trial import make_trainer, quiet_lightning, summarize
 
 STAGES = ("train", "val", "test")
@@ -194,21 +194,17 @@ class BundleClassifier(L.LightningModule):
                 row[f"{s}_acc"] = round(100.0 * float(self._correct[s][k]) / n, 4) if n else math.nan
             self.histories[k].append(row)
             if self.config.diagnostics and self.probe is not None and not self.config.digital:
-                self.diagnostics[k].append({"epoch": epoch, "layers": self._probe_mismatch(k)})
+                self.diagnostics[k].append(self._probe(k, epoch))
         self._reset_sums()
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member `k`'s parameters, as a state dict of the plain (unstacked) network."""
         return {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
 
-    def _probe_mismatch(self, k: int) -> list[dict[str, float]]:
+    def _probe(self, k: int, epoch: int) -> dict[str, Any]:
         net = copy.deepcopy(self.base)
         net.load_state_dict(self.member_state(k), strict=False)
-        x, y = self.probe
-        cfg = self.configs[k]
-        with torch.enable_grad():
-            layers = gradient_mismatch(net, x, y, (cfg.weight_policy, cfg.signal_policy), seed=cfg.seed)
-        return [vars(m) for m in layers]
+        return probe_record(net, self.configs[k], *self.probe, epoch)
 
 
 def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, Any]]:

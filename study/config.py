@@ -17,7 +17,8 @@ from pydantic import (
 )
 
 from analog.layers import AnalogConfig
-from analog.models import ACTIVATIONS
+from analog.locations import canonical_signal_policy, check_hidden_count, is_uniform
+from analog.models import ACTIVATIONS, READOUTS
 from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
@@ -32,7 +33,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ACTIVATIONS,
     "precision_class": PRECISION_CLASSES,
     "noise": NOISE_CLASSES,
+    "readout": READOUTS,
 }
+
+OMIT_AT_DEFAULT: tuple[str, ...] = ("readout",)
+"""Fields added after the canonical studies ran: left out of `canonical()` (and so of `run_id`) at their
+default, so every configuration that does not use them keeps the run_id it always had."""
 
 
 class ConfigError(ValueError):
@@ -46,6 +52,10 @@ class TrialConfig(BaseModel):
     signals, ReducePrecision with 2**4 levels, Gaussian noise of leakage 0.5, Adam (lr 1e-3), batch
     128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
     ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
+    `signal_policy` may set policies by location (``{default: exact, readout_output: ste}`` or
+    ``"exact,readout_output=ste"``, :mod:`analog.locations`); it is kept in its canonical string form.
+    `readout` (``analog``, ``digital``, ``scaled``; :data:`analog.models.READOUTS`) says how the last
+    layer is read out; ``digital`` has no final activation, so it sets ``final_activation: false``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -60,6 +70,7 @@ class TrialConfig(BaseModel):
     activation: str = "gelu"
     final_activation: bool = True
     digital: bool = False
+    readout: str = "analog"
     # analog effects and gradient policies
     weight_norm: str = "clamp"
     weight_policy: str = "ste"
@@ -81,7 +92,19 @@ class TrialConfig(BaseModel):
     diagnostics: bool = True
     probe_size: int = Field(256, ge=1)
 
-    @field_validator("dataset", "activation", "precision_class", "noise")
+    @model_validator(mode="before")
+    @classmethod
+    def _digital_readout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("readout") == "digital":
+            if data.get("final_activation", False) is not False:
+                raise ValueError(
+                    "final_activation: readout 'digital' has no final activation (unbounded logits); "
+                    "leave final_activation out or set it to false"
+                )
+            data = {**data, "final_activation": False}
+        return data
+
+    @field_validator("dataset", "activation", "precision_class", "noise", "readout")
     @classmethod
     def _choice(cls, v: str, info: ValidationInfo) -> str:
         allowed = CHOICES[info.field_name]
@@ -94,10 +117,15 @@ class TrialConfig(BaseModel):
     def _norm(cls, v: str) -> str:
         return check_normalization(v, "")
 
-    @field_validator("weight_policy", "signal_policy")
+    @field_validator("weight_policy")
     @classmethod
     def _policy(cls, v: str) -> str:
         return check_policy(v, "")
+
+    @field_validator("signal_policy", mode="before")
+    @classmethod
+    def _signal_policy(cls, v: Any) -> str:
+        return canonical_signal_policy(v, "")
 
     @field_validator("precision", "noise_precision")
     @classmethod
@@ -115,6 +143,13 @@ class TrialConfig(BaseModel):
     def _analog(self) -> TrialConfig:
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
+            check_hidden_count(self.signal_policy, len(self.hidden), "signal_policy")
+        elif self.readout != "analog":
+            raise ValueError(f"readout: {self.readout!r} needs an analog network (digital: false)")
+        elif not is_uniform(self.signal_policy):
+            raise ValueError(
+                "signal_policy: a digital network has no signal normalization to set by location"
+            )
         return self
 
     def analog_config(self) -> AnalogConfig:
@@ -133,8 +168,13 @@ class TrialConfig(BaseModel):
         )
 
     def canonical(self) -> dict[str, Any]:
-        """JSON-ready dict of every field (the trial's identity)."""
-        return json.loads(self.model_dump_json())
+        """JSON-ready dict of every field (the trial's identity), less the `OMIT_AT_DEFAULT` fields at
+        their default."""
+        data = json.loads(self.model_dump_json())
+        for name in OMIT_AT_DEFAULT:
+            if data[name] == type(self).model_fields[name].default:
+                del data[name]
+        return data
 
     @property
     def run_id(self) -> str:

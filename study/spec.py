@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from analog.locations import canonical_signal_policy, is_uniform
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 from study.hypotheses import Hypotheses
@@ -224,6 +225,16 @@ def _check_rules(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str
 
 
 def _check_value(base: dict[str, Any], name: str, value: Any) -> list[str]:
+    if name == "signal_policy" and (not isinstance(value, str) or not is_uniform(value)):
+        try:
+            canonical = canonical_signal_policy(value)
+        except ValueError as err:
+            return [f"factors.signal_policy: bad value {value!r}: {err}"]
+        if canonical != value:
+            return [
+                f"factors.signal_policy: write {value!r} as {canonical!r} (its canonical form: runs.csv, "
+                "the hypotheses and the statistics name the cell by it)"
+            ]
     if name == "policies":
         ok = value in PRESETS or (isinstance(value, str) and value.count("/") == 1)
         if not ok:
