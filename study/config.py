@@ -18,7 +18,7 @@ from pydantic import (
 
 from analog.layers import AnalogConfig
 from analog.locations import canonical_signal_policy, check_hidden_count, is_uniform
-from analog.models import ACTIVATIONS, READOUTS
+from analog.models import ACTIVATIONS, READOUTS, logit_bounds
 from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
@@ -144,6 +144,8 @@ class TrialConfig(BaseModel):
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
             check_hidden_count(self.signal_policy, len(self.hidden), "signal_policy")
+            if self.readout == "scaled":
+                logit_bounds(self.signal_norm, self.activation, self.final_activation)  # bounded?
         elif self.readout != "analog":
             raise ValueError(f"readout: {self.readout!r} needs an analog network (digital: false)")
         elif not is_uniform(self.signal_policy):
