@@ -142,7 +142,8 @@ def _text(policies: tuple[str, ...]) -> str:
 
 def canonical_signal_policy(value: str | Mapping[str, Any], field: str = "signal_policy") -> str:
     """The one string that spells `value`: a policy name when every location agrees, else
-    ``"<default>,<location or group>=<policy>,..."`` with the most common policy as the default.
+    ``"<default>,<location or group>=<policy>,..."`` with the most common policy as the default (on a
+    tie, the one nearest the logits), e.g. ``"exact,input=ste"``, ``"ste,readout_output=exact"``.
 
     Fixed points: ``canonical_signal_policy(canonical_signal_policy(v)) == canonical_signal_policy(v)``.
     """
@@ -153,7 +154,8 @@ def canonical_signal_policy(value: str | Mapping[str, Any], field: str = "signal
     counts = Counter(singles)
     if counts:
         top = max(counts.values())
-        default: tuple[str, ...] | None = next(p for p in singles if counts[p] == top)
+        # ties go to the readout's output policy (the logits' clamp), then the locations before it
+        default: tuple[str, ...] | None = next(p for p in reversed(singles) if counts[p] == top)
     else:
         default = None
     rest = [loc for loc in SIGNAL_LOCATIONS if assign[loc] != default]

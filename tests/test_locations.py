@@ -74,10 +74,11 @@ def test_every_spelling_of_one_policy_everywhere_is_that_policy(p):
 @pytest.mark.parametrize(
     ("spec", "canonical"),
     [
-        ({"hidden": "ste", "readout": "exact"}, "ste,readout=exact"),
+        ({"hidden": "ste", "readout": "exact"}, "exact,hidden=ste"),
         ({"default": "exact", "readout_output": "ste"}, "exact,readout_output=ste"),
         ("exact,readout_output=ste", "exact,readout_output=ste"),
-        ({"input": "ste", "output": "exact"}, "ste,output=exact"),
+        ({"input": "ste", "output": "exact"}, "exact,input=ste"),
+        ({"input": "exact", "output": "ste"}, "ste,input=exact"),
         ({"default": "ste", "hidden_output": "exact"}, "ste,hidden_output=exact"),
         ({"default": "ste", "hidden_input": "exact", "readout_output": "zero"}, None),
         ({"default": "exact", "hidden_output": ["ste", "exact"]}, "exact,hidden_output=ste:exact"),
@@ -381,6 +382,6 @@ def test_specs_take_location_policies_in_canonical_form_only():
         parse_spec(bad)
     with pytest.raises(ConfigError, match="factors.signal_policy: bad value"):
         parse_spec({**spec, "factors": {"signal_policy": ["exact", "exact,readot=ste"]}})
-    with pytest.raises(ValueError, match="as 'ste,readout=exact'"):
+    with pytest.raises(ValueError, match="as 'exact,hidden=ste'"):
         Comparison(site="signal", a="exact", b="readout=exact,hidden=ste")
     assert Comparison(site="signal", a="exact", b="magic").b == "magic"  # unknown names stay (skipped later)
