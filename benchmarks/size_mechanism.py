@@ -91,7 +91,8 @@ def time_cell(dataset: str, bundle: int, trials: int, spec_name: str = "mechanis
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=raw)
     parser.add_argument("--half-width", type=float, default=0.5, help="target CI half-width, pp")
     parser.add_argument("--time", action="store_true", help="measure s/trial (bundle 8 and 1)")
     parser.add_argument("--trials", type=int, default=2, help="trials timed one by one")
