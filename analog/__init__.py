@@ -5,9 +5,20 @@ normalization is chosen by name (``exact``, ``ste``, ``zero`` or one you registe
 the weight site and the signal site.
 """
 
-from analog.diagnostics import LayerMismatch, gradient_mismatch
+from analog.diagnostics import LayerMismatch, LogitStats, ProbeResult, gradient_mismatch, probe
 from analog.layers import AnalogConfig, AnalogLinear, analog_layers, set_noise, set_policies
-from analog.models import ACTIVATIONS, PAPER_HIDDEN, SAMPLE_HIDDEN, build_classifier, make_activation
+from analog.locations import SIGNAL_LOCATIONS, canonical_signal_policy, parse_signal_policy
+from analog.models import (
+    ACTIVATIONS,
+    PAPER_HIDDEN,
+    READOUTS,
+    SAMPLE_HIDDEN,
+    build_classifier,
+    cross_entropy_floor,
+    logit_bounds,
+    make_activation,
+    readout_scale,
+)
 from analog.noise import NOISE_CLASSES, GaussianNoise, LaplacianNoise, PoissonNoise, UniformNoise, make_noise
 from analog.normalize import (
     NORMALIZATIONS,
@@ -40,13 +51,17 @@ __all__ = [
     "PAPER_HIDDEN",
     "PRECISION_CLASSES",
     "PRESETS",
+    "READOUTS",
     "SAMPLE_HIDDEN",
+    "SIGNAL_LOCATIONS",
     "AnalogConfig",
     "AnalogLinear",
     "GaussianNoise",
     "LaplacianNoise",
     "LayerMismatch",
+    "LogitStats",
     "PoissonNoise",
+    "ProbeResult",
     "ReducePrecision",
     "StochasticReducePrecision",
     "UniformNoise",
@@ -55,12 +70,18 @@ __all__ = [
     "available_policies",
     "register_normalization",
     "build_classifier",
+    "canonical_signal_policy",
+    "cross_entropy_floor",
     "get_policy",
     "gradient_mismatch",
+    "logit_bounds",
     "make_activation",
     "make_noise",
     "normalization_fn",
     "normalize",
+    "parse_signal_policy",
+    "probe",
+    "readout_scale",
     "reduce_precision",
     "register_policy",
     "resolve_preset",

@@ -3,9 +3,11 @@
     signal in -> [norm, precision, noise] -> linear(W', b') -> [noise, norm, precision] -> (activation)
     W', b'   = [norm, precision, noise](W, b)
 
-The normalization's backward at the weight site and at the signal site follows its own policy;
-precision and noise are straight-through everywhere. Consecutive straight-through stages are fused
-into one autograd node (same values and gradients, less overhead).
+The normalization's backward at the weight site and at the signal site follows its own policy; the
+signal site's policy may differ by location (:mod:`analog.locations`: the layer's role, hidden or
+readout, and the position, input or output). Precision and noise are straight-through everywhere.
+Consecutive straight-through stages are fused into one autograd node (same values and gradients,
+less overhead).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from analog.locations import ROLES, canonical_signal_policy, layer_signal_policies
 from analog.noise import NOISE_CLASSES, make_noise
 from analog.normalize import check_bound, check_normalization, normalization_fn, saturation_mask
 from analog.policies import check_policy, get_policy, straight_through
@@ -33,6 +36,8 @@ class AnalogConfig:
     Noise strength follows AnalogVNN: `leakage` at `noise_precision` levels (default: `precision`).
     `weight_clamp` is the hardware weight range: a weight clamp clips weights and biases to
     [-weight_clamp, weight_clamp] (``clamp01``: [0, weight_clamp]); 1 is AnalogVNN's range.
+    `signal_policy` is a policy name or a location spec (:mod:`analog.locations`), kept in its
+    canonical string form.
     """
 
     weight_norm: str = "clamp"
@@ -52,7 +57,8 @@ class AnalogConfig:
         check_normalization(self.signal_norm, "signal_norm")
         check_bound(self.weight_norm, self.weight_clamp, "weight_clamp")
         check_policy(self.weight_policy, "weight_policy")
-        check_policy(self.signal_policy, "signal_policy")
+        canonical = canonical_signal_policy(self.signal_policy, "signal_policy")
+        object.__setattr__(self, "signal_policy", canonical)
         if self.precision_class not in PRECISION_CLASSES:
             raise ValueError(
                 f"precision_class: unknown {self.precision_class!r}; allowed: {', '.join(PRECISION_CLASSES)}"
@@ -80,16 +86,33 @@ class AnalogConfig:
 
 
 class AnalogLinear(nn.Module):
-    """A fully connected layer with AnalogVNN's analog signal and weight pipelines."""
+    """A fully connected layer with AnalogVNN's analog signal and weight pipelines.
+
+    `role` (``hidden`` or ``readout``) and `index` (among the hidden layers) place the layer in a
+    classifier, so that a location spec of the signal policy picks the layer's input and output
+    policies; `normalize_output=False` leaves its output unnormalized (a digital readout: noise and
+    precision still apply, the clamp does not).
+    """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, config: AnalogConfig | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: AnalogConfig | None = None,
+        role: str | None = None,
+        index: int = 0,
+        normalize_output: bool = True,
     ) -> None:
         super().__init__()
+        if role is not None and role not in ROLES:
+            raise ValueError(f"role: unknown {role!r}; allowed: {', '.join(ROLES)}")
         self.in_features, self.out_features = in_features, out_features
         self.config = config or AnalogConfig()
+        self.role, self.index, self.normalize_output = role, index, normalize_output
         self.weight_policy = self.config.weight_policy
         self.signal_policy = self.config.signal_policy
+        self.signal_tensors: dict[str, Tensor] | None = None  # pre-normalization signals while recording
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.noise_enabled = True
@@ -104,6 +127,19 @@ class AnalogLinear(nn.Module):
         self._wnorm = normalization_fn(c.weight_norm, c.weight_clamp)
         self._snorm = normalization_fn(c.signal_norm)
         self.reset_parameters()
+
+    @property
+    def signal_policy(self) -> str:
+        """The layer's signal policies: one name, or ``input=P,output=Q`` when its positions differ."""
+        a, b = self.signal_policy_input, self.signal_policy_output
+        return a if a == b else f"input={a},output={b}"
+
+    @signal_policy.setter
+    def signal_policy(self, value: str) -> None:
+        """Set both positions from a policy name or a location spec (resolved at this layer's location)."""
+        self.signal_policy_input, self.signal_policy_output = layer_signal_policies(
+            value, self.role, self.index
+        )
 
     def reset_parameters(self) -> None:
         """AnalogVNN's Linear init: Xavier-uniform weight, bias U(±1/sqrt(fan_in))."""
@@ -135,6 +171,8 @@ class AnalogLinear(nn.Module):
             if tracking and kind == "norm":
                 bound = self.config.weight_clamp if site in ("weight", "bias") else 1.0
                 self.saturation[site] = saturation_mask(x.detach(), norm_kind, bound).float().mean()
+                if self.signal_tensors is not None and site.startswith("signal"):
+                    self.signal_tensors[site] = x
             if policy == "ste" and not tracking:
                 fns = [fn]
                 while i + 1 < len(stages) and stages[i + 1][2] == "ste":
@@ -156,26 +194,31 @@ class AnalogLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
+        order = ("norm", "precision", "noise")
+        in_stages = self._stages(order, self._snorm, c.signal_norm, self.signal_policy_input)
         x = self._run_stages(
-            self._stages(("norm", "precision", "noise"), self._snorm, c.signal_norm, self.signal_policy),
+            in_stages,
             x,
             "signal_in",
             c.signal_norm,
         )
         w, b = self.transformed_parameters()
         y = F.linear(x, w, b)
+        out_norm = c.signal_norm if self.normalize_output else "none"
         return self._run_stages(
-            self._stages(("noise", "norm", "precision"), self._snorm, c.signal_norm, self.signal_policy),
+            self._stages(("noise", "norm", "precision"), self._snorm, out_norm, self.signal_policy_output),
             y,
             "signal_out",
-            c.signal_norm,
+            out_norm,
         )
 
     def extra_repr(self) -> str:
         c = self.config
+        where = "" if self.role is None else f"role={self.role}, "
+        out = "" if self.normalize_output else ", output not normalized"
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"weight={c.weight_norm}/{self.weight_policy}, signal={c.signal_norm}/{self.signal_policy}, "
+            f"in_features={self.in_features}, out_features={self.out_features}, {where}"
+            f"weight={c.weight_norm}/{self.weight_policy}, signal={c.signal_norm}/{self.signal_policy}{out}, "
             f"precision={c.precision_class}:{c.precision}, noise={c.noise}:{c.leakage}"
         )
 
@@ -200,12 +243,18 @@ def analog_layers(model: nn.Module) -> list[AnalogLinear]:
 def set_policies(
     model: nn.Module, weight_policy: str | None = None, signal_policy: str | None = None
 ) -> None:
-    """Switch the gradient policies of every AnalogLinear in `model` (forward values are unchanged)."""
+    """Switch the gradient policies of every AnalogLinear in `model` (forward values are unchanged).
+
+    `signal_policy` may be a location spec (:mod:`analog.locations`): each layer takes the policies of
+    its own role and position.
+    """
+    if signal_policy is not None:
+        signal_policy = canonical_signal_policy(signal_policy, "signal_policy")
     for layer in analog_layers(model):
         if weight_policy is not None:
             layer.weight_policy = check_policy(weight_policy, "weight_policy")
         if signal_policy is not None:
-            layer.signal_policy = check_policy(signal_policy, "signal_policy")
+            layer.signal_policy = signal_policy
 
 
 def set_noise(model: nn.Module, enabled: bool) -> None:

@@ -9,10 +9,19 @@ import torch
 from torch import nn
 
 from analog.layers import AnalogConfig, AnalogLinear
+from analog.locations import check_hidden_count
+from analog.normalize import output_range
 
 ACTIVATIONS: tuple[str, ...] = ("none", "relu", "leakyrelu", "tanh", "elu", "silu", "gelu")
 SAMPLE_HIDDEN: tuple[int, ...] = (256, 128)  # AnalogVNN's sample code: 784-256-128-10
 PAPER_HIDDEN: tuple[int, ...] = (128, 64)  # AnalogVNN paper: 784-128-64-10
+READOUTS: tuple[str, ...] = ("analog", "digital", "scaled")
+"""How the last layer is read out: ``analog`` (AnalogVNN's sample: its output is normalized like every
+signal, then the activation), ``digital`` (no normalization and no activation after the last layer:
+unbounded logits, as when an ADC feeds a digital softmax) or ``scaled`` (the analog readout times a
+fixed scale chosen by :func:`readout_scale`, which lowers the cross-entropy floor of bounded logits)."""
+SCALED_READOUT_FLOOR = 0.01
+"""Cross-entropy floor (nats) the ``scaled`` readout's scale brings the bounded logits down to."""
 
 
 def make_activation(name: str) -> nn.Module:
@@ -44,6 +53,69 @@ def init_weight_for(weight: torch.Tensor, activation: str) -> None:
         nn.init.xavier_uniform_(weight)
 
 
+def logit_bounds(signal_norm: str, activation: str, final_activation: bool = True) -> tuple[float, float]:
+    """(lowest, highest) logit an analog readout can emit: the activation over the normalization's range.
+
+    With a clamp and GeLU, [-0.17, 0.84]. Computed on a fine grid (the activation is continuous).
+    Raises `ValueError` for an unbounded normalization.
+    """
+    bounds = output_range(signal_norm)
+    if bounds is None:
+        raise ValueError(
+            f"signal_norm: {signal_norm!r} has no bounded output range, so the readout's logits are not "
+            "bounded (the scaled readout needs a bounded normalization such as clamp)"
+        )
+    grid = torch.linspace(*bounds, 200_001, dtype=torch.float64)
+    act = make_activation(activation if final_activation else "none")
+    with torch.no_grad():
+        values = act(grid)
+    return float(values.min()), float(values.max())
+
+
+def cross_entropy_floor(logit_range: float, n_classes: int) -> float:
+    """Lowest cross-entropy any example can reach when its logits span at most `logit_range`:
+    the true class at the top, the other n-1 at the bottom: log(1 + (n-1) exp(-range))."""
+    return math.log1p((n_classes - 1) * math.exp(-logit_range))
+
+
+def readout_scale(
+    signal_norm: str,
+    activation: str,
+    n_classes: int,
+    final_activation: bool = True,
+    floor: float = SCALED_READOUT_FLOOR,
+) -> float:
+    """The fixed logit scale s of the ``scaled`` readout: the smallest s for which the bounded logits
+    times s have a cross-entropy floor of `floor` nats, s = log((n-1) / (e^floor - 1)) / range.
+
+    With a clamp, GeLU and 10 classes the analog readout's floor is 1.45 nats; s = 6.72 brings it to
+    0.01. A fixed scale (not a learned one) keeps the forward's argmax, hence accuracy at any given
+    weights, identical to the analog readout's, and adds no parameter the gradient policies could act on.
+    """
+    if not (math.isfinite(floor) and floor > 0):
+        raise ValueError(f"floor: must be a finite number > 0 (nats), got {floor!r}")
+    if n_classes < 2:
+        raise ValueError(f"n_classes: the scaled readout needs at least 2 classes, got {n_classes}")
+    lo, hi = logit_bounds(signal_norm, activation, final_activation)
+    return math.log((n_classes - 1) / math.expm1(floor)) / (hi - lo)
+
+
+class LogitScale(nn.Module):
+    """Multiply by a fixed scale (no parameter: the same under any gradient policy)."""
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale: must be a finite number > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale:.6g}"
+
+
 def _digital_linear(n_in: int, n_out: int) -> nn.Linear:
     layer = nn.Linear(n_in, n_out)
     with torch.no_grad():
@@ -61,23 +133,51 @@ def build_classifier(
     config: AnalogConfig | None = None,
     digital: bool = False,
     final_activation: bool = True,
+    readout: str = "analog",
+    readout_floor: float = SCALED_READOUT_FLOOR,
 ) -> nn.Sequential:
     """Flatten -> (AnalogLinear -> activation) per layer, as AnalogVNN's ``LinearModel``.
 
     `in_features` may be an input shape (it is flattened). `digital=True` builds the same network
     with plain ``nn.Linear`` layers and no analog effect (the baseline). AnalogVNN's sample code
-    applies the activation after the last layer too (`final_activation=True`).
+    applies the activation after the last layer too (`final_activation=True`). `readout` (one of
+    `READOUTS`) says how the last layer is read out; ``digital`` has no final activation whatever
+    `final_activation` says. The layers get their roles (hidden, readout) so that a location spec of
+    the signal policy (:mod:`analog.locations`) applies by location.
     """
     make_activation(activation)  # validate early
+    if readout not in READOUTS:
+        raise ValueError(f"readout: unknown {readout!r}; allowed: {', '.join(READOUTS)}")
+    if digital and readout != "analog":
+        raise ValueError(f"readout: {readout!r} needs an analog network (digital=True has no readout clamp)")
     n_in = in_features if isinstance(in_features, int) else math.prod(in_features)
     sizes = [n_in, *hidden, n_classes]
     layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
     config = config or AnalogConfig()
+    if not digital:
+        check_hidden_count(config.signal_policy, len(hidden))
+    scale = None
+    if readout == "scaled":
+        scale = readout_scale(config.signal_norm, activation, n_classes, final_activation, readout_floor)
+    n_layers = len(sizes) - 1
     for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layer = _digital_linear(a, b) if digital else AnalogLinear(a, b, config=config)
+        last = i == n_layers - 1
+        if digital:
+            layer: nn.Module = _digital_linear(a, b)
+        else:
+            layer = AnalogLinear(
+                a,
+                b,
+                config=config,
+                role="readout" if last else "hidden",
+                index=0 if last else i,
+                normalize_output=not (last and readout == "digital"),
+            )
         with torch.no_grad():
             init_weight_for(layer.weight, activation)
         layers.append(layer)
-        if final_activation or i < len(sizes) - 2:
+        if not last or (final_activation and readout != "digital"):
             layers.append(make_activation(activation))
+    if scale is not None:
+        layers.append(LogitScale(scale))
     return nn.Sequential(*layers)

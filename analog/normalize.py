@@ -102,6 +102,23 @@ def available_normalizations() -> list[str]:
 
 CLAMPS: tuple[str, ...] = ("clamp", "clamp01")
 
+_RANGES: dict[str, tuple[float, float]] = {"clamp01": (0.0, 1.0)}
+_UNBOUNDED = ("none",)
+
+
+def output_range(kind: str) -> tuple[float, float] | None:
+    """The interval every output of normalization `kind` lies in, or None when it is unbounded.
+
+    AnalogVNN's clamps and Lp norms all map into [-1, 1] (clamp01 into [0, 1]); `none` is unbounded.
+    A registered normalization is assumed unbounded unless it is listed here.
+    """
+    check_normalization(kind)
+    if kind in _RANGES:
+        return _RANGES[kind]
+    if kind in _UNBOUNDED or kind not in NORMALIZATIONS:
+        return None
+    return (-1.0, 1.0)
+
 
 def check_normalization(kind: str, field: str = "normalization") -> str:
     """Validate a normalization name for the field `field` (used in error messages)."""

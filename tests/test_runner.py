@@ -16,6 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -457,9 +458,14 @@ def test_collect_tables(finished, tmp_path):
     assert list(curves.columns) == ["run_id", "epoch", "metric", "layer", "value"]
     assert set(curves["run_id"]) == set(runs["run_id"])
     whole = curves[curves["layer"].isna()]
-    metrics = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "weight_saturation"}
-    assert set(whole["metric"]) == metrics  # weight_saturation: pooled over the layers
-    assert len(whole) == 6 * 2 * 7  # trials x epochs x metrics
+    history = {"train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"}
+    logits = {"logit_min", "logit_max", "ce_floor", "probe_loss"}  # per epoch, from the probe
+    assert set(whole["metric"]) == history | logits | {"weight_saturation"}  # saturation: pooled
+    assert len(whole) == 6 * 2 * (6 + 4 + 1)  # trials x epochs x metrics
+    floor = whole[whole["metric"] == "ce_floor"].set_index(["run_id", "epoch"])["value"]
+    spread = whole.pivot_table(index=["run_id", "epoch"], columns="metric", values="value")
+    expected = np.log1p(9 * np.exp(-(spread["logit_max"] - spread["logit_min"])))  # digits: 10 classes
+    assert np.allclose(floor.sort_index(), expected.sort_index(), rtol=1e-5)
     sat = curves[curves["metric"] == "weight_saturation"]
     assert len(sat) == 6 * 2 * 3 and sat["value"].between(0, 1).all()  # 2 layers and pooled
     cos = curves[curves["metric"] == "grad_cosine"]
@@ -468,7 +474,8 @@ def test_collect_tables(finished, tmp_path):
     assert cos["value"].between(-1.0001, 1.0001).all()
     exact_ids = set(runs.loc[runs["policies"] == "exact/exact", "run_id"])
     assert cos[cos["run_id"].isin(exact_ids)]["value"].sub(1).abs().max() < 1e-4  # exact vs exact: cosine 1
-    for metric in ("grad_norm_ratio", "sat_weight", "sat_signal_in", "sat_signal_out"):
+    per_layer = ("grad_norm_ratio", "sat_weight", "sat_signal_in", "sat_signal_out", "grad_cosine_signal_out")
+    for metric in per_layer:
         assert (curves["metric"] == metric).sum() == 6 * 2 * 2, metric
 
 

@@ -319,6 +319,7 @@ ALTERNATIVES = {
     "activation": "relu",
     "final_activation": False,
     "digital": True,
+    "readout": "scaled",
     "weight_norm": "l2norm",
     "weight_policy": "exact",
     "signal_norm": "l1norm",

@@ -97,6 +97,7 @@ def test_new_fields_keep_earlier_run_ids() -> None:
         "momentum",
         "schedule",
         "eval_test",
+        "readout",
     }
     changed = [
         TrialConfig(weight_clamp=0.1),

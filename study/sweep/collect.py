@@ -20,6 +20,12 @@ DIAG_METRICS = {
     "sat_signal_in": "sat_signal_in",
     "sat_signal_out": "sat_signal_out",
 }
+# written only when a record has them (records from before they existed collect as they always did)
+DIAG_METRICS_IF_PRESENT = {
+    "cosine_signal_in": "grad_cosine_signal_in",
+    "cosine_signal_out": "grad_cosine_signal_out",
+}
+LOGIT_METRICS = ("logit_min", "logit_max", "ce_floor", "probe_loss")  # per epoch, no layer
 
 
 def _factor_value(v: Any) -> Any:
@@ -77,6 +83,12 @@ def _curves(run_id: str, rec: dict[str, Any]) -> list[tuple]:
         for layer in d["layers"]:
             for key, name in DIAG_METRICS.items():
                 rows.append((run_id, d["epoch"], name, layer["layer"], layer.get(key)))
+            for key, name in DIAG_METRICS_IF_PRESENT.items():
+                if key in layer:
+                    rows.append((run_id, d["epoch"], name, layer["layer"], layer[key]))
+        for name in LOGIT_METRICS:
+            if name in d.get("logits", {}):
+                rows.append((run_id, d["epoch"], name, None, d["logits"][name]))
     for sat in rec.get(SATURATION_METRIC, []):
         for i, frac in enumerate(sat["layers"]):
             rows.append((run_id, sat["epoch"], SATURATION_METRIC, i, frac))

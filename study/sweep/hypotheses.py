@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from analog.locations import canonical_signal_policy, is_uniform
 from study.tables import METRICS
 
 SITES = ("weight", "signal")
@@ -20,6 +21,18 @@ class Comparison(BaseModel):
     a: str
     b: str
     role: Literal["primary", "positive_control", "secondary"] = "primary"
+
+    @field_validator("a", "b")
+    @classmethod
+    def _location_spec(cls, v: str) -> str:
+        """A signal policy set by location (:mod:`analog.locations`) is written in its canonical form,
+        the one runs.csv's `signal_policy` column holds, so that the comparison finds its trials."""
+        if is_uniform(v):
+            return v
+        canonical = canonical_signal_policy(v, "")
+        if canonical != v:
+            raise ValueError(f"write {v!r} as {canonical!r} (the canonical form runs.csv holds)")
+        return v
 
     @property
     def label(self) -> str:

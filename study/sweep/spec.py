@@ -24,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from analog.locations import canonical_signal_policy, is_uniform
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.sweep.hypotheses import Hypotheses
 from study.tables import STUDY_NAME_PATTERN, read_yaml
@@ -249,6 +250,10 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
             continue
         resolved: dict[str, Any] = {}
         for value in values if base_ok else []:
+            spelling = _check_spelling(name, value)
+            if spelling:  # a cell's name must be its canonical form, whatever the other factors are
+                errors += spelling
+                continue
             problems = _check_value(base, name, value)
             if problems and _valid_in_a_cell(spec_dict, name, value):
                 continue  # valid only with other factors' values (momentum with optimizer sgd)
@@ -354,6 +359,21 @@ def _check_rules(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str
                     f"{', '.join(absent)}"
                 )
     return errors
+
+
+def _check_spelling(name: str, value: Any) -> list[str]:
+    """A location-wise signal policy must be written in its canonical form (the cell's name downstream)."""
+    if name == "signal_policy" and (not isinstance(value, str) or not is_uniform(value)):
+        try:
+            canonical = canonical_signal_policy(value)
+        except ValueError as err:
+            return [f"factors.signal_policy: bad value {value!r}: {err}"]
+        if canonical != value:
+            return [
+                f"factors.signal_policy: write {value!r} as {canonical!r} (its canonical form: runs.csv, "
+                "the hypotheses and the statistics name the cell by it)"
+            ]
+    return []
 
 
 def _check_value(base: dict[str, Any], name: str, value: Any) -> list[str]:

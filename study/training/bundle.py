@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from analog import gradient_mismatch, set_noise
+from analog import set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import STAGES, build_network, make_optimizer
+from study.training.module import STAGES, build_network, make_optimizer, probe_record
 from study.training.trial import eval_dataloaders, make_trainer, quiet_lightning, summarize
 
 
@@ -195,7 +195,7 @@ class BundleClassifier(L.LightningModule):
                 row[f"{s}_acc"] = round(100.0 * float(self._correct[s][k]) / n, 4) if n else math.nan
             self.histories[k].append(row)
             if self.config.diagnostics and self.probe is not None and not self.config.digital:
-                self.diagnostics[k].append({"epoch": epoch, "layers": self._probe_mismatch(k)})
+                self.diagnostics[k].append(self._probe(k, epoch))
             if not self.config.digital:
                 self.saturation[k].append({"epoch": epoch, **weight_saturation(self._member_net(k))})
         self._reset_sums()
@@ -210,13 +210,8 @@ class BundleClassifier(L.LightningModule):
         net.load_state_dict(self.member_state(k), strict=False)
         return net
 
-    def _probe_mismatch(self, k: int) -> list[dict[str, float]]:
-        net = self._member_net(k)
-        x, y = self.probe
-        cfg = self.configs[k]
-        with torch.enable_grad():
-            layers = gradient_mismatch(net, x, y, (cfg.weight_policy, cfg.signal_policy), seed=cfg.seed)
-        return [vars(m) for m in layers]
+    def _probe(self, k: int, epoch: int) -> dict[str, Any]:
+        return probe_record(self._member_net(k), self.configs[k], *self.probe, epoch)
 
 
 def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, Any]]:

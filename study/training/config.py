@@ -17,7 +17,8 @@ from pydantic import (
 )
 
 from analog.layers import AnalogConfig
-from analog.models import ACTIVATIONS
+from analog.locations import canonical_signal_policy, check_hidden_count, is_uniform
+from analog.models import ACTIVATIONS, READOUTS, logit_bounds
 from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
@@ -31,6 +32,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "activation": ACTIVATIONS,
     "precision_class": PRECISION_CLASSES,
     "noise": NOISE_CLASSES,
+    "readout": READOUTS,
 }
 
 
@@ -54,6 +56,10 @@ class TrialConfig(BaseModel):
     ``optimizer: sgd`` takes ``momentum``; ``schedule: cosine`` anneals the learning rate per epoch
     (``CosineAnnealingLR(T_max=epochs)``: epoch e trains at lr (1 + cos(pi e / epochs)) / 2).
     ``eval_test: false`` never evaluates the test split (learning-rate selection trials).
+    `signal_policy` may set policies by location (``{default: exact, readout_output: ste}`` or
+    ``"exact,readout_output=ste"``, :mod:`analog.locations`); it is kept in its canonical string form.
+    `readout` (``analog``, ``digital``, ``scaled``; :data:`analog.models.READOUTS`) says how the last
+    layer is read out; ``digital`` has no final activation, so it sets ``final_activation: false``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -80,6 +86,11 @@ class TrialConfig(BaseModel):
         True, description="apply the activation after the last layer too (AnalogVNN's sample code does)"
     )
     digital: bool = Field(False, description="turn every analog effect off (the digital baseline)")
+    readout: str = Field(
+        "analog",
+        description="last layer's read-out: analog (clamp + activation), digital (unbounded logits) or "
+        "scaled (analog logits times a fixed scale that removes the cross-entropy floor)",
+    )
     # analog effects and gradient policies
     weight_norm: str = Field(
         "clamp",
@@ -137,7 +148,19 @@ class TrialConfig(BaseModel):
         True, description="evaluate the test split each epoch (off for learning-rate selection trials)"
     )
 
-    @field_validator("dataset", "activation", "precision_class", "noise")
+    @model_validator(mode="before")
+    @classmethod
+    def _digital_readout(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("readout") == "digital":
+            if data.get("final_activation", False) is not False:
+                raise ValueError(
+                    "final_activation: readout 'digital' has no final activation (unbounded logits); "
+                    "leave final_activation out or set it to false"
+                )
+            data = {**data, "final_activation": False}
+        return data
+
+    @field_validator("dataset", "activation", "precision_class", "noise", "readout")
     @classmethod
     def _choice(cls, v: str, info: ValidationInfo) -> str:
         allowed = field_choices(info.field_name)
@@ -150,10 +173,15 @@ class TrialConfig(BaseModel):
     def _norm(cls, v: str) -> str:
         return check_normalization(v, "")
 
-    @field_validator("weight_policy", "signal_policy")
+    @field_validator("weight_policy")
     @classmethod
     def _policy(cls, v: str) -> str:
         return check_policy(v, "")
+
+    @field_validator("signal_policy", mode="before")
+    @classmethod
+    def _signal_policy(cls, v: Any) -> str:
+        return canonical_signal_policy(v, "")
 
     @field_validator("precision", "noise_precision")
     @classmethod
@@ -173,6 +201,15 @@ class TrialConfig(BaseModel):
             raise ValueError(f"momentum: applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
+            check_hidden_count(self.signal_policy, len(self.hidden), "signal_policy")
+            if self.readout == "scaled":
+                logit_bounds(self.signal_norm, self.activation, self.final_activation)  # bounded?
+        elif self.readout != "analog":
+            raise ValueError(f"readout: {self.readout!r} needs an analog network (digital: false)")
+        elif not is_uniform(self.signal_policy):
+            raise ValueError(
+                "signal_policy: a digital network has no signal normalization to set by location"
+            )
         return self
 
     def analog_config(self) -> AnalogConfig:
@@ -216,7 +253,7 @@ class TrialConfig(BaseModel):
             raise ConfigError(format_validation_error(err, cls)) from None
 
 
-OMITTED_AT_DEFAULT: tuple[str, ...] = ("weight_clamp", "momentum", "schedule", "eval_test")
+OMITTED_AT_DEFAULT: tuple[str, ...] = ("weight_clamp", "momentum", "schedule", "eval_test", "readout")
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

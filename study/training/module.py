@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from analog import build_classifier, gradient_mismatch, set_noise
+from analog import build_classifier, probe, set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 
@@ -29,6 +29,7 @@ def build_network(config: TrialConfig, n_features: int, n_classes: int) -> torch
         None if config.digital else config.analog_config(),
         config.digital,
         config.final_activation,
+        config.readout,
     )
 
 
@@ -44,6 +45,17 @@ def make_optimizer(config: TrialConfig, params: Any) -> dict[str, Any]:
     if config.schedule == "cosine":  # stepped once per epoch (Lightning's default interval)
         out["lr_scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
     return out
+
+
+def probe_record(
+    net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Tensor, epoch: int
+) -> dict[str, Any]:
+    """One epoch's diagnostics entry (shared by the sequential and bundled paths): per analog layer the
+    gradient agreement of the trial's policies with all-exact (parameters, and the signal at each
+    position), saturation per site; and the logits' range with the cross-entropy floor it implies."""
+    with torch.enable_grad():
+        result = probe(net, x, y, (config.weight_policy, config.signal_policy), seed=config.seed)
+    return {"epoch": epoch, "layers": [vars(m) for m in result.layers], "logits": vars(result.logits)}
 
 
 class AnalogClassifier(L.LightningModule):
@@ -132,14 +144,6 @@ class AnalogClassifier(L.LightningModule):
         if self.logger:
             self.log_dict({k: v for k, v in row.items() if k != "epoch"}, logger=True, on_epoch=True)
         if self.config.diagnostics and self.probe is not None and not self.config.digital:
-            self.diagnostics.append({"epoch": row["epoch"], "layers": self._probe_mismatch()})
+            self.diagnostics.append(probe_record(self.net, self.config, *self.probe, row["epoch"]))
         if not self.config.digital:
             self.saturation.append({"epoch": row["epoch"], **weight_saturation(self.net)})
-
-    def _probe_mismatch(self) -> list[dict[str, float]]:
-        x, y = self.probe
-        with torch.enable_grad():
-            layers = gradient_mismatch(
-                self.net, x, y, (self.config.weight_policy, self.config.signal_policy), seed=self.config.seed
-            )
-        return [vars(m) for m in layers]
