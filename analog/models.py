@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -53,11 +54,13 @@ def init_weight_for(weight: torch.Tensor, activation: str) -> None:
         nn.init.xavier_uniform_(weight)
 
 
+@functools.lru_cache(maxsize=256)
 def logit_bounds(signal_norm: str, activation: str, final_activation: bool = True) -> tuple[float, float]:
     """(lowest, highest) logit an analog readout can emit: the activation over the normalization's range.
 
     With a clamp and GeLU, [-0.17, 0.84]. Computed on a fine grid (the activation is continuous).
-    Raises `ValueError` for an unbounded normalization.
+    Raises `ValueError` for an unbounded normalization. Cached: every trial config of a study checks it
+    (a normalization registered again under the same name keeps its first bounds).
     """
     bounds = output_range(signal_norm)
     if bounds is None:
