@@ -6,7 +6,16 @@ the weight site and the signal site.
 """
 
 from analog.diagnostics import LayerMismatch, LogitStats, ProbeResult, gradient_mismatch, probe
-from analog.layers import AnalogConfig, AnalogLinear, analog_layers, set_noise, set_policies
+from analog.layers import (
+    AnalogConfig,
+    AnalogConv1d,
+    AnalogConv2d,
+    AnalogLayer,
+    AnalogLinear,
+    analog_layers,
+    set_noise,
+    set_policies,
+)
 from analog.locations import SIGNAL_LOCATIONS, canonical_signal_policy, parse_signal_policy
 from analog.models import (
     ACTIVATIONS,
@@ -14,6 +23,7 @@ from analog.models import (
     READOUTS,
     SAMPLE_HIDDEN,
     build_classifier,
+    build_cnn,
     cross_entropy_floor,
     logit_bounds,
     make_activation,
@@ -55,6 +65,9 @@ __all__ = [
     "SAMPLE_HIDDEN",
     "SIGNAL_LOCATIONS",
     "AnalogConfig",
+    "AnalogConv1d",
+    "AnalogConv2d",
+    "AnalogLayer",
     "AnalogLinear",
     "GaussianNoise",
     "LaplacianNoise",
@@ -70,6 +83,7 @@ __all__ = [
     "available_policies",
     "register_normalization",
     "build_classifier",
+    "build_cnn",
     "canonical_signal_policy",
     "cross_entropy_floor",
     "get_policy",

@@ -1,13 +1,14 @@
-"""AnalogLinear: AnalogVNN's analog layer order, with a gradient policy per site.
+"""AnalogLinear, AnalogConv1d, AnalogConv2d: AnalogVNN's analog layer order, with a gradient policy per site.
 
-    signal in -> [norm, precision, noise] -> linear(W', b') -> [noise, norm, precision] -> (activation)
+    signal in -> [norm, precision, noise] -> op(W', b') -> [noise, norm, precision] -> (activation)
     W', b'   = [norm, precision, noise](W, b)
 
 The normalization's backward at the weight site and at the signal site follows its own policy; the
 signal site's policy may differ by location (:mod:`analog.locations`: the layer's role, hidden or
 readout, and the position, input or output). Precision and noise are straight-through everywhere.
 Consecutive straight-through stages are fused into one autograd node (same values and gradients,
-less overhead).
+less overhead). `op` is a matmul (AnalogLinear) or a convolution (AnalogConv1d/2d); the pipelines are
+one implementation (:class:`AnalogLayer`), so every layer kind treats both sites alike.
 """
 
 from __future__ import annotations
@@ -85,20 +86,23 @@ class AnalogConfig:
         return asdict(self)
 
 
-class AnalogLinear(nn.Module):
-    """A fully connected layer with AnalogVNN's analog signal and weight pipelines.
+class AnalogLayer(nn.Module):
+    """What every analog layer shares: the weight pipeline on its kernel and bias, the signal pipeline
+    before and after its operation, and one gradient policy per site (the signal site's per position).
 
+    A subclass creates ``weight`` (and ``bias`` or None), initialises them (``reset_parameters``) and
+    implements :meth:`_operation` (the matmul or convolution of the normalized input with W' and b').
     `role` (``hidden`` or ``readout``) and `index` (among the hidden layers) place the layer in a
     classifier, so that a location spec of the signal policy picks the layer's input and output
     policies; `normalize_output=False` leaves its output unnormalized (a digital readout: noise and
     precision still apply, the clamp does not).
     """
 
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
     def __init__(
         self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
         config: AnalogConfig | None = None,
         role: str | None = None,
         index: int = 0,
@@ -107,16 +111,17 @@ class AnalogLinear(nn.Module):
         super().__init__()
         if role is not None and role not in ROLES:
             raise ValueError(f"role: unknown {role!r}; allowed: {', '.join(ROLES)}")
-        self.in_features, self.out_features = in_features, out_features
         self.config = config or AnalogConfig()
         self.role, self.index, self.normalize_output = role, index, normalize_output
         self.weight_policy = self.config.weight_policy
         self.signal_policy = self.config.signal_policy
         self.signal_tensors: dict[str, Tensor] | None = None  # pre-normalization signals while recording
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.noise_enabled = True
         self.saturation: dict[str, Tensor] | None = None  # set to {} to record saturation fractions
+
+    def _build_effects(self) -> None:
+        """The precision, noise and normalization functions of the config (after the parameters exist,
+        in AnalogLinear's original attribute order)."""
         c = self.config
         self._precision = (
             None if c.precision is None else precision_fn(c.precision_class, c.precision, c.divide)
@@ -126,7 +131,6 @@ class AnalogLinear(nn.Module):
         )
         self._wnorm = normalization_fn(c.weight_norm, c.weight_clamp)
         self._snorm = normalization_fn(c.signal_norm)
-        self.reset_parameters()
 
     @property
     def signal_policy(self) -> str:
@@ -141,12 +145,11 @@ class AnalogLinear(nn.Module):
             value, self.role, self.index
         )
 
-    def reset_parameters(self) -> None:
-        """AnalogVNN's Linear init: Xavier-uniform weight, bias U(±1/sqrt(fan_in))."""
-        nn.init.xavier_uniform_(self.weight)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            nn.init.uniform_(self.bias, -bound, bound)
+    def reset_parameters(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _operation(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
 
     # -- pipelines -----------------------------------------------------------------------------------
 
@@ -203,7 +206,7 @@ class AnalogLinear(nn.Module):
             c.signal_norm,
         )
         w, b = self.transformed_parameters()
-        y = F.linear(x, w, b)
+        y = self._operation(x, w, b)
         out_norm = c.signal_norm if self.normalize_output else "none"
         return self._run_stages(
             self._stages(("noise", "norm", "precision"), self._snorm, out_norm, self.signal_policy_output),
@@ -212,15 +215,140 @@ class AnalogLinear(nn.Module):
             out_norm,
         )
 
+    def _shape_repr(self) -> str:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
     def extra_repr(self) -> str:
         c = self.config
         where = "" if self.role is None else f"role={self.role}, "
         out = "" if self.normalize_output else ", output not normalized"
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, {where}"
+            f"{self._shape_repr()}, {where}"
             f"weight={c.weight_norm}/{self.weight_policy}, signal={c.signal_norm}/{self.signal_policy}{out}, "
             f"precision={c.precision_class}:{c.precision}, noise={c.noise}:{c.leakage}"
         )
+
+
+class AnalogLinear(AnalogLayer):
+    """A fully connected layer with AnalogVNN's analog signal and weight pipelines (:class:`AnalogLayer`)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: AnalogConfig | None = None,
+        role: str | None = None,
+        index: int = 0,
+        normalize_output: bool = True,
+    ) -> None:
+        super().__init__(config, role, index, normalize_output)
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self._build_effects()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """AnalogVNN's Linear init: Xavier-uniform weight, bias U(±1/sqrt(fan_in))."""
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _operation(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return F.linear(x, w, b)
+
+    def _shape_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+def _size(value: int | tuple[int, ...], dims: int, name: str, minimum: int) -> tuple[int, ...]:
+    """An int or a tuple of `dims` ints, each >= `minimum`, as a tuple (ValueError naming `name`)."""
+    values = (value,) * dims if isinstance(value, int) and not isinstance(value, bool) else tuple(value)
+    if len(values) != dims or any(
+        not isinstance(v, int) or isinstance(v, bool) or v < minimum for v in values
+    ):
+        raise ValueError(f"{name}: expected an int >= {minimum} or {dims} of them, got {value!r}")
+    return values
+
+
+class _AnalogConvNd(AnalogLayer):
+    """A convolution with AnalogVNN's pipelines: the weight pipeline on the kernel and bias, the signal
+    pipeline on the input feature map (before the convolution) and on the output feature map (after it).
+
+    Row-wise Lp norms treat each output channel's kernel (weights) and each example's feature map
+    (signals) as one row, as AnalogVNN's ``LPNorm`` does for any tensor with more than one dimension.
+    Initialisation is ``torch.nn.ConvNd``'s (Kaiming-uniform with a = sqrt 5, bias U(±1/sqrt(fan_in)));
+    :func:`analog.models.build_cnn` then re-initialises the kernel for its activation, as AnalogVNN does.
+    """
+
+    dims: int
+    _conv: Callable[..., Tensor]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        stride: int | tuple[int, ...] = 1,
+        padding: int | tuple[int, ...] = 0,
+        bias: bool = True,
+        config: AnalogConfig | None = None,
+        role: str | None = None,
+        index: int = 0,
+        normalize_output: bool = True,
+    ) -> None:
+        super().__init__(config, role, index, normalize_output)
+        for name, v in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = _size(kernel_size, self.dims, "kernel_size", 1)
+        self.stride = _size(stride, self.dims, "stride", 1)
+        self.padding = _size(padding, self.dims, "padding", 0)
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *self.kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._build_effects()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch.nn.ConvNd's init: Kaiming-uniform (a = sqrt 5) kernel, bias U(±1/sqrt(fan_in))."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.in_channels * math.prod(self.kernel_size)
+            bound = 1 / math.sqrt(fan_in)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _operation(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return type(self)._conv(x, w, b, self.stride, self.padding)
+
+    def output_size(self, size: tuple[int, ...]) -> tuple[int, ...]:
+        """Spatial size of the output for an input of spatial size `size` (torch's formula)."""
+        return tuple(
+            (n + 2 * p - k) // s + 1
+            for n, k, s, p in zip(size, self.kernel_size, self.stride, self.padding, strict=True)
+        )
+
+    def _shape_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+
+
+class AnalogConv1d(_AnalogConvNd):
+    """1-D convolution over (batch, channels, length) with AnalogVNN's pipelines (:class:`AnalogLayer`)."""
+
+    dims = 1
+    _conv = staticmethod(F.conv1d)
+
+
+class AnalogConv2d(_AnalogConvNd):
+    """2-D convolution over (batch, channels, height, width) with AnalogVNN's pipelines."""
+
+    dims = 2
+    _conv = staticmethod(F.conv2d)
 
 
 def _compose(fns: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
@@ -235,15 +363,15 @@ def _compose(fns: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor
     return composed
 
 
-def analog_layers(model: nn.Module) -> list[AnalogLinear]:
-    """The AnalogLinear layers of `model`, in order."""
-    return [m for m in model.modules() if isinstance(m, AnalogLinear)]
+def analog_layers(model: nn.Module) -> list[AnalogLayer]:
+    """The analog layers (linear and convolutional) of `model`, in order."""
+    return [m for m in model.modules() if isinstance(m, AnalogLayer)]
 
 
 def set_policies(
     model: nn.Module, weight_policy: str | None = None, signal_policy: str | None = None
 ) -> None:
-    """Switch the gradient policies of every AnalogLinear in `model` (forward values are unchanged).
+    """Switch the gradient policies of every analog layer in `model` (forward values are unchanged).
 
     `signal_policy` may be a location spec (:mod:`analog.locations`): each layer takes the policies of
     its own role and position.
@@ -258,6 +386,6 @@ def set_policies(
 
 
 def set_noise(model: nn.Module, enabled: bool) -> None:
-    """Turn the analog noise of every AnalogLinear in `model` on or off."""
+    """Turn the analog noise of every analog layer in `model` on or off."""
     for layer in analog_layers(model):
         layer.noise_enabled = enabled

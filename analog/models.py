@@ -1,4 +1,4 @@
-"""AnalogVNN's linear classifiers (and their digital twins) from `analog` layers."""
+"""AnalogVNN's linear classifiers, small CNNs (and their digital twins) from `analog` layers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from analog.layers import AnalogConfig, AnalogLinear
+from analog.layers import AnalogConfig, AnalogConv1d, AnalogConv2d, AnalogLinear
 from analog.locations import check_hidden_count
 from analog.normalize import output_range
 
@@ -128,6 +128,49 @@ def _digital_linear(n_in: int, n_out: int) -> nn.Linear:
     return layer
 
 
+def _check_head(activation: str, config: AnalogConfig | None, digital: bool, readout: str) -> AnalogConfig:
+    make_activation(activation)  # validate early
+    if readout not in READOUTS:
+        raise ValueError(f"readout: unknown {readout!r}; allowed: {', '.join(READOUTS)}")
+    if digital and readout != "analog":
+        raise ValueError(f"readout: {readout!r} needs an analog network (digital=True has no readout clamp)")
+    return config or AnalogConfig()
+
+
+def _dense_layers(
+    sizes: Sequence[int],
+    activation: str,
+    config: AnalogConfig,
+    digital: bool,
+    final_activation: bool,
+    readout: str,
+    first_index: int = 0,
+) -> list[nn.Module]:
+    """(linear -> activation) per consecutive pair of `sizes`, the last one the readout; the hidden ones
+    numbered from `first_index` (their position among all hidden layers, for location specs)."""
+    layers: list[nn.Module] = []
+    n_layers = len(sizes) - 1
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        last = i == n_layers - 1
+        if digital:
+            layer: nn.Module = _digital_linear(a, b)
+        else:
+            layer = AnalogLinear(
+                a,
+                b,
+                config=config,
+                role="readout" if last else "hidden",
+                index=0 if last else first_index + i,
+                normalize_output=not (last and readout == "digital"),
+            )
+        with torch.no_grad():
+            init_weight_for(layer.weight, activation)
+        layers.append(layer)
+        if not last or (final_activation and readout != "digital"):
+            layers.append(make_activation(activation))
+    return layers
+
+
 def build_classifier(
     in_features: int | Sequence[int] = 784,
     n_classes: int = 10,
@@ -148,39 +191,109 @@ def build_classifier(
     `final_activation` says. The layers get their roles (hidden, readout) so that a location spec of
     the signal policy (:mod:`analog.locations`) applies by location.
     """
-    make_activation(activation)  # validate early
-    if readout not in READOUTS:
-        raise ValueError(f"readout: unknown {readout!r}; allowed: {', '.join(READOUTS)}")
-    if digital and readout != "analog":
-        raise ValueError(f"readout: {readout!r} needs an analog network (digital=True has no readout clamp)")
+    config = _check_head(activation, config, digital, readout)
     n_in = in_features if isinstance(in_features, int) else math.prod(in_features)
     sizes = [n_in, *hidden, n_classes]
     layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
-    config = config or AnalogConfig()
     if not digital:
         check_hidden_count(config.signal_policy, len(hidden))
     scale = None
     if readout == "scaled":
         scale = readout_scale(config.signal_norm, activation, n_classes, final_activation, readout_floor)
-    n_layers = len(sizes) - 1
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        last = i == n_layers - 1
-        if digital:
-            layer: nn.Module = _digital_linear(a, b)
-        else:
-            layer = AnalogLinear(
-                a,
-                b,
-                config=config,
-                role="readout" if last else "hidden",
-                index=0 if last else i,
-                normalize_output=not (last and readout == "digital"),
+    layers += _dense_layers(sizes, activation, config, digital, final_activation, readout)
+    if scale is not None:
+        layers.append(LogitScale(scale))
+    return nn.Sequential(*layers)
+
+
+CNN_POOL = 2
+"""Each convolution block ends in a max-pool of this size and stride (halving every spatial size)."""
+
+
+def conv_padding(kernel_size: int) -> int:
+    """The zero padding of every convolution of :func:`build_cnn`: ``kernel_size // 2`` ("same" for odd
+    kernels: the block keeps the spatial size, and the pool halves it)."""
+    return kernel_size // 2
+
+
+def cnn_feature_shape(
+    input_shape: Sequence[int], channels: Sequence[int], kernel_size: int
+) -> tuple[int, ...]:
+    """(channels, *spatial) after the convolution blocks of :func:`build_cnn` for inputs of `input_shape`
+    ((C, L) or (C, H, W)); `ValueError` naming the field when a block would leave no spatial extent."""
+    shape = tuple(int(n) for n in input_shape)
+    if len(shape) not in (2, 3) or any(n < 1 for n in shape):
+        raise ValueError(
+            "input_shape: a CNN needs (channels, length) or (channels, height, width), "
+            f"got {tuple(input_shape)}"
+        )
+    if not channels or any(not isinstance(c, int) or isinstance(c, bool) or c < 1 for c in channels):
+        raise ValueError(f"channels: expected one or more ints >= 1 (one per block), got {list(channels)}")
+    if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+        raise ValueError(f"kernel_size: expected an int >= 1, got {kernel_size!r}")
+    spatial = shape[1:]
+    pad = conv_padding(kernel_size)
+    for i in range(len(channels)):
+        conv = tuple(n + 2 * pad - kernel_size + 1 for n in spatial)
+        if min(conv) < CNN_POOL:
+            raise ValueError(
+                f"channels: block {i + 1} of {len(channels)} gets a feature map of size {spatial} with "
+                f"kernel_size {kernel_size}, too small for its {CNN_POOL}-wide pool; use fewer blocks "
+                f"(input shape {shape})"
             )
+        spatial = tuple(n // CNN_POOL for n in conv)
+    return (channels[-1], *spatial)
+
+
+def build_cnn(
+    input_shape: Sequence[int],
+    n_classes: int = 10,
+    channels: Sequence[int] = (8, 16),
+    kernel_size: int = 3,
+    hidden: Sequence[int] = (),
+    activation: str = "gelu",
+    config: AnalogConfig | None = None,
+    digital: bool = False,
+    final_activation: bool = True,
+    readout: str = "analog",
+    readout_floor: float = SCALED_READOUT_FLOOR,
+) -> nn.Sequential:
+    """A small convolutional classifier: flat inputs reshaped to `input_shape` ((C, L): 1-D convolutions;
+    (C, H, W): 2-D), then per entry of `channels` a block (analog convolution with `kernel_size` and
+    "same" padding -> activation -> max-pool 2), then Flatten and an analog linear head
+    (`hidden` layers, then the readout) as in :func:`build_classifier`.
+
+    The convolutions are the hidden layers 0 .. len(channels)-1 of a location spec, the head's hidden
+    layers follow. Each kernel is re-initialised for the activation (AnalogVNN's ``initialise_``).
+    `digital=True` builds the same network from ``torch.nn`` layers with no analog effect.
+    """
+    config = _check_head(activation, config, digital, readout)
+    feature_shape = cnn_feature_shape(input_shape, channels, kernel_size)
+    dims = len(input_shape) - 1
+    n_hidden = len(channels) + len(hidden)
+    if not digital:
+        check_hidden_count(config.signal_policy, n_hidden)
+    scale = None
+    if readout == "scaled":
+        scale = readout_scale(config.signal_norm, activation, n_classes, final_activation, readout_floor)
+    layers: list[nn.Module] = [nn.Unflatten(1, tuple(int(n) for n in input_shape))]
+    pool = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
+    digital_conv = nn.Conv1d if dims == 1 else nn.Conv2d
+    analog_conv = AnalogConv1d if dims == 1 else AnalogConv2d
+    c_in = int(input_shape[0])
+    for i, c_out in enumerate(channels):
+        pad = conv_padding(kernel_size)
+        if digital:
+            conv: nn.Module = digital_conv(c_in, c_out, kernel_size, padding=pad)
+        else:
+            conv = analog_conv(c_in, c_out, kernel_size, padding=pad, config=config, role="hidden", index=i)
         with torch.no_grad():
-            init_weight_for(layer.weight, activation)
-        layers.append(layer)
-        if not last or (final_activation and readout != "digital"):
-            layers.append(make_activation(activation))
+            init_weight_for(conv.weight, activation)
+        layers += [conv, make_activation(activation), pool(CNN_POOL)]
+        c_in = c_out
+    layers.append(nn.Flatten(start_dim=1))
+    sizes = [math.prod(feature_shape), *hidden, n_classes]
+    layers += _dense_layers(sizes, activation, config, digital, final_activation, readout, len(channels))
     if scale is not None:
         layers.append(LogitScale(scale))
     return nn.Sequential(*layers)

@@ -41,7 +41,7 @@ def option_table() -> str:
 def _parse_value(field: str, text: str) -> Any:
     if text.lower() in ("none", "null"):
         return None
-    if field == "hidden":
+    if field in ("hidden", "channels"):  # comma-separated sizes
         return [int(v) for v in text.split(",") if v.strip()]
     flag = parse_bool(text, numeric=False)
     if flag is not None:

@@ -315,6 +315,9 @@ ALTERNATIVES = {
     "data_dir": "/data",
     "n_samples": 1000,
     "split_seed": 1,
+    "arch": "cnn",
+    "channels": [4],
+    "kernel_size": 5,
     "hidden": [16],
     "activation": "relu",
     "final_activation": False,
@@ -343,7 +346,11 @@ ALTERNATIVES = {
     "probe_size": 32,
     "eval_test": False,
 }
-REQUIRES = {"momentum": {"optimizer": "sgd"}}  # values valid only with another field's non-default
+REQUIRES = {  # values valid only with another field's non-default
+    "momentum": {"optimizer": "sgd"},
+    "channels": {"arch": "cnn"},
+    "kernel_size": {"arch": "cnn"},
+}
 
 
 @pytest.mark.parametrize(("run_id", "data"), list(STABLE_RUN_IDS.items()))

@@ -98,6 +98,9 @@ def test_new_fields_keep_earlier_run_ids() -> None:
         "schedule",
         "eval_test",
         "readout",
+        "arch",
+        "channels",
+        "kernel_size",
     }
     changed = [
         TrialConfig(weight_clamp=0.1),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -18,14 +18,16 @@ from pydantic import (
 
 from analog.layers import AnalogConfig
 from analog.locations import canonical_signal_policy, check_hidden_count, is_uniform
-from analog.models import ACTIVATIONS, READOUTS, logit_bounds
+from analog.models import ACTIVATIONS, READOUTS, cnn_feature_shape, logit_bounds
 from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
 from analog.precision import PRECISION_CLASSES, check_precision
-from study.training.data import available_datasets
+from study.training.data import available_datasets, dataset_input_shape
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+Arch = Literal["mlp", "cnn"]
+ARCHS: tuple[str, ...] = get_args(Arch)  # mlp: analog.models.build_classifier; cnn: analog.models.build_cnn
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -33,6 +35,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision_class": PRECISION_CLASSES,
     "noise": NOISE_CLASSES,
     "readout": READOUTS,
+    "arch": ARCHS,
 }
 
 
@@ -60,6 +63,9 @@ class TrialConfig(BaseModel):
     ``"exact,readout_output=ste"``, :mod:`analog.locations`); it is kept in its canonical string form.
     `readout` (``analog``, ``digital``, ``scaled``; :data:`analog.models.READOUTS`) says how the last
     layer is read out; ``digital`` has no final activation, so it sets ``final_activation: false``.
+    ``arch: cnn`` puts conv-activation-pool blocks (`channels`, `kernel_size`) before the `hidden` dense
+    layers, on inputs reshaped to the dataset's registered shape (:func:`analog.models.build_cnn`); a
+    location spec counts the convolutions as the first hidden layers.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -78,6 +84,15 @@ class TrialConfig(BaseModel):
         0, ge=0, le=MAX_SEED, description="seed of the stratified train/val/test split (independent of seed)"
     )
     # network
+    arch: Arch = Field(
+        "mlp",
+        description="architecture: mlp (AnalogVNN's linear model) or cnn (conv-activation-pool blocks, "
+        "then the hidden layers and the readout; 1-D convolutions on mnist1d)",
+    )
+    channels: tuple[int, ...] = Field(
+        (8, 16), description="cnn: output channels of each conv-activation-pool block (e.g. 8,16)"
+    )
+    kernel_size: int = Field(3, ge=1, description="cnn: kernel size of every convolution ('same' padding)")
     hidden: tuple[int, ...] = Field(
         (256, 128), description="hidden layer sizes, comma separated on the command line (e.g. 256,128)"
     )
@@ -195,13 +210,44 @@ class TrialConfig(BaseModel):
             raise ValueError(f"hidden sizes must be >= 1, got {list(v)}")
         return v
 
+    @field_validator("channels")
+    @classmethod
+    def _channels(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(c < 1 for c in v):
+            raise ValueError(f"channels must be one or more sizes >= 1 (one per block), got {list(v)}")
+        return v
+
+    @property
+    def n_hidden_layers(self) -> int:
+        """Layers a location spec calls hidden: the convolutions (cnn), then the `hidden` dense layers."""
+        return len(self.hidden) + (len(self.channels) if self.arch == "cnn" else 0)
+
+    def input_shape(self) -> tuple[int, ...]:
+        """One example's shape as the CNN sees it (the dataset's registered shape)."""
+        shape = dataset_input_shape(self.dataset)
+        if shape is None:
+            raise ValueError(
+                f"arch: 'cnn' needs an image shape for dataset {self.dataset!r} (register_dataset(..., "
+                "input_shape=...)); it has none, so it trains MLPs only"
+            )
+        return shape
+
+    def _check_arch(self) -> None:
+        if self.arch == "cnn":
+            cnn_feature_shape(self.input_shape(), self.channels, self.kernel_size)  # names the field
+            return
+        for name in ("channels", "kernel_size"):
+            if getattr(self, name) != TrialConfig.model_fields[name].default:
+                raise ValueError(f"{name}: applies to arch 'cnn' only (arch is 'mlp')")
+
     @model_validator(mode="after")
     def _analog(self) -> TrialConfig:
         if self.momentum and self.optimizer != "sgd":
             raise ValueError(f"momentum: applies to optimizer 'sgd' only (optimizer is {self.optimizer!r})")
+        self._check_arch()
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
-            check_hidden_count(self.signal_policy, len(self.hidden), "signal_policy")
+            check_hidden_count(self.signal_policy, self.n_hidden_layers, "signal_policy")
             if self.readout == "scaled":
                 logit_bounds(self.signal_norm, self.activation, self.final_activation)  # bounded?
         elif self.readout != "analog":
@@ -234,7 +280,8 @@ class TrialConfig(BaseModel):
         configuration keeps its run_id."""
         data = json.loads(self.model_dump_json())
         for name in OMITTED_AT_DEFAULT:
-            if data[name] == TrialConfig.model_fields[name].default:
+            default = TrialConfig.model_fields[name].default
+            if data[name] == (list(default) if isinstance(default, tuple) else default):  # JSON: lists
                 del data[name]
         return data
 
@@ -253,7 +300,16 @@ class TrialConfig(BaseModel):
             raise ConfigError(format_validation_error(err, cls)) from None
 
 
-OMITTED_AT_DEFAULT: tuple[str, ...] = ("weight_clamp", "momentum", "schedule", "eval_test", "readout")
+OMITTED_AT_DEFAULT: tuple[str, ...] = (
+    "weight_clamp",
+    "momentum",
+    "schedule",
+    "eval_test",
+    "readout",
+    "arch",
+    "channels",
+    "kernel_size",
+)
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:

@@ -1,9 +1,12 @@
-"""Datasets for the analog MLP classifiers: fixed stratified splits, inputs in [0, 1].
+"""Datasets for the analog classifiers (MLPs and CNNs): fixed stratified splits, inputs in [0, 1].
 
 Every dataset is returned as flat float32 feature rows in [0, 1] (no mean/std normalisation, as in
 AnalogVNN) and int64 labels 0..9. The train/val/test split is stratified by label and fixed by
 ``split_seed`` alone (``sklearn.model_selection.train_test_split(..., stratify=y, random_state=split_seed)``),
 independent of the trial seed; the trial seed only drives the training-batch order (:func:`train_batches`).
+A CNN (``arch: cnn``) reshapes the flat rows to the shape registered with the dataset
+(:func:`dataset_input_shape`): 1x28x28 for the MNIST sets, 1x8x8 for digits, 1x40 for mnist1d (a 1-D
+signal, convolved with ``Conv1d``).
 
 ============= ===== ====== ===== ====== ==========================================================
 name          feat. train  val   test   source / scaling
@@ -61,6 +64,7 @@ VAL_PERCENT = 10
 TEST_PERCENT = 20
 IDX_VAL_DIVISOR = 12  # val = round(n_train / 12): 5,000 of 60,000
 MNIST1D_DEFAULT_SAMPLES = 5000
+MNIST1D_LENGTH = 40  # features of one mnist1d example (mnist1d's default template length)
 
 IDX_FILES: dict[str, str] = {
     "train_images": "train-images-idx3-ubyte",
@@ -95,15 +99,21 @@ class SplitData:
 # or inputs x (N, F) in [0, 1] and integer labels y to be split 70/10/20, stratified by `split_seed`
 DatasetLoader = Callable[..., Any]
 _DATASETS: dict[str, DatasetLoader] = {}
+_SHAPES: dict[str, tuple[int, ...] | None] = {}  # one example's shape for a CNN (register_dataset)
 _LOADER_OPTIONS = ("split_seed", "data_dir", "n_samples")
 
 
-def register_dataset(name: str, loader: DatasetLoader) -> DatasetLoader:
+def register_dataset(
+    name: str, loader: DatasetLoader, input_shape: Sequence[int] | None = None
+) -> DatasetLoader:
     """Make `loader` the dataset `name`: valid in `TrialConfig`, spec factors and `--dataset` from then on.
 
     `loader(split_seed=..., [data_dir=...], [n_samples=...])` receives the options it declares and returns a
     `SplitData`, or `(x, y)`: float inputs (N, F) in [0, 1] and integer labels in 0..9, which are split
     70/10/20 (train/val/test), stratified and seeded by `split_seed`. Registering a name again replaces it.
+    `input_shape` is the shape of one example as a CNN sees it, (channels, length) or (channels, height,
+    width), whose product is F (the rows stay flat; ``arch: cnn`` reshapes them); without it the dataset
+    trains MLPs only.
     """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string; got {name!r}")
@@ -112,9 +122,24 @@ def register_dataset(name: str, loader: DatasetLoader) -> DatasetLoader:
     params = inspect.signature(loader).parameters
     if "split_seed" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         raise TypeError(f"dataset {name!r}: loader must take a `split_seed` argument")
+    shape = None
+    if input_shape is not None:
+        shape = tuple(input_shape)
+        ints = all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        if len(shape) not in (2, 3) or not ints:
+            raise ValueError(
+                f"dataset {name!r}: input_shape must be (channels, length) or (channels, height, width) "
+                f"of ints >= 1; got {input_shape!r}"
+            )
     _DATASETS[name] = loader
+    _SHAPES[name] = shape
     _load_cached.cache_clear()
     return loader
+
+
+def dataset_input_shape(name: str) -> tuple[int, ...] | None:
+    """One example's shape as a CNN sees it ((C, L) or (C, H, W)), or None for a features-only dataset."""
+    return _SHAPES[check_dataset(name)]
 
 
 def available_datasets() -> list[str]:
@@ -536,11 +561,12 @@ def _load_mnist(split_seed: int, data_dir: str | None) -> SplitData:
     return _load_idx_dataset("mnist", split_seed, data_dir)
 
 
-register_dataset("mnist5k", _load_mnist5k)
-register_dataset("digits", _load_digits)
-register_dataset("mnist1d", _load_mnist1d)
-register_dataset("mnist", _load_mnist)
-register_dataset("fashion_mnist", functools.partial(_load_idx_dataset, "fashion_mnist"))
+MNIST_SHAPE = (1, 28, 28)
+register_dataset("mnist5k", _load_mnist5k, MNIST_SHAPE)
+register_dataset("digits", _load_digits, (1, 8, 8))
+register_dataset("mnist1d", _load_mnist1d, (1, MNIST1D_LENGTH))  # a 1-D signal: Conv1d
+register_dataset("mnist", _load_mnist, MNIST_SHAPE)
+register_dataset("fashion_mnist", functools.partial(_load_idx_dataset, "fashion_mnist"), MNIST_SHAPE)
 
 
 def load_split(

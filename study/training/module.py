@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from analog import build_classifier, probe, set_noise
+from analog import build_classifier, build_cnn, probe, set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 
@@ -19,8 +19,27 @@ STAGES = ("train", "val", "test")
 
 
 def build_network(config: TrialConfig, n_features: int, n_classes: int) -> torch.nn.Module:
-    """The analog (or digital) classifier `config` describes; the one place a trial's network is built,
+    """The analog (or digital) MLP or CNN `config` describes; the one place a trial's network is built,
     so the sequential and the bundled paths draw the same initial weights from the same seed."""
+    if config.arch == "cnn":
+        shape = config.input_shape()
+        if math.prod(shape) != n_features:
+            raise ValueError(
+                f"dataset {config.dataset!r}: {n_features} features per example, but its registered "
+                f"input shape {shape} has {math.prod(shape)}"
+            )
+        return build_cnn(
+            shape,
+            n_classes,
+            config.channels,
+            config.kernel_size,
+            config.hidden,
+            config.activation,
+            None if config.digital else config.analog_config(),
+            config.digital,
+            config.final_activation,
+            config.readout,
+        )
     return build_classifier(
         n_features,
         n_classes,
