@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from analog.locations import is_uniform
 from analog.policies import OTHER_SITE
 from study.analysis.figures import style as st
 from study.analysis.figures.common import (
@@ -102,6 +103,9 @@ def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
         sub = comps[comps["site"].astype(str) == site]
         if sub.empty:
             yield Skip(base, f"no comparison at the {site} site (its policies are absent from the study)")
+            continue
+        if not (sub["policy_a"].map(is_uniform) & sub["policy_b"].map(is_uniform)).all():
+            yield Skip(base, "signal policies set by location: drawn as location_effects")
             continue
         diffs = ctx.table("differences")
         dsub = None if diffs is None else diffs[diffs["site"].astype(str) == site]
