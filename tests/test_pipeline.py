@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = ("core", "generality")
+# the canonical studies, as run_all.sh lists them (one definition)
+STUDIES = tuple(
+    re.search(r"^STUDIES=\(([^)]*)\)", (ROOT / "run_all.sh").read_text(), re.M).group(1).split()
+)
 
 
 def _copy_tracked(dest: Path) -> Path:
