@@ -33,16 +33,19 @@ from study.analysis.stats.duplicates import GROUP_JOIN
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
+    HYPOTHESES_LOG,
     PRESET_FLAG,
     REDO_COLLECT,
     REDO_STATS,
     SITE_COLUMN,
+    SPEC_LOG,
     condition_columns,
     factor_label,
     load_runs,
     load_spec_dict,
     other_site_informative,
     read_csv,
+    read_jsonl,
     truthy,
     write_text_atomic,
 )
@@ -427,7 +430,31 @@ def setup_macros(prefix: str, spec: dict[str, Any], runs: pd.DataFrame, study_di
     return out
 
 
-NUMBER_WORDS = {-2: "MinusTwo", -1: "MinusOne", 0: "Null", 1: "PlusOne", 2: "PlusTwo"}
+def registration_macros(prefix: str, study_dir: Path) -> list[str]:
+    """Deviations from the first registered version, from the run's logs: `...HypothesesChanges` and
+    `...SpecChanges` (counts), `...Deviations` (each change with its date, and for the hypotheses its
+    reason; `none logged` when there is none), and `...RegisteredCommit` (preregistration.json)."""
+    hyp_log = read_jsonl(study_dir / HYPOTHESES_LOG)
+    spec_log = read_jsonl(study_dir / SPEC_LOG)
+    items = [
+        f"{str(e.get('time', ''))[:10]}: hypotheses changed ({latex_escape(e.get('reason', ''))})"
+        for e in hyp_log
+    ]
+    items += [
+        f"{str(e.get('time', ''))[:10]}: spec changed "
+        f"({latex_escape(', '.join(e.get('changed', [])) or 'no key')})"
+        for e in spec_log
+        if "hypotheses" not in (e.get("changed") or [])
+    ]
+    reg_path = study_dir / "preregistration.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+    commit = str(reg.get("git_commit", ""))[:10] or "not recorded"
+    return [
+        _macro(prefix, "HypothesesChanges", len(hyp_log)),
+        _macro(prefix, "SpecChanges", len(spec_log)),
+        _macro(prefix, "Deviations", "; ".join(items) if items else "none logged"),
+        _macro(prefix, "RegisteredCommit", latex_escape(commit)),
+    ]
 
 
 def sensitivity_macros(prefix: str, sens: pd.DataFrame) -> list[str]:
@@ -578,7 +605,7 @@ def write_latex(study_dir: Path) -> Path:
     bayes = read_stats_csv(study_dir, "bayes.csv", spec)
     lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes, runs, spec, hyp)
     lines += mechanism_macros(prefix, study_dir, runs)
-    lines += setup_macros(prefix, spec, runs, study_dir)
+    lines += setup_macros(prefix, spec, runs, study_dir) + registration_macros(prefix, study_dir)
     sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
     lines += sensitivity_macros(prefix, sens)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
