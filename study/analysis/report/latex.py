@@ -149,15 +149,22 @@ def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
 
 
 def _answer(rows: pd.DataFrame) -> tuple[str, str]:
-    """(common verdict or `mixed`, which policy the `different` rows favour)."""
+    """(the common verdict of the decided rows, which policy the `different` rows favour).
+
+    Inconclusive rows decide nothing, so they do not make a summary `mixed`: when every decided row
+    agrees, that is the answer (the inconclusive ones are counted beside it, `...Inconclusive`);
+    `inconclusive` when no row is decided; `mixed` only when decided rows disagree (in verdict, or
+    `different` rows in direction)."""
     if rows.empty:
         return "--", "--"
-    verdicts = set(rows["verdict"])
-    answer = verdicts.pop() if len(verdicts) == 1 else "mixed"
+    decided = set(rows["verdict"]) - {"inconclusive"}
+    answer = decided.pop() if len(decided) == 1 else "inconclusive" if not decided else "mixed"
     diff = rows[rows["verdict"] == "different"]
     if diff.empty:
         return answer, "none"
     winners = {r["policy_a"] if r["better"] == "a" else r["policy_b"] for _, r in diff.iterrows()}
+    if len(winners) > 1 and answer == "different":
+        answer = "mixed"
     return answer, winners.pop() if len(winners) == 1 else "both"
 
 
