@@ -292,7 +292,11 @@ def test_positive_control_detected_and_reported(planted):
     ctrl = comp[comp["role"] == "positive_control"]
     assert len(ctrl) == 12 and set(ctrl["verdict"]) == {"different"} and set(ctrl["better"]) == {"b"}
     report = (planted / "report.md").read_text()
-    assert "`weight: zero vs ste`: `different` in **6 of 6 distinct conditions**; it detected" in report
+    # issue #21: rows with `zero` at the other site too compare two untrained networks: not controls
+    assert (
+        "`weight: zero vs ste`: `different` in **4 of 4 informative distinct conditions** (2 more row(s) "
+        "have `zero` at the other site too" in report
+    )
     assert report.index("## Answer") < report.index("## Positive control") < report.index("## Per-condition")
     assert "`analogvnn` preset cell" in report
 

@@ -152,8 +152,9 @@ def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -
         )
         if len(zero_zero):
             text += (
-                f" ({len(zero_zero)} more row(s) have `zero` at the other site too: two untrained networks, "
-                "identical runs, not a control and not counted)"
+                f" ({len(zero_zero)} more row(s) have `zero` at the other site too: no gradient reaches "
+                "any parameter under either policy, so they compare two untrained networks; not a control, "
+                "not counted)"
             )
         if len(detected):
             effects = "; ".join(_effect_text(r, cols, u) for _, r in detected.iterrows())
