@@ -121,6 +121,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar (for logs)")
     p.add_argument(
+        "--allow-uncommitted-spec",
+        action="store_true",
+        help="run a canonical spec (study/specs/*.yaml) with uncommitted changes (development only: the "
+        "registration in OUT/<study>/preregistration.json then names no committed version)",
+    )
+    p.add_argument(
         "--allow-hypotheses-change",
         metavar="REASON",
         help="continue although the pre-registered hypotheses differ from the stored spec; the reason "
@@ -182,7 +188,7 @@ def _check_run_args(args: argparse.Namespace) -> Any:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from study.sweep.runner import dry_run, run_study
-    from study.sweep.spec import load_spec
+    from study.sweep.spec import load_spec, spec_file
 
     security = _check_run_args(args)  # bad options are refused before the spec is even read
     spec = load_spec(args.spec)  # an oversized grid is refused before anything builds it
@@ -201,6 +207,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         hypotheses_change_reason=args.allow_hypotheses_change,
         security=security,
         insecure=args.insecure,
+        spec_path=spec_file(args.spec),
+        allow_uncommitted_spec=args.allow_uncommitted_spec,
     )
     left = counts["failed"] + counts["todo"]
     if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study
@@ -325,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "readme": _cmd_readme,
         "analyze": _cmd_analyze,
     }[args.command]
-    from study.sweep.runner import HypothesesChanged
+    from study.sweep.runner import HypothesesChanged, SpecNotCommitted
     from study.tables import require_study_dir
 
     try:
@@ -333,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             if d is not None:
                 require_study_dir(d)
         return handler(args)
-    except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged) as err:
+    except (ConfigError, FileNotFoundError, ValueError, HypothesesChanged, SpecNotCommitted) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except OSError as err:  # a file or folder the command must write or read: say which, no traceback

@@ -51,6 +51,25 @@ RESTORE_SPEC = "restore it from the spec file the study was run with"
 STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
+
+# human names of the factor columns: figure axes, table headers, captions
+FACTOR_LABELS = {
+    "dataset": "Dataset",
+    "weight_norm": "Weight normalization",
+    "signal_norm": "Signal normalization",
+    "norm": "Normalization (weights and signals)",
+    "precision": "Precision (levels)",
+    "leakage": "Leakage",
+    "weight_policy": "Weight-site policy",
+    "signal_policy": "Signal-site policy",
+}
+
+
+def factor_label(column: str) -> str:
+    """Human name of a factor column ("Signal normalization"); unknown columns spelled out."""
+    return FACTOR_LABELS.get(column, column.replace("_", " ").capitalize())
+
+
 PRESET_COLUMN = "policies"
 SITE_COLUMN = {"weight": "weight_policy", "signal": "signal_policy"}
 PRESET_FLAG = ANALOGVNN  # column of stats tables marking the `analogvnn` preset cell of a condition

@@ -62,7 +62,7 @@ def test_paper_replaces_only_its_own_study_folder(tmp_path: Path) -> None:
     (out / "other").mkdir()
     (out / "other" / "macros.tex").write_text("other")
     build_paper_inputs([study], out=out)
-    assert sorted(p.name for p in (out / "core").iterdir()) == ["figures", "macros.tex"]
+    assert sorted(p.name for p in (out / "core").iterdir()) == ["captions.tex", "figures", "macros.tex"]
     assert (out / "other" / "macros.tex").read_text() == "other"
     assert sorted(p.name for p in out.iterdir()) == ["core", "macros.tex", "other"]
 

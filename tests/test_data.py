@@ -44,6 +44,18 @@ def test_sizes_types_range(loaded: tuple[str, D.SplitData]) -> None:
         assert float(x.min()) >= 0.0 and float(x.max()) <= 1.0
         assert int(y.min()) >= 0 and int(y.max()) < 10
     assert float(s.train_x.max()) == 1.0  # scaling uses the full range on the train split
+    # the sizes the paper states without loading (issue #21) are the loaders' sizes
+    assert D.split_sizes(name, **kwargs_n(name)) == (n_train, n_val, n_test)
+    assert D.FEATURES[name] == n_feat
+
+
+def kwargs_n(name: str) -> dict[str, int]:
+    return {k: v for k, v in SIZES[name][0].items() if k == "n_samples"}
+
+
+def test_split_sizes_unknown_without_files() -> None:
+    assert D.split_sizes("mnist") is None and D.split_sizes("no_such_set") is None
+    assert D.split_sizes("mnist1d") == D.pooled_split_sizes(D.MNIST1D_DEFAULT_SAMPLES)
 
 
 def test_stratified(loaded: tuple[str, D.SplitData]) -> None:

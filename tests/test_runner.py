@@ -27,7 +27,7 @@ import study.training.bundle as bundle_mod
 import study.training.trial as trial_mod
 from study.cli import main
 from study.sweep.collect import collect
-from study.sweep.spec import expand, load_spec
+from study.sweep.spec import expand, load_spec, parse_spec
 from study.sweep.verify import verify
 
 DOCUMENTED_RUNS_COLUMNS = [
@@ -585,3 +585,69 @@ def test_changed_hypotheses_allowed_before_any_result(tmp_path):
     spec["hypotheses"] = {"margin": 1.5}
     sdir = R.prepare(load_spec(write_spec(tmp_path / "b.yaml", spec)), tmp_path / "out")
     assert yaml.safe_load((sdir / "spec.yaml").read_text())["hypotheses"]["margin"] == 1.5
+
+
+# --- pre-registration you can check (issue #21) -------------------------------------------------------
+
+
+def _git_repo(root: Path) -> Path:
+    import subprocess
+
+    specs = root / "specs"
+    specs.mkdir(parents=True)
+    env = {
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=root, check=True, capture_output=True, env={**os.environ, **env})
+
+    git("init", "-q")
+    (specs / "mine.yaml").write_text(
+        "name: mine\nbase: {dataset: digits, hidden: [8], epochs: 1}\nseeds: 1\n"
+    )
+    git("add", "specs/mine.yaml")
+    git("commit", "-qm", "spec")
+    return specs / "mine.yaml"
+
+
+def test_canonical_spec_must_be_committed(tmp_path: Path) -> None:
+    from study.sweep.runner import SpecNotCommitted, check_spec_committed, spec_git_state
+
+    path = _git_repo(tmp_path / "repo")
+    specs = path.parent
+    state = spec_git_state(path)
+    assert state["committed"] and state["in_git"] and len(state["commit"]) == 40
+    check_spec_committed(path, specs)  # clean: accepted
+    path.write_text(path.read_text() + "# edited\n")
+    with pytest.raises(SpecNotCommitted, match="uncommitted changes.*--allow-uncommitted-spec"):
+        check_spec_committed(path, specs)
+    check_spec_committed(path, specs, allow_uncommitted=True)  # the development override
+    check_spec_committed(path, tmp_path / "elsewhere")  # not a canonical spec: not checked
+    untracked = specs / "new.yaml"
+    untracked.write_text("name: new\n")
+    with pytest.raises(SpecNotCommitted):
+        check_spec_committed(untracked, specs)
+    outside = tmp_path / "plain" / "specs"
+    outside.mkdir(parents=True)
+    (outside / "x.yaml").write_text("name: x\n")
+    check_spec_committed(outside / "x.yaml", outside)  # no git work tree: nothing to compare with
+
+
+def test_registration_written_once_at_the_first_trial(tmp_path: Path) -> None:
+    from study.sweep.runner import PREREGISTRATION, prepare
+
+    path = _git_repo(tmp_path / "repo")
+    spec = parse_spec(yaml.safe_load(path.read_text()))
+    sdir = prepare(spec, tmp_path / "out", spec_path=path)
+    entry = json.loads((sdir / PREREGISTRATION).read_text())
+    assert entry["spec_hash"] == spec.hash() and entry["hypotheses_hash"] == spec.hypotheses_hash()
+    assert entry["spec_committed"] is True and len(entry["git_commit"]) == 40
+    assert entry["spec_file"] == "mine.yaml" and entry["study"] == "mine"
+    before = (sdir / PREREGISTRATION).read_text()
+    changed = parse_spec(yaml.safe_load(path.read_text().replace("seeds: 1", "seeds: 2")))
+    prepare(changed, tmp_path / "out", spec_path=path)
+    assert (sdir / PREREGISTRATION).read_text() == before  # the first registration stays

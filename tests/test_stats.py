@@ -292,7 +292,11 @@ def test_positive_control_detected_and_reported(planted):
     ctrl = comp[comp["role"] == "positive_control"]
     assert len(ctrl) == 12 and set(ctrl["verdict"]) == {"different"} and set(ctrl["better"]) == {"b"}
     report = (planted / "report.md").read_text()
-    assert "`weight: zero vs ste`: `different` in **6 of 6 distinct conditions**; it detected" in report
+    # issue #21: rows with `zero` at the other site too compare two untrained networks: not controls
+    assert (
+        "`weight: zero vs ste`: `different` in **4 of 4 informative distinct conditions** (2 more row(s) "
+        "have `zero` at the other site too" in report
+    )
     assert report.index("## Answer") < report.index("## Positive control") < report.index("## Per-condition")
     assert "`analogvnn` preset cell" in report
 
@@ -412,7 +416,8 @@ def test_latex_outputs(planted):
     assert r"\newcommand{\CoreTrials}{144}" in macros
     table = (latex / "comparisons_signal.tex").read_text()
     assert r"\toprule" in table and r"\begin{tabular}" in table and r"\begin{table}" not in table
-    assert r"weight\_policy" in table
+    # readable column headers, never raw column names (issue #21)
+    assert "Weight-site policy" in table and "Dataset" in table and r"weight\_policy" not in table
     assert macro_prefix("generality") == "Generality" and macro_prefix("exp2_noise") == "ExpTwoNoise"
     assert latex_escape("a_b & 5%") == r"a\_b \& 5\%"
 
@@ -492,7 +497,7 @@ def test_same_input_gives_byte_identical_outputs(tmp_path):
     first = stats_stage(write_study(tmp_path / "one", runs, spec))
     second = stats_stage(write_study(tmp_path / "two", runs, spec))
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
-    assert len(files) == 13  # skipped.csv joined the tables (issue #15)
+    assert len(files) == 16  # skipped.csv (issue #15); duplicates, sensitivity (.csv, .tex) (issue #21)
     for name in files:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 

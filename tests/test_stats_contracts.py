@@ -214,6 +214,7 @@ def test_omnibus_and_posthoc_by_hand(tables: Path):
         "friedman_p",
         "cd",
         "k",
+        "n_combos",  # issue #21: combinations with identical runs are ranked once, as one group
         "analogvnn",  # issue #14: the preset cell of each condition is marked
     ]
     assert list(post.columns) == [

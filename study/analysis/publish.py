@@ -19,7 +19,7 @@ from study.analysis.report.common import (
     read_stats_csv,
     verdict_counts,
 )
-from study.analysis.report.latex import write_latex
+from study.analysis.report.latex import camel, latex_escape, macro_prefix, write_latex
 from study.analysis.report.markdown import write_report as write_stats_report
 from study.analysis.stats import compute_stats
 from study.tables import diff_unit, load_spec_dict, require_study_dir, write_text_atomic
@@ -56,6 +56,75 @@ def write_report(sdir: str | Path) -> Path:
     return out
 
 
+# characters of the figure captions (figures/index.md) and their LaTeX spelling (text mode, T1)
+CAPTION_TEX = {
+    "±": r"$\pm$",
+    "·": r"$\cdot$",
+    "×": r"$\times$",
+    "α": r"$\alpha$",
+    "δ": r"$\delta$",
+    "Δ": r"$\Delta$",
+    "–": "--",
+    "—": "---",
+    "•": r"$\bullet$",
+    "−": r"$-$",
+    "≃": r"$\simeq$",
+    "≈": r"$\approx$",
+    "≠": r"$\neq$",
+    "≡": r"$\equiv$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "‖": r"$\|$",
+    "χ": r"$\chi$",
+    "²": r"$^2$",
+    "→": r"$\to$",
+}
+
+
+def caption_tex(text: str) -> str:
+    """A markdown caption of figures/index.md as LaTeX: special characters escaped, `code` as
+    \\texttt, the symbols of `CAPTION_TEX`; any other non-ASCII character is an error (it would not
+    print with the paper's fonts)."""
+    parts = re.split(r"(`[^`]*`)", " ".join(text.split()))
+    out = []
+    for part in parts:
+        code = part.startswith("`") and part.endswith("`") and len(part) >= 2
+        body = latex_escape(part[1:-1] if code else part)
+        body = "".join(CAPTION_TEX.get(ch, ch) for ch in body)
+        out.append(rf"\texttt{{{body}}}" if code else body)
+    tex = "".join(out)
+    bad = sorted({ch for ch in tex if ord(ch) > 127})
+    if bad:
+        raise ValueError(f"caption has characters without a LaTeX spelling {bad}: add them to CAPTION_TEX")
+    return tex
+
+
+def figure_captions(index_md: Path) -> dict[str, str]:
+    """{figure name: caption} from a study's figures/index.md (the figure stage's captions)."""
+    captions: dict[str, str] = {}
+    if not index_md.exists():
+        return captions
+    for block in re.split(r"^## ", index_md.read_text(), flags=re.M)[1:]:
+        name, _, body = block.partition("\n")
+        if name.strip() == "Skipped":
+            continue
+        paragraphs = [p.strip() for p in body.strip().split("\n\n") if p.strip()]
+        text = [p for p in paragraphs if not p.startswith(("![", "[PDF]"))]
+        if text:
+            captions[name.strip()] = " ".join(text)
+    return captions
+
+
+def captions_tex(study: str, index_md: Path) -> str:
+    """`\\newcommand{\\<Study>Caption<Figure>}{...}` for every figure of the study: the paper's captions
+    are the figure stage's own, so each states exactly what its figure plots and pools."""
+    prefix = macro_prefix(study)
+    lines = ["% written by `python -m study paper` from figures/index.md; do not edit"]
+    for name, text in figure_captions(index_md).items():
+        lines.append(rf"\newcommand{{\{prefix}Caption{camel(name)}}}{{{caption_tex(text)}}}")
+    return "\n".join(lines) + "\n"
+
+
 def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED) -> Path:
     """Copy each study's LaTeX macros/tables and figure PDFs into `paper/generated/<study>/`.
 
@@ -81,6 +150,7 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
             shutil.copyfile(f, tmp / f.name)
         for f in sorted((sdir / "figures").glob("*.pdf")):
             shutil.copyfile(f, tmp / "figures" / f.name)
+        (tmp / "captions.tex").write_text(captions_tex(name, sdir / "figures" / "index.md"))
         old = root / f".{name}.old"
         shutil.rmtree(old, ignore_errors=True)
         if dest.exists():
@@ -88,6 +158,7 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
         tmp.rename(dest)
         shutil.rmtree(old, ignore_errors=True)
         inputs.append(f"\\input{{generated/{name}/macros.tex}}")
+        inputs.append(f"\\input{{generated/{name}/captions.tex}}")
     write_text_atomic(
         out / "macros.tex", "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
     )

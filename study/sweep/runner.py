@@ -53,6 +53,85 @@ class HypothesesChanged(RuntimeError):
     """The pre-registered `hypotheses:` block differs from the one the existing trials were run under."""
 
 
+class SpecNotCommitted(RuntimeError):
+    """A canonical spec (study/specs/*.yaml) with uncommitted changes: its registration would not be
+    the file anyone can check out."""
+
+
+PREREGISTRATION = "preregistration.json"
+
+
+def _git(args: list[str], cwd: Path) -> str | None:
+    """stdout of `git ARGS` in `cwd`, None when git or the repository is not there."""
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def spec_git_state(spec_path: Path) -> dict[str, Any]:
+    """{commit: HEAD of the spec file's repository, in_git: the file lies in a git work tree,
+    committed: it is tracked and unchanged}."""
+    spec_path = Path(spec_path).resolve()
+    head = _git(["rev-parse", "HEAD"], spec_path.parent)
+    tracked = _git(["ls-files", "--error-unmatch", spec_path.name], spec_path.parent)
+    dirty = _git(["status", "--porcelain", "--", spec_path.name], spec_path.parent)
+    return {
+        "commit": head.strip() if head else "unknown",
+        "in_git": head is not None,
+        "committed": bool(head) and tracked is not None and dirty is not None and not dirty.strip(),
+    }
+
+
+def check_spec_committed(spec_path: Path | None, specs_dir: Path, allow_uncommitted: bool = False) -> None:
+    """Refuse a canonical spec (a file directly in `specs_dir`) that git does not hold unchanged, unless
+    `allow_uncommitted` (development). Specs elsewhere, and copies outside a git work tree (an unpacked
+    release: nothing to compare with), are not checked."""
+    if spec_path is None or allow_uncommitted:
+        return
+    spec_path = Path(spec_path).resolve()
+    if spec_path.parent != Path(specs_dir).resolve():
+        return
+    state = spec_git_state(spec_path)
+    if state["in_git"] and not state["committed"]:
+        raise SpecNotCommitted(
+            f"{spec_path} is a canonical spec with uncommitted changes (or not tracked by git): commit it "
+            "first, so that the study's registration (preregistration.json: commit and spec hash) names "
+            "a version anyone can check out; for development pass --allow-uncommitted-spec"
+        )
+
+
+def register(sdir: Path, spec: StudySpec, spec_path: Path | None) -> Path | None:
+    """`preregistration.json` at the study's first trial: the spec's content hash, its hypotheses' hash,
+    the git commit of the spec file (or of this code), whether the file was committed, and the time.
+    Written once, before any trial exists; never rewritten (later changes go to the spec and hypotheses
+    logs)."""
+    path = sdir / PREREGISTRATION
+    if path.exists() or any((sdir / "trials").glob(f"*/{RECORD}")):
+        return None
+    state = spec_git_state(spec_path) if spec_path is not None else {"commit": "unknown", "committed": False}
+    state = {"commit": state["commit"], "committed": state["committed"]}
+    if state["commit"] == "unknown":
+        state["commit"] = _git(["rev-parse", "HEAD"], Path(__file__).resolve().parent) or "unknown"
+        state["commit"] = state["commit"].strip()
+    entry = {
+        "study": spec.name,
+        "spec_hash": spec.hash(),
+        "hypotheses_hash": spec.hypotheses_hash(),
+        "spec_file": Path(spec_path).name if spec_path is not None else "",
+        "git_commit": state["commit"],
+        "spec_committed": state["committed"],
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    tmp = sdir / f".{PREREGISTRATION}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
 # -- claims ----------------------------------------------------------------------------------------
 
 
@@ -396,8 +475,15 @@ def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
     return units
 
 
-def prepare(spec: StudySpec, out: str | Path, hypotheses_change_reason: str | None = None) -> Path:
+def prepare(
+    spec: StudySpec,
+    out: str | Path,
+    hypotheses_change_reason: str | None = None,
+    spec_path: Path | None = None,
+) -> Path:
     """Create the study folder and store the spec; refuse if pre-registered hypotheses changed.
+
+    Before the first trial it records the registration (`register`: spec hash, git commit).
 
     Once trials exist, every change of the stored spec is appended to `spec_log.jsonl` (old and new
     hash, the keys that changed), so later stages accept records run under an earlier version of it
@@ -417,6 +503,7 @@ def prepare(spec: StudySpec, out: str | Path, hypotheses_change_reason: str | No
     tmp = sdir / f".spec.yaml.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(spec_to_yaml(spec))
     os.replace(tmp, stored)  # atomic: a runner starting at the same moment never reads a half-written spec
+    register(sdir, spec, spec_path)
     return sdir
 
 
@@ -658,8 +745,13 @@ def run_study(
     hypotheses_change_reason: str | None = None,
     security: Any = None,
     insecure: bool = False,
+    spec_path: Path | None = None,
+    allow_uncommitted_spec: bool = False,
 ) -> dict[str, int]:
     """Run every trial of `spec` that is not done; returns the final counts (done/failed/todo).
+
+    `spec_path` (the file the spec was read from) is checked (`check_spec_committed`: a canonical spec
+    must be committed unless `allow_uncommitted_spec`) and registered at the first trial.
 
     A Dask `scheduler` must be TLS (with `security`) or on loopback, unless `insecure`."""
     from tqdm import tqdm
@@ -670,7 +762,10 @@ def run_study(
         check_scheduler_address(scheduler, tls=security is not None, insecure=insecure)
     workers = workers or os.cpu_count() or 1
     check_grid_size(spec)
-    sdir = prepare(spec, out, hypotheses_change_reason)
+    from study.sweep.spec import SPECS_DIR
+
+    check_spec_committed(spec_path, SPECS_DIR, allow_uncommitted_spec)
+    sdir = prepare(spec, out, hypotheses_change_reason, spec_path)
     release_dead_claims(sdir)
     from study.sweep.tuning import study_trials
 

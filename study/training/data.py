@@ -168,6 +168,20 @@ def pooled_split_sizes(n: int) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
+# rows and features of the pooled datasets, as in the module docstring's table (checked against the loaders
+# by tests/test_data.py): what the paper's setup states without loading any data
+POOLED_ROWS = {"mnist5k": 5000, "digits": 1797}
+FEATURES = {"mnist5k": 784, "digits": 64, "mnist1d": 40, "mnist": 784, "fashion_mnist": 784}
+
+
+def split_sizes(name: str, n_samples: int | None = None) -> tuple[int, int, int] | None:
+    """(train, val, test) sizes of a built-in pooled dataset without loading it (mnist1d: ``n_samples``,
+    default 5,000); None for datasets whose sizes depend on files (mnist, fashion_mnist) or a plugin."""
+    if name == "mnist1d":
+        return pooled_split_sizes(n_samples or MNIST1D_DEFAULT_SAMPLES)
+    return pooled_split_sizes(POOLED_ROWS[name]) if name in POOLED_ROWS else None
+
+
 def _stratified_three_way(y: np.ndarray, n_val: int, n_test: int, split_seed: int) -> tuple[np.ndarray, ...]:
     """Index arrays (train, val, test): test split off first, then val from the rest, both stratified."""
     import numpy as np

@@ -34,6 +34,7 @@ from study.analysis.figures.common import (
     _text_color,
     register_figure,
 )
+from study.analysis.stats.duplicates import GROUP_JOIN
 from study.tables import (
     PRESET_FLAG,
     truthy,
@@ -75,8 +76,32 @@ PRESET_NOTE = (
 
 
 def _combo_text(combo: str) -> str:
-    w, _, s = str(combo).partition("/")
-    return st.combo_label(w, s) if s else str(combo)
+    """`W ste · S exact`; a group of combinations with identical runs (`a/b = c/d`) joined by ` = `."""
+
+    def one(member: str) -> str:
+        w, _, s = member.partition("/")
+        return st.combo_label(w, s) if s else member
+
+    members = str(combo).split(GROUP_JOIN)
+    if len(members) > 2:  # e.g. every combination with `zero` somewhere: one untrained network
+        return f"{one(members[0])} (+{len(members) - 1} identical)"
+    return GROUP_JOIN.join(one(m) for m in members)
+
+
+def _members(omni: pd.DataFrame) -> pd.DataFrame:
+    """One row per combination: a group row of stats/omnibus.csv (`a/b = c/d`, identical runs counted
+    once) becomes one row per member, each with the group's mean rank."""
+    rows = []
+    for _, row in omni.iterrows():
+        for member in str(row["combo"]).split(GROUP_JOIN):
+            rows.append(row.to_dict() | {"combo": member, "_group": len(str(row["combo"]).split(GROUP_JOIN))})
+    return pd.DataFrame(rows, columns=[*omni.columns, "_group"])
+
+
+GROUP_NOTE = (
+    "combinations whose runs are bit-identical seed by seed (stats/duplicates.csv) are one run recorded "
+    "twice: they are ranked once, as one entry"
+)
 
 
 def _cliques(ranks: Sequence[float], cd: float) -> list[tuple[int, int]]:
@@ -167,7 +192,7 @@ def _draw_cd_stack(
             left = idx < n_left
             y = y_first - row_h * (idx if left else len(ranks) - 1 - idx)
             xe = x0 - 0.1 if left else x1 + 0.1
-            signal = combo.partition("/")[2]
+            signal = combo.split(GROUP_JOIN)[0].partition("/")[2]
             ax.plot([xr(r), xr(r), xe], [y_axis, y, y], color="0.35", lw=0.6)
             ax.plot([xr(r)], [y_axis], marker="o", ms=2.8, color=palette.get(signal, "black"), zorder=3)
             ax.text(
@@ -186,6 +211,8 @@ def _draw_cd_stack(
         f"α = {ctx.hypotheses.alpha:g}; scale bar at the top), i.e. that are not significantly different. "
         f"Dot colour: signal-site policy." + (f" *: {PRESET_NOTE}." if marked else "")
     )
+    if (pd.to_numeric(omni.get("n_combos", 1), errors="coerce") > 1).any():
+        caption += f" Ranks are over distinct runs: {GROUP_NOTE} (W a · S b = W c · S d)."
     if cond_cols:
         conds_text = " · ".join(st.factor_label(c).lower() for c in cond_cols)
         caption += f" One diagram per condition ({conds_text})."
@@ -193,6 +220,8 @@ def _draw_cd_stack(
 
 
 def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[str]) -> tuple[Figure, str]:
+    grouped = bool((pd.to_numeric(omni.get("n_combos", 1), errors="coerce") > 1).any())
+    omni = _members(omni)
     facet = "dataset" if "dataset" in cond_cols else None
     row_cols = [c for c in cond_cols if c != facet]
     facets = ctx.levels(facet, omni) if facet else [None]
@@ -264,5 +293,11 @@ def _draw_rank_heatmap(ctx: StudyContext, omni: pd.DataFrame, cond_cols: list[st
         f"•: the best combination and those whose mean rank is within the Nemenyi critical difference of it "
         f"(α = 0.05, not significantly worse). Right: Friedman test p per condition."
         + (f" Outlined: {PRESET_NOTE}." if outlined else "")
+        + (
+            f" Ranks are over distinct runs: {GROUP_NOTE}, and share its rank here; Friedman's test needs "
+            "three or more distinct combinations (no p where fewer remain)."
+            if grouped
+            else ""
+        )
     )
     return fig, caption

@@ -17,10 +17,18 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from analog.policies import POLICY_ORDER
-from study.tables import is_percent, replace_atomically
+from study.tables import (
+    FACTOR_LABELS,  # noqa: F401 - re-exported for the figure modules
+    is_percent,
+    replace_atomically,
+)
+from study.tables import factor_label as shared_factor_label
 
 # --- sizes (inches) --------------------------------------------------------------------------------
-ONE_COLUMN = 3.4
+# the paper's column and text widths (paper/main.tex: letter paper, 0.75 in margins, 0.25 in column
+# gap): figures are drawn at these widths and included at natural size, so their text prints at the
+# FONT_* sizes below (>= 7 pt)
+ONE_COLUMN = 3.375
 TWO_COLUMN = 7.0
 MAX_HEIGHT = 9.0
 DPI = 300
@@ -75,16 +83,6 @@ METRIC_LABELS = {
     "sat_signal_in": "Input signals altered (fraction)",
     "sat_signal_out": "Output signals altered (fraction)",
 }
-FACTOR_LABELS = {
-    "dataset": "Dataset",
-    "weight_norm": "Weight normalization",
-    "signal_norm": "Signal normalization",
-    "norm": "Normalization (weights and signals)",
-    "precision": "Precision (levels)",
-    "leakage": "Leakage",
-    "weight_policy": "Weight-site policy",
-    "signal_policy": "Signal-site policy",
-}
 _COMPACT_PREFIX = {
     "weight_norm": "W ",
     "signal_norm": "S ",
@@ -118,8 +116,8 @@ def diff_label(metric: str) -> str:
 
 
 def factor_label(column: str) -> str:
-    """Human name of a factor column ("Signal normalization")."""
-    return FACTOR_LABELS.get(column, column.replace("_", " ").capitalize())
+    """Human name of a factor column ("Signal normalization"; `study.tables.factor_label`)."""
+    return shared_factor_label(column)
 
 
 def level_label(column: str, value: Any, compact: bool = False) -> str:

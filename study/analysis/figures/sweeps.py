@@ -121,8 +121,10 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
         else ""
     )
     axis_note = "full = unquantised" if factor == "precision" else "none = no noise"
+    label = st.factor_label(factor).lower()
+    axis_text = f"{label[:-1]}; {axis_note})" if label.endswith(")") else f"{label} ({axis_note})"
     caption = (
-        f"Final {st.metric_name(metric)} against {st.factor_label(factor).lower()} ({axis_note}) "
+        f"Final {st.metric_name(metric)} against {axis_text} "
         f"for each policy combination, as in AnalogVNN's figures. Marker: mean over seeds; bar: 95% "
         f"percentile bootstrap CI of the mean ({_n_text(summary['n'], 'seeds per point')}); markers slightly "
         f"offset horizontally so that they do not overlap. {st.combo_legend_note(weights, signals)}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -28,18 +29,28 @@ from study.analysis.stats import (
     load_hypotheses,
     sd_limit_equivalence,
 )
+from study.analysis.stats.duplicates import GROUP_JOIN
 from study.sweep.hypotheses import Hypotheses
+from study.sweep.spec import StudySpec, cells
 from study.tables import (
+    HYPOTHESES_LOG,
     PRESET_FLAG,
     REDO_COLLECT,
+    REDO_STATS,
     SITE_COLUMN,
+    SPEC_LOG,
     condition_columns,
+    factor_label,
     load_runs,
     load_spec_dict,
+    other_site_informative,
     read_csv,
+    read_jsonl,
     truthy,
     write_text_atomic,
 )
+from study.training.config import TrialConfig
+from study.training.data import FEATURES, split_sizes
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 
@@ -138,15 +149,22 @@ def _n_conditions(comp: pd.DataFrame, spec: dict[str, Any]) -> int:
 
 
 def _answer(rows: pd.DataFrame) -> tuple[str, str]:
-    """(common verdict or `mixed`, which policy the `different` rows favour)."""
+    """(the common verdict of the decided rows, which policy the `different` rows favour).
+
+    Inconclusive rows decide nothing, so they do not make a summary `mixed`: when every decided row
+    agrees, that is the answer (the inconclusive ones are counted beside it, `...Inconclusive`);
+    `inconclusive` when no row is decided; `mixed` only when decided rows disagree (in verdict, or
+    `different` rows in direction)."""
     if rows.empty:
         return "--", "--"
-    verdicts = set(rows["verdict"])
-    answer = verdicts.pop() if len(verdicts) == 1 else "mixed"
+    decided = set(rows["verdict"]) - {"inconclusive"}
+    answer = decided.pop() if len(decided) == 1 else "inconclusive" if not decided else "mixed"
     diff = rows[rows["verdict"] == "different"]
     if diff.empty:
         return answer, "none"
     winners = {r["policy_a"] if r["better"] == "a" else r["policy_b"] for _, r in diff.iterrows()}
+    if len(winners) > 1 and answer == "different":
+        answer = "mixed"
     return answer, winners.pop() if len(winners) == 1 else "both"
 
 
@@ -193,15 +211,7 @@ def answer_macros(
             c = verdict_counts(part)
             out += [_macro(prefix, f"{s}{camel(name)}{camel(v)}", c[v]) for v in VERDICTS]
             out.append(_macro(prefix, f"{s}{camel(name)}Distinct", len(part)))
-    if len(omni) and PRESET_FLAG in omni:
-        preset = omni[truthy(omni, PRESET_FLAG)]
-        ranks = omni.groupby("combo", sort=True)["mean_rank"].mean()
-        out.append(
-            _macro(prefix, "PresetRank", tex_num(preset["mean_rank"].mean() if len(preset) else math.nan))
-        )
-        out.append(_macro(prefix, "BestCombo", ranks.idxmin() if ranks.notna().any() else "--"))
-    else:
-        out += [_macro(prefix, "PresetRank", "--"), _macro(prefix, "BestCombo", "--")]
+    out += rank_macros(prefix, omni)
     usable = distinct(bayes) if len(bayes) else bayes
     usable = usable[usable["bayes_decision"].astype(str) != ""] if len(usable) else usable
     agree = int((usable["agrees"].astype(str) == "True").sum()) if len(usable) else 0
@@ -236,6 +246,67 @@ def answer_macros(
     return out
 
 
+def best_combos(omni: pd.DataFrame) -> tuple[list[str], float]:
+    """(every combination sharing the best mean rank averaged over conditions, that rank).
+
+    A group row of omnibus.csv (`a/b = c/d`: identical runs, ranked once) stands for each member, so
+    combinations whose runs are identical tie by construction and are reported together; so are
+    distinct combinations whose mean ranks are equal (at the 4 significant digits of the table).
+    """
+    rows = [
+        (member, float(r["mean_rank"]))
+        for _, r in omni.iterrows()
+        for member in str(r["combo"]).split(GROUP_JOIN)
+        if pd.notna(r["mean_rank"])
+    ]
+    if not rows:
+        return [], math.nan
+    ranks = pd.DataFrame(rows, columns=["combo", "rank"]).groupby("combo", sort=False)["rank"].mean()
+    best = float(ranks.min())
+    return [c for c, r in ranks.items() if abs(r - best) < 5e-4 * max(1.0, best)], best
+
+
+def rank_macros(prefix: str, omni: pd.DataFrame) -> list[str]:
+    """Ranks over distinct runs: the preset cell's mean rank, the best combination(s) (`A and B (tied)`
+    when several share the best rank), the numbers of distinct combinations and of Friedman tests."""
+    names = ["PresetRank", "BestCombo", "BestRank", "BestTied", "RankKMin", "RankKMax", "FriedmanTests"]
+    if not len(omni) or PRESET_FLAG not in omni:
+        return [_macro(prefix, n, "--") for n in names]
+    preset = omni[truthy(omni, PRESET_FLAG)]
+    best, rank = best_combos(omni)
+    text = " and ".join(latex_escape(c) for c in best) + (" (tied)" if len(best) > 1 else "")
+    conds = [c for c in omni.columns if c not in OMNIBUS_NON_CONDITION]
+    per = omni.drop_duplicates(conds) if conds else omni.iloc[:1]
+    k = pd.to_numeric(per["k"], errors="coerce")
+    tests = int(pd.to_numeric(per["friedman_p"], errors="coerce").notna().sum())
+    return [
+        _macro(prefix, "PresetRank", tex_num(preset["mean_rank"].mean() if len(preset) else math.nan)),
+        _macro(prefix, "BestCombo", text or "--"),
+        _macro(prefix, "BestRank", tex_num(rank)),
+        _macro(prefix, "BestTied", "yes" if len(best) > 1 else "no"),
+        _macro(prefix, "RankKMin", tex_num(k.min(), 0)),
+        _macro(prefix, "RankKMax", tex_num(k.max(), 0)),
+        _macro(prefix, "FriedmanTests", tests),
+    ]
+
+
+OMNIBUS_NON_CONDITION = {
+    "combo",
+    "weight_policy",
+    "signal_policy",
+    "metric",
+    "n_seeds",
+    "mean_metric",
+    "mean_rank",
+    "friedman_stat",
+    "friedman_p",
+    "cd",
+    "k",
+    "n_combos",
+    PRESET_FLAG,
+}
+
+
 def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[str]:
     """Final-epoch gradient cosine and saturation, from curves.csv.gz (mean over layers and seeds)."""
     path = Path(study_dir) / "curves.csv.gz"
@@ -262,6 +333,195 @@ def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[s
     ]
 
 
+def _thousands(n: Any) -> str:
+    return f"{int(n):,}" if n is not None and math.isfinite(float(n)) else "--"
+
+
+def _joined(values: list[str]) -> str:
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+
+
+def _lr_text(lr: float) -> str:
+    """`\\ensuremath{10^{-3}}` for a power of ten, else the number."""
+    exponent = math.log10(lr) if lr > 0 else math.nan
+    if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9:
+        return rf"\ensuremath{{10^{{{int(round(exponent))}}}}}"
+    return f"{lr:g}"
+
+
+def setup_macros(prefix: str, spec: dict[str, Any], runs: pd.DataFrame, study_dir: Path) -> list[str]:
+    """The study's setup as the paper states it, from the spec (every cell's resolved `TrialConfig`),
+    runs.csv, stats/duplicates.csv and run_summary.json: data sets and split sizes, steps per epoch,
+    network, optimizer, learning rate, batch, epochs, seeds, trials and distinct runs, wall time.
+
+    Per data set `\\<Study>TrainSize<Dataset>`, `...StepsPerEpoch<Dataset>`, `...Architecture<Dataset>`;
+    the unsuffixed macros join every data set's value (`3,500 (\\texttt{mnist5k}) and ...`)."""
+    factors, base = spec.get("factors") or {}, spec.get("base") or {}
+
+    def values(field: str) -> list[Any]:
+        """The field's values over the study: its factor levels, else the base value, else the default."""
+        if field in factors:
+            raw = list(factors[field])
+        else:
+            raw = [base[field] if field in base else TrialConfig.model_fields[field].default]
+        return list(dict.fromkeys(tuple(v) if isinstance(v, list) else v for v in raw))
+
+    out = []
+    datasets = values("dataset")
+    per: dict[str, dict[str, str]] = {"TrainSize": {}, "StepsPerEpoch": {}, "Architecture": {}}
+    for name in datasets:
+        sizes = split_sizes(name, values("n_samples")[0]) if name in FEATURES else None
+        train = sizes[0] if sizes else None
+        steps = [math.ceil(train / b) for b in values("batch_size")] if train else []
+        hidden = _joined(["-".join(str(h) for h in v) for v in values("hidden")])
+        arch = f"{FEATURES[name]}-{hidden}-10" if name in FEATURES else f"?-{hidden}-10"
+        per["TrainSize"][name] = _thousands(train)
+        per["StepsPerEpoch"][name] = ", ".join(str(x) for x in steps) or "--"
+        per["Architecture"][name] = arch
+        for key, table in per.items():
+            out.append(_macro(prefix, f"{key}{camel(name)}", table[name]))
+    for key, table in per.items():
+        text = (
+            next(iter(table.values()))
+            if len(set(table.values())) == 1
+            else _joined([rf"{v} (\texttt{{{latex_escape(k)}}})" for k, v in table.items()])
+        )
+        out.append(_macro(prefix, key, text))
+    out.append(_macro(prefix, "Datasets", _joined([rf"\texttt{{{latex_escape(d)}}}" for d in datasets])))
+    out.append(_macro(prefix, "DatasetCount", len(datasets)))
+    optimizers = [
+        "Adam" if o == "adam" else "SGD" + "".join(f" (momentum {m:g})" for m in values("momentum") if m)
+        for o in values("optimizer")
+    ]
+    if "cosine" in values("schedule"):
+        optimizers = [f"{o}, cosine schedule" for o in optimizers]
+    epochs_run = pd.to_numeric(runs.get("epochs_run", pd.Series(dtype=float)), errors="coerce").dropna()
+    seeds = spec.get("seeds", 1)
+    seeds = seeds if isinstance(seeds, list) else list(range(int(seeds)))
+    out += [
+        _macro(prefix, "Optimizer", _joined(list(dict.fromkeys(optimizers)))),
+        _macro(prefix, "Lr", _joined([_lr_text(v) for v in values("lr")])),
+        _macro(prefix, "Batch", _joined([str(v) for v in values("batch_size")])),
+        _macro(prefix, "Epochs", _joined([str(v) for v in values("epochs")])),
+        _macro(
+            prefix,
+            "EpochsRun",
+            "--"
+            if epochs_run.empty
+            else f"{int(epochs_run.min())}"
+            if epochs_run.min() == epochs_run.max()
+            else f"{int(epochs_run.min())}--{int(epochs_run.max())}",
+        ),
+        _macro(prefix, "Hidden", _joined(["-".join(str(h) for h in v) for v in values("hidden")])),
+        _macro(prefix, "Seeds", len(seeds)),
+        _macro(prefix, "Cells", len(cells(StudySpec.model_validate(spec)))),
+    ]
+    dup_path = study_dir / "stats" / "duplicates.csv"
+    duplicates = read_csv(dup_path, REDO_STATS) if dup_path.exists() else pd.DataFrame()
+    repeated = int(pd.to_numeric(duplicates.get("n_seeds", pd.Series(dtype=float))).sum())
+    out += [
+        _macro(prefix, "TrialsDistinct", _thousands(len(runs) - repeated)),
+        _macro(prefix, "TrialsRepeated", _thousands(repeated)),
+        _macro(prefix, "TrialsText", _thousands(len(runs))),
+    ]
+    summary_path = study_dir / "run_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    wall = summary.get("wall_time_s_all_runs")
+    seconds = pd.to_numeric(runs.get("wall_time_s", pd.Series(dtype=float)), errors="coerce").dropna()
+    out += [
+        _macro(prefix, "WallMinutes", tex_num(wall / 60, 0) if wall is not None else "--"),
+        _macro(prefix, "Workers", summary.get("workers", "--")),
+        _macro(prefix, "BundleSize", summary.get("bundle", "--")),
+        _macro(prefix, "TrialSeconds", tex_num(seconds.median(), 1) if len(seconds) else "--"),
+    ]
+    return out
+
+
+def registration_macros(prefix: str, study_dir: Path) -> list[str]:
+    """Deviations from the first registered version, from the run's logs: `...HypothesesChanges` and
+    `...SpecChanges` (counts), `...Deviations` (each change with its date, and for the hypotheses its
+    reason; `none logged` when there is none), and `...RegisteredCommit` (preregistration.json)."""
+    hyp_log = read_jsonl(study_dir / HYPOTHESES_LOG)
+    spec_log = read_jsonl(study_dir / SPEC_LOG)
+    items = [
+        f"{str(e.get('time', ''))[:10]}: hypotheses changed ({latex_escape(e.get('reason', ''))})"
+        for e in hyp_log
+    ]
+    items += [
+        f"{str(e.get('time', ''))[:10]}: spec changed "
+        f"({latex_escape(', '.join(e.get('changed', [])) or 'no key')})"
+        for e in spec_log
+        if "hypotheses" not in (e.get("changed") or [])
+    ]
+    reg_path = study_dir / "preregistration.json"
+    reg = json.loads(reg_path.read_text()) if reg_path.exists() else {}
+    commit = str(reg.get("git_commit", ""))[:10] or "not recorded"
+    return [
+        _macro(prefix, "HypothesesChanges", len(hyp_log)),
+        _macro(prefix, "SpecChanges", len(spec_log)),
+        _macro(prefix, "Deviations", "; ".join(items) if items else "none logged"),
+        _macro(prefix, "RegisteredCommit", latex_escape(commit)),
+    ]
+
+
+def sensitivity_macros(prefix: str, sens: pd.DataFrame) -> list[str]:
+    """The planted-effect check (stats/sensitivity.csv) per site: rows used, and for the planted effects
+    of one and two margins (both signs together) how many row-tests detected them; at zero, how many
+    rows were wrongly called different and how many equivalent."""
+    out = []
+    for site in ("weight", "signal"):
+        s = camel(site)
+        rows = sens[sens["site"] == site] if len(sens) else sens
+        n = int(rows["rows"].max()) if len(rows) else 0
+
+        def count(multiples: tuple[int, ...], column: str = "detected", rows: pd.DataFrame = rows) -> int:
+            sel = rows[rows["multiple"].isin(multiples)] if len(rows) else rows
+            return int(pd.to_numeric(sel[column], errors="coerce").fillna(0).sum()) if len(sel) else 0
+
+        out += [
+            _macro(prefix, f"{s}PlantedRows", n),
+            _macro(prefix, f"{s}PlantedOneDetected", count((-1, 1))),
+            _macro(prefix, f"{s}PlantedOneTests", 2 * n),
+            _macro(prefix, f"{s}PlantedTwoDetected", count((-2, 2))),
+            _macro(prefix, f"{s}PlantedTwoTests", 2 * n),
+            _macro(prefix, f"{s}PlantedNullFalse", count((0,))),
+            _macro(prefix, f"{s}PlantedNullEquivalent", count((0,), "equivalent")),
+        ]
+    return out
+
+
+def sensitivity_tex(sens: pd.DataFrame, unit: str) -> str:
+    """Booktabs tabular of the planted-effect check: one line per comparison and planted shift."""
+    lines = [
+        "% Generated by the normgrad statistics stage; do not edit.",
+        r"\begin{tabular}{lrrrrrr}",
+        r"\toprule",
+        rf"Comparison & Planted $\Delta$ ({unit}) & Rows & Detected & Rate & Equivalent & Inconclusive \\",
+        r"\midrule",
+    ]
+    previous = None
+    for _, r in sens.iterrows():
+        if previous is not None and r["comparison"] != previous:
+            lines.append(r"\midrule")
+        previous = r["comparison"]
+        rate = r["detection_rate"]
+        lines.append(
+            " & ".join(
+                [
+                    latex_escape(r["comparison"]),
+                    tex_num(r["shift"], 2) if r["shift"] <= 0 else f"+{tex_num(r['shift'], 2)}",
+                    str(int(r["rows"])),
+                    str(int(r["detected"])) if int(r["rows"]) else "--",
+                    tex_num(rate, 2) if pd.notna(rate) else "--",
+                    str(int(r["equivalent"])) if pd.notna(r["equivalent"]) else "--",
+                    str(int(r["inconclusive"])) if pd.notna(r["inconclusive"]) else "--",
+                ]
+            )
+            + r" \\"
+        )
+    return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
 def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
     rows = comp[(comp["site"] == site) & (comp["role"] == "primary")] if len(comp) else comp
     rows = rows.dropna(subset=["mean_diff"]) if len(rows) else rows
@@ -275,8 +535,11 @@ def _largest_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[
 
 
 def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[str]:
+    """The positive control over its informative rows: a row whose other site is `zero` compares two
+    untrained networks (zero vs zero), not a control; it is counted apart (`...ControlZeroRows`)."""
     rows = comp[(comp["site"] == site) & (comp["role"] == "positive_control")] if len(comp) else comp
-    rows = distinct(rows)
+    excluded = len(distinct(rows)) - len(distinct(other_site_informative(rows, site))) if len(rows) else 0
+    rows = distinct(other_site_informative(rows, site)) if len(rows) else rows
     diffs = rows["mean_diff"].dropna() if len(rows) else pd.Series([], dtype=float)
     agg = (diffs.mean(), diffs.min(), diffs.max()) if len(diffs) else (math.nan,) * 3
     detected = int((rows["verdict"] == "different").sum()) if len(rows) else 0
@@ -288,6 +551,7 @@ def _control_macros(prefix: str, s: str, comp: pd.DataFrame, site: str) -> list[
         _macro(prefix, f"{s}ControlDetected", detected),
         _macro(prefix, f"{s}ControlIdentical", identical),
         _macro(prefix, f"{s}ControlConditions", len(rows)),
+        _macro(prefix, f"{s}ControlZeroRows", excluded),
     ]
 
 
@@ -298,7 +562,7 @@ def comparisons_tex(comp: pd.DataFrame, spec: dict[str, Any], site: str) -> str:
     merged = bool(len(rows)) and (rows["same_data_as"].astype(str) != "").any()
     header = [
         "Comparison",
-        *[latex_escape(c) for c in cols],
+        *[latex_escape(factor_label(c)) for c in cols],
         "$n$",
         r"$\Delta$ [95\% CI]",
         r"$p_\mathrm{adj}$",
@@ -348,7 +612,12 @@ def write_latex(study_dir: Path) -> Path:
     bayes = read_stats_csv(study_dir, "bayes.csv", spec)
     lines = headline_macros(comp, runs, spec, hyp) + answer_macros(prefix, comp, omni, bayes, runs, spec, hyp)
     lines += mechanism_macros(prefix, study_dir, runs)
+    lines += setup_macros(prefix, spec, runs, study_dir) + registration_macros(prefix, study_dir)
+    sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
+    lines += sensitivity_macros(prefix, sens)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
+    unit = "pp" if hyp.metric.endswith("acc") else "units"
+    write_text_atomic(out / "sensitivity.tex", sensitivity_tex(sens, unit))
     for site in ("weight", "signal"):
         write_text_atomic(out / f"comparisons_{site}.tex", comparisons_tex(comp, spec, site))
     return out

@@ -60,6 +60,7 @@ from study.tables import (
     diff_unit,
     load_runs,
     load_spec_dict,
+    other_site_informative,
     read_csv,
     read_jsonl,
     truthy,
@@ -140,13 +141,21 @@ def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -
             "",
         ]
     for label, group in rows.groupby("comparison", sort=False):
-        cols = row_columns(group, spec, group["site"].iloc[0])
-        own = distinct(group)
+        site = group["site"].iloc[0]
+        cols = row_columns(group, spec, site)
+        zero_zero = distinct(group).drop(distinct(other_site_informative(group, site)).index)
+        own = distinct(other_site_informative(group, site))
         detected = own[own["verdict"] == "different"]
         text = (
             f"`{label}`{merged_text(group)}: `different` in **{len(detected)} of "
-            f"{plural(len(own), 'distinct condition')}**"
+            f"{plural(len(own), 'informative distinct condition')}**"
         )
+        if len(zero_zero):
+            text += (
+                f" ({len(zero_zero)} more row(s) have `zero` at the other site too: no gradient reaches "
+                "any parameter under either policy, so they compare two untrained networks; not a control, "
+                "not counted)"
+            )
         if len(detected):
             effects = "; ".join(_effect_text(r, cols, u) for _, r in detected.iterrows())
             text += f"; it detected {effects}."
@@ -565,6 +574,63 @@ def design_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> li
     return lines + [""]
 
 
+def sensitivity_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+    """The planted-effect check (stats/sensitivity.csv): detection of ±δ and ±2δ in these data."""
+    sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
+    u = diff_unit(hyp.metric)
+    lines = ["## Sensitivity: planted effects", ""]
+    if sens.empty:
+        return lines + ["No primary comparison.", ""]
+    lines += [
+        "Can the analysis detect an effect of the size of the margin in these data? For each primary "
+        "comparison, a copy of the trial table has policy a's values moved so that every tested row's "
+        "mean paired difference becomes exactly the planted Δ, keeping each seed's deviation (the real "
+        "noise); the whole comparison analysis (tests, Holm, verdicts) is run again. *Detected*: verdict "
+        "`different` or `trivial` in the planted direction. At Δ = 0 the detected count is the false-"
+        "positive count. Rows with identical runs (no spread) or `zero` at the other site are left out; "
+        "rows repeating another row's paired runs count once (`stats/sensitivity.csv`).",
+        "",
+    ]
+    rows = [
+        [
+            r["comparison"],
+            f"{r['shift']:+g}{u}",
+            str(int(r["rows"])),
+            str(int(r["detected"])) if int(r["rows"]) else "–",
+            fmt(r["detection_rate"]) if pd.notna(r["detection_rate"]) else "–",
+            str(int(r["equivalent"])) if pd.notna(r["equivalent"]) else "–",
+            str(int(r["inconclusive"])) if pd.notna(r["inconclusive"]) else "–",
+        ]
+        for _, r in sens.iterrows()
+    ]
+    header = ["comparison", "planted Δ", "rows", "detected", "rate", "equivalent", "inconclusive"]
+    return lines + md_table(header, rows) + [""]
+
+
+def duplicates_section(study_dir: Path, spec: dict[str, Any]) -> list[str]:
+    """Combinations whose runs are bit-identical seed by seed, collapsed in the omnibus test, the ranks
+    and the mixed model (stats/duplicates.csv)."""
+    dup = read_stats_csv(study_dir, "duplicates.csv", spec)
+    runs = load_runs(study_dir)
+    lines = ["## Distinct runs", ""]
+    if dup.empty:
+        return lines + [f"All {len(runs)} trials are distinct runs: no combination repeats another's.", ""]
+    repeated = int(pd.to_numeric(dup["n_seeds"]).sum())
+    lines.append(
+        f"{len(runs)} trials hold **{len(runs) - repeated} distinct runs**: in {len(dup)} (condition, "
+        f"combination) cells every seed's trial records exactly the values of another combination's "
+        f"trial (e.g. weight `exact` and `ste` under a clamp that no weight reaches), {repeated} trials in "
+        "all. The omnibus test, the ranks and the mixed model count each such run once; combinations "
+        "with identical runs share one rank (named `a/b = c/d`). `stats/duplicates.csv` lists them."
+    )
+    groups = dup.groupby(["same_runs_as", "combo"], sort=False).size().reset_index(name="conditions")
+    lines += [""] + md_table(
+        ["combination", "same runs as", "conditions"],
+        [[r["combo"], r["same_runs_as"], str(r["conditions"])] for _, r in groups.iterrows()],
+    )
+    return lines + [""]
+
+
 def preregistration_section(study_dir: Path) -> list[str]:
     """Every change of the pre-registered hypotheses after trials existed, with its reason (or none)."""
     changes = read_jsonl(Path(study_dir) / HYPOTHESES_LOG)
@@ -677,6 +743,7 @@ def write_report(study_dir: Path) -> Path:
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
+    lines += sensitivity_section(study_dir, spec, hyp) + duplicates_section(study_dir, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
     lines += bayes_section(bayes, spec) + power_section(comp, runs, spec, hyp)
     lines += methods_section(comp, hyp) + design_section(study_dir, spec, hyp)

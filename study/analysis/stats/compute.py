@@ -2,7 +2,8 @@
 
 `compute_stats(DIR)` reads `DIR/spec.yaml` and `DIR/runs.csv` and writes `DIR/stats/`
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `skipped.csv`, `bayes.csv`, `omnibus.csv`,
-`posthoc.csv`, `model.csv`, `model.txt`; the report stage adds `report.md` and `latex/` from them).
+`posthoc.csv`, `model.csv`, `model.txt`, `duplicates.csv`, `sensitivity.csv`; the report stage adds
+`report.md` and `latex/` from them).
 Every output is a deterministic function of the two inputs: rows are sorted by stable keys, floats
 follow the number policy of `study.tables` (the same digits on every machine)
 and every resampling (bootstrap, permutation, posterior) is seeded by
@@ -16,10 +17,12 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis.stats.bayes import POSTERIOR_COLUMNS, bayes_table
+from study.analysis.stats.duplicates import DUPLICATE_COLUMNS, combo_groups, duplicate_table
 from study.analysis.stats.families import compare
 from study.analysis.stats.mixed_model import fit_mixed_model
 from study.analysis.stats.omnibus import omnibus
 from study.analysis.stats.paired import STAT_COLUMNS, skipped_table
+from study.analysis.stats.sensitivity import sensitivity_table
 from study.analysis.stats.table import (
     MISSING_STATUS,
     ROW_KEYS,
@@ -33,6 +36,7 @@ from study.analysis.stats.table import (
 from study.sweep.spec import stored_spec_hash
 from study.tables import (
     check_spec_hashes,
+    condition_columns,
     load_runs,
     load_spec_dict,
     write_table,
@@ -86,6 +90,9 @@ def compute_stats(study_dir: Path) -> Path:
     write_csv(_finish(missing, miss_cols + ["_index"], by + ["seed"], orders)[miss_cols], out / "missing.csv")
     write_csv(bayes_table(comparisons, spec, hyp), out / "bayes.csv")
 
+    groups = combo_groups(sort_rows(table, keys + ["seed"], orders), spec)
+    write_csv(duplicate_table(groups)[condition_columns(spec) + DUPLICATE_COLUMNS], out / "duplicates.csv")
+
     omni, post = omnibus(table, spec, hyp, orders)
     write_csv(omni, out / "omnibus.csv")
     write_csv(post, out / "posthoc.csv")
@@ -95,4 +102,5 @@ def compute_stats(study_dir: Path) -> Path:
     write_csv(model, out / "model.csv")
 
     write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")
+    write_csv(sensitivity_table(table, comparisons, spec, hyp), out / "sensitivity.csv")
     return out

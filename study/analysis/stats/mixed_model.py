@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from study.analysis.stats.duplicates import distinct_trials
 from study.sweep.hypotheses import Hypotheses
 from study.tables import (
     FLOAT_FORMAT,
@@ -55,17 +56,21 @@ def short_term(term: str) -> str:
 def fit_mixed_model(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> tuple[str, pd.DataFrame]:
     """Linear mixed model (statsmodels `mixedlm`, REML) with a random intercept per seed.
 
-    Returns the text for model.txt (summary plus every captured warning, or why no model was fitted)
-    and the fixed-effect table. Never raises.
+    Fitted on distinct runs: the trials of a combination that repeats another combination's runs seed
+    by seed (`duplicates.distinct_trials`) are left out, so no run is counted twice. Returns the text
+    for model.txt (summary plus every captured warning, or why no model was fitted) and the
+    fixed-effect table. Never raises.
     """
     import statsmodels.formula.api as smf
 
-    data = table[table["status"] == "ok"].reset_index(drop=True)
+    usable = table[table["status"] == "ok"].reset_index(drop=True)
+    data = distinct_trials(usable, spec).drop(columns=["combo"]) if len(usable) else usable
     formula, refs = model_formula(data, spec, hyp.metric) if len(data) else ("", [])
     head = [
         f"formula: {formula}",
         "groups: seed (random intercept)",
-        f"observations: {len(data)}",
+        f"observations: {len(data)} distinct runs ({len(usable) - len(data)} trials repeating another "
+        "combination's runs seed by seed left out)",
         "reference levels: " + (", ".join(refs) or "none"),
     ]
     empty = pd.DataFrame(columns=MODEL_COLUMNS)

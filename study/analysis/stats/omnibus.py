@@ -10,6 +10,7 @@ import pandas as pd
 import scikit_posthocs as sp
 from scipy import stats as sst
 
+from study.analysis.stats.duplicates import GROUP_JOIN, distinct_trials
 from study.analysis.stats.table import analogvnn_cell, higher_is_better, sort_rows
 from study.sweep.hypotheses import Hypotheses
 from study.tables import (
@@ -63,11 +64,17 @@ def posthoc_pairs(block: pd.DataFrame, ranks: pd.Series, alpha: float) -> list[d
 def omnibus(
     table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses, orders: dict[str, dict[str, int]]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(omnibus, posthoc): Friedman test across all policy combinations present in each condition."""
+    """(omnibus, posthoc): Friedman test across the distinct policy combinations of each condition.
+
+    Combinations whose trials are bit-identical seed by seed (`duplicates.combo_groups`) are one
+    training run recorded twice: they enter once, named by their group (`ste/exact = exact/exact`), so
+    `k` counts distinct combinations and no run is counted twice.
+    """
     conds = condition_columns(spec)
     higher = higher_is_better(hyp.metric)
-    data = sort_rows(table[table["status"] == "ok"], conds + list(POLICY_COLUMNS) + ["seed"], orders)
-    data["combo"] = data["weight_policy"] + "/" + data["signal_policy"]
+    ordered = sort_rows(table, conds + list(POLICY_COLUMNS) + ["seed"], orders)
+    data = distinct_trials(ordered, spec)
+    data = data[data["status"] == "ok"].reset_index(drop=True)
     omni, post = [], []
     groups = data.groupby(conds, dropna=False, sort=False) if conds else [((), data)]
     for values, group in groups:
@@ -83,6 +90,7 @@ def omnibus(
         preset = analogvnn_cell(spec, cond)
         preset_combo = f"{preset['weight_policy']}/{preset['signal_policy']}"
         for combo in combos:
+            members = combo.split(GROUP_JOIN)
             omni.append(
                 cond
                 | {
@@ -97,7 +105,8 @@ def omnibus(
                     "friedman_p": p,
                     "cd": cd,
                     "k": k,
-                    PRESET_FLAG: combo == preset_combo,
+                    "n_combos": len(members),
+                    PRESET_FLAG: preset_combo in members,
                 }
             )
         if testable:
@@ -113,6 +122,7 @@ def omnibus(
         "friedman_p",
         "cd",
         "k",
+        "n_combos",
         PRESET_FLAG,
     ]
     post_cols = conds + ["combo_a", "combo_b", "mean_rank_diff", "p_nemenyi", "significant"]
