@@ -333,6 +333,39 @@ def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[s
     ]
 
 
+ROW_FIELDS = {"Diff": "mean_diff", "Lo": "ci_low", "Hi": "ci_high", "Sd": "sd_diff", "Pairs": "n_pairs"}
+
+
+def row_macros(prefix: str, comp: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
+    """One set of macros per comparison row, so prose can cite any row's numbers:
+    `\\<Study>Row<Conditions><A>Vs<B><Field>` with the varying condition values and the two policies in
+    CamelCase (``exact,readout_output=ste`` -> ``ExactReadoutOutputSte``) and Field one of Diff, Lo, Hi
+    (the 95% CI), Sd, Pairs and Verdict; e.g. `\\MechanismRowMnistFiveKAnalogExactVsSteDiff`."""
+    if comp is None or comp.empty:
+        return []
+    out: list[str] = []
+    seen: set[str] = set()
+    for site in ("weight", "signal"):
+        rows = comp[comp["site"].astype(str) == site]
+        if rows.empty:
+            continue
+        cols = row_columns(rows, spec, site)
+        cols = [c for c in cols if c in rows and rows[c].astype(str).nunique() > 1]
+        for _, row in rows.iterrows():
+            key = "".join(camel(str(row[c])) for c in cols)
+            key += f"{camel(str(row['policy_a']))}Vs{camel(str(row['policy_b']))}"
+            if site == "weight":
+                key = "Weight" + key
+            if key in seen:
+                continue
+            seen.add(key)
+            for field, column in ROW_FIELDS.items():
+                digits = 0 if field == "Pairs" else 2
+                out.append(_macro(prefix, f"Row{key}{field}", tex_num(row[column], digits)))
+            out.append(_macro(prefix, f"Row{key}Verdict", str(row["verdict"])))
+    return out
+
+
 def _thousands(n: Any) -> str:
     return f"{int(n):,}" if n is not None and math.isfinite(float(n)) else "--"
 
@@ -615,6 +648,7 @@ def write_latex(study_dir: Path) -> Path:
     lines += setup_macros(prefix, spec, runs, study_dir) + registration_macros(prefix, study_dir)
     sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
     lines += sensitivity_macros(prefix, sens)
+    lines += row_macros(prefix, comp, spec)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     unit = "pp" if hyp.metric.endswith("acc") else "units"
     write_text_atomic(out / "sensitivity.tex", sensitivity_tex(sens, unit))
