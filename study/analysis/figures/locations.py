@@ -39,6 +39,9 @@ NAMES = {
 }
 
 
+A_BETTER, B_BETTER = "#1b7837", "#b2182b"  # the first / the second policy better (verdict different)
+
+
 def policy_text(policy: str) -> str:
     """Readable label of a (possibly location-wise) signal policy: ``exact,readout_output=ste`` ->
     ``exact, readout out: ste``."""
@@ -104,8 +107,8 @@ def fig_location_effects(ctx: StudyContext) -> Iterator[Output]:
             if not np.isfinite(mean):
                 continue
             ns.append(int(row["n_pairs"]))
-            better = str(row.get("better", ""))
-            color = st.policy_color(better) if better in ("exact", "ste") else "0.2"
+            better = str(row.get("better", ""))  # "a" or "b" where the verdict is different
+            color = {"a": A_BETTER, "b": B_BETTER}.get(better, "0.55")
             if np.isfinite(lo) and np.isfinite(hi):
                 ax.plot([lo, hi], [y, y], color=color, lw=1.1)
             ax.plot([mean], [y], "o", ms=3.2, color=color)
@@ -133,9 +136,9 @@ def fig_location_effects(ctx: StudyContext) -> Iterator[Output]:
         + (f"; brackets: {grouping}" if grouping else "")
         + f" ({_n_text(ns, 'paired seeds per row')}). A location label (e.g. 'readout out: ste') names the "
         "clamps whose policy differs from the first word's. Shaded: ±δ = "
-        f"{ctx.margin:g} {diff_unit_name(ctx.metric)}; colour: the better policy where the verdict is "
-        "'different'. Symbols: verdicts as in the statistics (≡ identical, ≈ equivalent, ≠ different, "
-        "≃ trivial, ? inconclusive)."
+        f"{ctx.margin:g} {diff_unit_name(ctx.metric)}; green: the first policy better, red: the second "
+        "better (verdict 'different'), grey: no difference shown. Symbols: verdicts as in the statistics "
+        "(≡ identical, ≈ equivalent, ≠ different, ≃ trivial, ? inconclusive)."
     )
     yield Made("location_effects", fig, caption)
 
