@@ -15,7 +15,7 @@ from study.analysis.report.latex import _answer
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "paper" / "main.tex"
 GENERATED = ROOT / "paper" / "generated"
-STUDIES = ("core", "generality")
+STUDIES = ("core", "generality", "mechanism")
 
 # setup macros whose values must never be typed into main.tex (latex.py `setup_macros`)
 SETUP = (

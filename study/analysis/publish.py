@@ -219,11 +219,13 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
     if informative.empty:
         return f"- **{study}, {site} site:** no primary comparison."
     own = distinct(informative)
-    label = rows["comparison"].iloc[0]
+    names = list(dict.fromkeys(rows["comparison"]))
+    label = names[0] if len(names) == 1 else f"{len(names)} primary comparisons"
     n = own["n_pairs"]
     pairs = f"{int(n.min())}" if n.min() == n.max() else f"{int(n.min())}–{int(n.max())}"
     text = (
-        f"- **{study}, {site} site** (`{label}`, {len(own)} distinct condition(s){_merged(informative)}; "
+        f"- **{study}, {site} site** ({label if len(names) > 1 else f'`{label}`'}, "
+        f"{len(own)} distinct condition(s){_merged(informative)}; "
         f"n = {pairs} paired seeds): **{_counts(own)}**"
     )
     fam = families(own.fillna(""), spec)
@@ -236,6 +238,8 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
     cols = list(own.columns)
     keys = cols[cols.index("policy_b") + 1 : cols.index("metric")]  # condition columns, both policies
     cond = ", ".join(f"{c}={big[c]}" for c in keys if str(big[c]) not in ("", "nan")) or "all"
+    if len(names) > 1:
+        cond = f"`{big['comparison']}`, {cond}"
     return text + (
         f"; largest effect {big['mean_diff']:+.2f}{diff_unit(big['metric'])} "
         f"[95% CI {big['ci_low']:+.2f}, {big['ci_high']:+.2f}] "
