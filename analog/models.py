@@ -13,7 +13,7 @@ from analog.layers import AnalogConfig, AnalogConv1d, AnalogConv2d, AnalogLinear
 from analog.locations import check_hidden_count
 from analog.normalize import output_range
 
-ACTIVATIONS: tuple[str, ...] = ("none", "relu", "leakyrelu", "tanh", "elu", "silu", "gelu")
+ACTIVATIONS: tuple[str, ...] = ("none", "relu", "leakyrelu", "tanh", "elu", "silu", "gelu", "gelu_analogvnn")
 SAMPLE_HIDDEN: tuple[int, ...] = (256, 128)  # AnalogVNN's sample code: 784-256-128-10
 PAPER_HIDDEN: tuple[int, ...] = (128, 64)  # AnalogVNN paper: 784-128-64-10
 READOUTS: tuple[str, ...] = ("analog", "digital", "scaled")
@@ -23,6 +23,37 @@ unbounded logits, as when an ADC feeds a digital softmax) or ``scaled`` (the ana
 fixed scale chosen by :func:`readout_scale`, which lowers the cross-entropy floor of bounded logits)."""
 SCALED_READOUT_FLOOR = 0.01
 """Cross-entropy floor (nats) the ``scaled`` readout's scale brings the bounded logits down to."""
+
+
+class _AnalogVNNGeLUFunction(torch.autograd.Function):
+    """GeLU forward; AnalogVNN 1.0.8's GeLU backward, which multiplies the Gaussian term by sqrt(2 pi)
+    where the true derivative divides by it: (1 + erf(x / sqrt 2)) / 2 + x sqrt(2 pi) e^(-x^2/2) / 2."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.gelu(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001 - autograd signature
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
+        (x,) = ctx.saved_tensors
+        slope = 0.5 * (
+            (1 + torch.erf(x / math.sqrt(2))) + x * (math.sqrt(2 * math.pi) * torch.exp(-x.pow(2) / 2))
+        )
+        return grad * slope
+
+
+class AnalogVNNGeLU(nn.Module):
+    """`gelu_analogvnn`: the GeLU value with AnalogVNN 1.0.8's (incorrect) GeLU backward, so that a study
+    can reproduce training exactly as AnalogVNN's sample code back-propagates it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _AnalogVNNGeLUFunction.apply(x)
 
 
 def make_activation(name: str) -> nn.Module:
@@ -35,6 +66,7 @@ def make_activation(name: str) -> nn.Module:
         "elu": lambda: nn.ELU(alpha=1.0507),
         "silu": nn.SiLU,
         "gelu": nn.GELU,
+        "gelu_analogvnn": AnalogVNNGeLU,
     }
     if name not in table:
         raise ValueError(f"activation: unknown {name!r}; allowed: {', '.join(ACTIVATIONS)}")

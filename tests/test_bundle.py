@@ -161,6 +161,16 @@ def test_noise_off_bundle_trains_like_sequential(quiet_runs):
     assert all(r["history"][-1]["train_loss"] < r["history"][0]["train_loss"] for r in quiet_runs["bundle"])
 
 
+def test_gelu_analogvnn_trains_alike_bundled_and_sequentially():
+    """The custom backward of `gelu_analogvnn` works under vmap (generated rule) and matches run_trial."""
+    configs = _configs({**QUIET, "activation": "gelu_analogvnn", "epochs": 1}, SEEDS[:2])
+    seq = [run_trial(c) for c in configs]
+    for a, b in zip(run_bundle(configs), seq, strict=True):
+        _assert_same_training(a, b)
+    plain = run_trial(_configs({**QUIET, "epochs": 1}, SEEDS[:1])[0])
+    assert plain["history"][0]["train_loss"] != seq[0]["history"][0]["train_loss"]  # another backward
+
+
 def test_bundle_records_have_run_trial_keys(quiet_runs):
     extra = {"bundle_size", "bundle_seeds", "bundle_wall_time_s"}
     for seq, bun in zip(quiet_runs["seq"], quiet_runs["bundle"], strict=True):

@@ -572,6 +572,24 @@ def test_analogvnn_gelu_backward_is_not_the_gelu_derivative():
     torch.testing.assert_close(GeLU.forward(x), nn.functional.gelu(x))
 
 
+def test_gelu_analogvnn_reproduces_analogvnns_gelu_backward_bit_for_bit():
+    """`gelu_analogvnn` (issue #21): nn.GELU's value, AnalogVNN 1.0.8's GeLU backward exactly."""
+    x = torch.linspace(-4, 4, 801, dtype=torch.float64)
+    layer = GeLU()
+    layer.train()
+    layer(x)
+    g = torch.rand(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    theirs = layer.backward(g)
+    xr = x.clone().requires_grad_(True)
+    ours = analog.make_activation("gelu_analogvnn")(xr)
+    ours.backward(g)
+    assert torch.equal(xr.grad, theirs)
+    assert torch.equal(ours.detach(), nn.functional.gelu(x))
+    true = x.clone().requires_grad_(True)
+    nn.functional.gelu(true).backward(g)
+    assert float((xr.grad - true.grad).abs().max()) > 0.5  # not the true derivative
+
+
 # --- noise on: the sample-code model with every noise class and both precision classes -------------
 # AnalogVNN draws its weight noise more often than analog/ does (Linear.forward reads the bias twice and
 # its backward reads the weight again, each read re-running the weight model), so the global RNG stream

@@ -96,7 +96,10 @@ class TrialConfig(BaseModel):
     hidden: tuple[int, ...] = Field(
         (256, 128), description="hidden layer sizes, comma separated on the command line (e.g. 256,128)"
     )
-    activation: str = Field("gelu", description="activation after each layer")
+    activation: str = Field(
+        "gelu",
+        description="activation after each layer (gelu_analogvnn: GeLU with AnalogVNN 1.0.8's GeLU backward)",
+    )
     final_activation: bool = Field(
         True, description="apply the activation after the last layer too (AnalogVNN's sample code does)"
     )
