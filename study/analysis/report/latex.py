@@ -30,6 +30,7 @@ from study.analysis.stats import (
     sd_limit_equivalence,
 )
 from study.analysis.stats.duplicates import GROUP_JOIN
+from study.analysis.stats.omnibus import OMNIBUS_COLUMNS
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
@@ -290,21 +291,7 @@ def rank_macros(prefix: str, omni: pd.DataFrame) -> list[str]:
     ]
 
 
-OMNIBUS_NON_CONDITION = {
-    "combo",
-    "weight_policy",
-    "signal_policy",
-    "metric",
-    "n_seeds",
-    "mean_metric",
-    "mean_rank",
-    "friedman_stat",
-    "friedman_p",
-    "cd",
-    "k",
-    "n_combos",
-    PRESET_FLAG,
-}
+OMNIBUS_NON_CONDITION = set(OMNIBUS_COLUMNS)
 
 
 def mechanism_macros(prefix: str, study_dir: Path, runs: pd.DataFrame) -> list[str]:

@@ -19,6 +19,22 @@ from study.tables import (
     condition_columns,
 )
 
+OMNIBUS_COLUMNS: tuple[str, ...] = (
+    "combo",
+    *POLICY_COLUMNS,
+    "metric",
+    "n_seeds",
+    "mean_metric",
+    "mean_rank",
+    "friedman_stat",
+    "friedman_p",
+    "cd",
+    "k",
+    "n_combos",
+    PRESET_FLAG,
+)
+"""Columns of stats/omnibus.csv after the condition columns (one definition: the report reads it)."""
+
 
 def nemenyi_cd(k: int, n: int, alpha: float) -> float:
     """Nemenyi critical difference of mean ranks: q_alpha(k, inf) / sqrt(2) * sqrt(k (k + 1) / (6 n))."""
@@ -111,19 +127,6 @@ def omnibus(
             )
         if testable:
             post += [cond | row for row in posthoc_pairs(block, ranks, hyp.alpha)]
-    omni_cols = conds + [
-        "combo",
-        *POLICY_COLUMNS,
-        "metric",
-        "n_seeds",
-        "mean_metric",
-        "mean_rank",
-        "friedman_stat",
-        "friedman_p",
-        "cd",
-        "k",
-        "n_combos",
-        PRESET_FLAG,
-    ]
+    omni_cols = conds + list(OMNIBUS_COLUMNS)
     post_cols = conds + ["combo_a", "combo_b", "mean_rank_diff", "p_nemenyi", "significant"]
     return pd.DataFrame(omni, columns=omni_cols), pd.DataFrame(post, columns=post_cols)
