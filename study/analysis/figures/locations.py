@@ -39,6 +39,7 @@ NAMES = {
 }
 
 
+LOCATION_FIGURES = ("location_effects", "location_diagnostics")
 A_BETTER, B_BETTER = "#1b7837", "#b2182b"  # the first / the second policy better (verdict different)
 
 
