@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from study.analysis.publish import caption_tex, captions_tex, figure_captions
-from study.analysis.report.latex import _answer
+from study.analysis.report.latex import _answer, macro_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "paper" / "main.tex"
 GENERATED = ROOT / "paper" / "generated"
-STUDIES = ("core", "generality", "mechanism")
+STUDIES = ("core", "generality", "mechanism", "analogvnn_gelu")
 
 # setup macros whose values must never be typed into main.tex (latex.py `setup_macros`)
 SETUP = (
@@ -63,7 +63,7 @@ def test_no_setup_number_is_hand_written() -> None:
     text = _text()
     macros = _macros()
     for study in STUDIES:
-        prefix = study[0].upper() + study[1:]
+        prefix = macro_prefix(study)
         for key in SETUP:
             value = macros.get(prefix + key)
             assert value is not None, prefix + key
@@ -94,8 +94,7 @@ def test_every_figure_of_the_paper_has_its_generated_caption() -> None:
     for study in STUDIES:
         captions = (GENERATED / study / "captions.tex").read_text()
         for figure in re.findall(rf"\\genfig(?:\[[^]]*\])?\{{{study}/figures/([a-z_0-9]+)\.pdf\}}", text):
-            name = "".join(p.capitalize() for p in figure.split("_"))
-            macro = f"\\{study.capitalize()}Caption{name}"
+            macro = f"\\{macro_prefix(study)}Caption{macro_prefix(figure)}"
             assert macro + "}" in captions and macro in text, f"{figure}: caption {macro} not used"
 
 
