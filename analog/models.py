@@ -203,6 +203,16 @@ def _dense_layers(
     return layers
 
 
+def _readout_tail(
+    readout: str, config: AnalogConfig, activation: str, n_classes: int, final_activation: bool, floor: float
+) -> list[nn.Module]:
+    """What follows the last layer's activation: the fixed logit scale of the ``scaled`` readout, else
+    nothing (computed before any layer is built, so a readout that cannot be scaled fails first)."""
+    if readout != "scaled":
+        return []
+    return [LogitScale(readout_scale(config.signal_norm, activation, n_classes, final_activation, floor))]
+
+
 def build_classifier(
     in_features: int | Sequence[int] = 784,
     n_classes: int = 10,
@@ -229,13 +239,9 @@ def build_classifier(
     layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
     if not digital:
         check_hidden_count(config.signal_policy, len(hidden))
-    scale = None
-    if readout == "scaled":
-        scale = readout_scale(config.signal_norm, activation, n_classes, final_activation, readout_floor)
+    tail = _readout_tail(readout, config, activation, n_classes, final_activation, readout_floor)
     layers += _dense_layers(sizes, activation, config, digital, final_activation, readout)
-    if scale is not None:
-        layers.append(LogitScale(scale))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, *tail)
 
 
 CNN_POOL = 2
@@ -305,9 +311,7 @@ def build_cnn(
     n_hidden = len(channels) + len(hidden)
     if not digital:
         check_hidden_count(config.signal_policy, n_hidden)
-    scale = None
-    if readout == "scaled":
-        scale = readout_scale(config.signal_norm, activation, n_classes, final_activation, readout_floor)
+    tail = _readout_tail(readout, config, activation, n_classes, final_activation, readout_floor)
     layers: list[nn.Module] = [nn.Unflatten(1, tuple(int(n) for n in input_shape))]
     pool = nn.MaxPool1d if dims == 1 else nn.MaxPool2d
     digital_conv = nn.Conv1d if dims == 1 else nn.Conv2d
@@ -326,6 +330,4 @@ def build_cnn(
     layers.append(nn.Flatten(start_dim=1))
     sizes = [math.prod(feature_shape), *hidden, n_classes]
     layers += _dense_layers(sizes, activation, config, digital, final_activation, readout, len(channels))
-    if scale is not None:
-        layers.append(LogitScale(scale))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, *tail)
