@@ -44,6 +44,10 @@ METRICS = (
     "best_val_acc",
     "test_acc_at_best_val",
 )
+# metrics of the final evaluation over noise draws (`study.training.module.final_evaluation`): columns of
+# runs.csv only where the study's records have them (the studies committed before them do not)
+DRAW_METRICS = ("test_acc_mean", "test_acc_noise_off")
+ALL_METRICS = (*METRICS, *DRAW_METRICS)
 # what to do when a stage's input is damaged (the messages of read_yaml / read_csv)
 REDO_STATS = "run `python -m study stats` on the study again"
 REDO_COLLECT = "run `python -m study collect` on the study again"

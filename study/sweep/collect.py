@@ -10,7 +10,15 @@ import pandas as pd
 
 from study.sweep.records import FAILED, RECORD, InvalidRecord, load_record, trial_dir
 from study.sweep.spec import expand, parse_spec
-from study.tables import METRICS, RESTORE_SPEC, check_spec_hashes, read_yaml, write_table
+from study.tables import (
+    ALL_METRICS,
+    DRAW_METRICS,
+    METRICS,
+    RESTORE_SPEC,
+    check_spec_hashes,
+    read_yaml,
+    write_table,
+)
 
 CURVE_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")
 DIAG_METRICS = {
@@ -33,14 +41,19 @@ def _factor_value(v: Any) -> Any:
 
 
 def _row(
-    study: str, spec_hash: str, trial: Any, rec: dict[str, Any] | None, fail: dict[str, Any] | None
+    study: str,
+    spec_hash: str,
+    trial: Any,
+    rec: dict[str, Any] | None,
+    fail: dict[str, Any] | None,
+    metrics: tuple[str, ...] = METRICS,
 ) -> dict:
     cfg = trial.config
     row: dict[str, Any] = {"study": study, "run_id": trial.run_id, "spec_hash": spec_hash}
     row.update({k: _factor_value(v) for k, v in trial.factors.items()})
     row["weight_policy"], row["signal_policy"], row["seed"] = cfg.weight_policy, cfg.signal_policy, cfg.seed
     row["status"] = "done" if rec else "failed" if fail else "missing"
-    for m in METRICS:
+    for m in metrics:
         row[m] = rec.get(m) if rec else None
     versions = (rec or {}).get("versions", {})
     row.update(
@@ -107,6 +120,14 @@ def _read_failed(path: Path) -> dict[str, Any] | None:
     return fail if isinstance(fail, dict) else {"error": f"unreadable {path.name} (not a JSON object)"}
 
 
+def recorded_metrics(records: Any) -> tuple[str, ...]:
+    """METRICS, and the DRAW_METRICS when any record has them (records written before the final
+    evaluation over noise draws existed collect as they always did)."""
+    if any(rec and all(m in rec for m in DRAW_METRICS) for rec in records):
+        return ALL_METRICS
+    return METRICS
+
+
 def collect(sdir: str | Path) -> tuple[Path, Path]:
     """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`.
 
@@ -135,10 +156,13 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
         )
     check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
+    metrics = recorded_metrics(records.values())
 
     def row_of(trial: Any) -> dict[str, Any]:
         rec, fail = records[trial.run_id], _read_failed(trial_dir(sdir, trial.run_id) / FAILED)
-        return _row(spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail)
+        return _row(
+            spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail, metrics
+        )
 
     for trial in trials:
         rows.append(row_of(trial))

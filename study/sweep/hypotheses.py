@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from analog.locations import canonical_signal_policy, is_uniform
-from study.tables import METRICS
+from study.tables import ALL_METRICS, DRAW_METRICS
 
 SITES = ("weight", "signal")
 
@@ -75,6 +75,9 @@ class Hypotheses(BaseModel):
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"unknown metric {v!r}; allowed: {', '.join(METRICS)} (the columns of runs.csv)")
+        if v not in ALL_METRICS:
+            raise ValueError(
+                f"unknown metric {v!r}; allowed: {', '.join(ALL_METRICS)} (the columns of runs.csv; "
+                f"{', '.join(DRAW_METRICS)} from the final evaluation over noise draws)"
+            )
         return v

@@ -11,9 +11,10 @@ from typing import Any
 from study.sweep.runner import RECORD, load_record, trial_dir, write_json_atomic
 from study.sweep.runner import status as trial_status
 from study.sweep.spec import expand, parse_spec
-from study.tables import METRICS, RESTORE_SPEC, read_yaml
+from study.tables import DRAW_METRICS, METRICS, RESTORE_SPEC, read_yaml
 
 COMPARED = (*METRICS, "epochs_run", "diverged")  # the record fields runs.csv reports
+COMPARED_IF_RECORDED = (*DRAW_METRICS, "test_acc_draws")  # by records that have them
 
 
 def retrain(record: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +39,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Names of the metrics (final and per epoch) that differ between two records of one trial."""
-    diffs = [k for k in COMPARED if not _same(old.get(k), new.get(k))]
+    keys = [*COMPARED, *(k for k in COMPARED_IF_RECORDED if k in old)]
+    diffs = [k for k in keys if not _same(old.get(k), new.get(k))]
     for h_old, h_new in zip(old.get("history", []), new.get("history", []), strict=False):
         for k, v in h_old.items():
             if not _same(v, h_new.get(k)):

@@ -28,7 +28,7 @@ from analog import set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import STAGES, build_network, make_optimizer, probe_record
+from study.training.module import STAGES, build_network, final_evaluation, make_optimizer, probe_record
 from study.training.trial import eval_dataloaders, make_trainer, quiet_lightning, summarize
 
 
@@ -197,21 +197,21 @@ class BundleClassifier(L.LightningModule):
             if self.config.diagnostics and self.probe is not None and not self.config.digital:
                 self.diagnostics[k].append(self._probe(k, epoch))
             if not self.config.digital:
-                self.saturation[k].append({"epoch": epoch, **weight_saturation(self._member_net(k))})
+                self.saturation[k].append({"epoch": epoch, **weight_saturation(self.member_net(k))})
         self._reset_sums()
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member `k`'s parameters, as a state dict of the plain (unstacked) network."""
         return {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
 
-    def _member_net(self, k: int) -> nn.Module:
+    def member_net(self, k: int) -> nn.Module:
         """A plain network holding member `k`'s parameters."""
         net = copy.deepcopy(self.base)
         net.load_state_dict(self.member_state(k), strict=False)
         return net
 
     def _probe(self, k: int, epoch: int) -> dict[str, Any]:
-        return probe_record(self._member_net(k), self.configs[k], *self.probe, epoch)
+        return probe_record(self.member_net(k), self.configs[k], *self.probe, epoch)
 
 
 def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, Any]]:
@@ -235,6 +235,9 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
     train = _BundleBatches(data.train_x, data.train_y, c0.batch_size, [c.seed for c in configs])
     trainer = make_trainer(c0.epochs, logger=False)
     trainer.fit(module, train_dataloaders=train, val_dataloaders=eval_dataloaders(c0, dm))
+    evaluations = [
+        final_evaluation(module.member_net(k), cfg, data.test_x, data.test_y) for k, cfg in enumerate(configs)
+    ]
     wall = time.perf_counter() - start
     records = []
     for k, cfg in enumerate(configs):
@@ -245,6 +248,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
             module.diverged_at[k],
             wall / len(configs),
             module.saturation[k],
+            evaluations[k],
         )
         rec["bundle_size"] = len(configs)
         rec["bundle_seeds"] = [c.seed for c in configs]

@@ -165,6 +165,13 @@ class TrialConfig(BaseModel):
     eval_test: bool = Field(
         True, description="evaluate the test split each epoch (off for learning-rate selection trials)"
     )
+    test_draws: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="independent noise draws averaged into the final test accuracy test_acc_mean "
+        "(test_acc_noise_off beside it is the noise-off accuracy)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -312,6 +319,7 @@ OMITTED_AT_DEFAULT: tuple[str, ...] = (
     "arch",
     "channels",
     "kernel_size",
+    "test_draws",
 )
 
 

@@ -77,6 +77,42 @@ def probe_record(
     return {"epoch": epoch, "layers": [vars(m) for m in result.layers], "logits": vars(result.logits)}
 
 
+EVAL_SEED_OFFSET = 0x5EED  # the final evaluation's noise stream: the trial seed + this, apart from training's
+EVAL_BATCH = 1000
+
+
+@torch.no_grad()
+def _accuracy(net: torch.nn.Module, x: Tensor, y: Tensor) -> float:
+    correct = sum(
+        int((net(x[i : i + EVAL_BATCH]).argmax(-1) == y[i : i + EVAL_BATCH]).sum())
+        for i in range(0, len(y), EVAL_BATCH)
+    )
+    return round(100.0 * correct / len(y), 4)
+
+
+def final_evaluation(net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Tensor) -> dict[str, Any]:
+    """The trained network's test accuracy under `config.test_draws` independent draws of the analog
+    noise (their mean is `test_acc_mean`; one draw is as noisy as the per-epoch `test_acc`), and with
+    the noise off (`test_acc_noise_off`). The draws come from a generator state seeded from the trial
+    seed alone, so they do not depend on how the network was trained (alone or in a bundle), and the
+    training stream is left untouched. Nothing when the test split is not evaluated (`eval_test`)."""
+    if not config.eval_test:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
+        draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
+    set_noise(net, False)
+    try:
+        noise_off = _accuracy(net, x, y)
+    finally:
+        set_noise(net, True)
+    return {
+        "test_acc_draws": draws,
+        "test_acc_mean": round(sum(draws) / len(draws), 4),
+        "test_acc_noise_off": noise_off,
+    }
+
+
 class AnalogClassifier(L.LightningModule):
     """Cross-entropy classifier over an `analog` network; Adam or SGD; accuracy per split (torchmetrics).
 

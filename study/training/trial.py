@@ -18,7 +18,7 @@ import lightning as L
 
 from study.training.config import TrialConfig
 from study.training.data import AnalogDataModule
-from study.training.module import AnalogClassifier
+from study.training.module import AnalogClassifier, final_evaluation
 
 RECORD_FILE = "record.json"
 CONFIG_FILE = "config.json"
@@ -80,9 +80,11 @@ def summarize(
     diverged_at: dict[str, int] | None,
     wall: float,
     saturation: list[dict[str, Any]] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record: configuration, final and best-validation metrics, per-epoch history, provenance;
-    `weight_saturation` per epoch (see `analog.diagnostics.weight_saturation`)."""
+    `weight_saturation` per epoch (see `analog.diagnostics.weight_saturation`); the final evaluation
+    over noise draws (`study.training.module.final_evaluation`)."""
     last = history[-1] if history else {}
     nan = math.nan
     best = max(history, key=lambda r: (r["val_acc"], -r["epoch"])) if history else {}
@@ -98,6 +100,7 @@ def summarize(
         "best_val_acc": best.get("val_acc", nan),
         "best_epoch": best.get("epoch"),
         "test_acc_at_best_val": best.get("test_acc", nan),
+        **(evaluation or {}),
         "epochs_run": len(history),
         "diverged": diverged_at is not None,
         "diverged_at": diverged_at,
@@ -136,8 +139,11 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
     trainer.fit(
         module, train_dataloaders=data.train_dataloader(), val_dataloaders=eval_dataloaders(config, data)
     )
+    evaluation = final_evaluation(module.net, config, data.data.test_x, data.data.test_y)
     wall = time.perf_counter() - start
-    return summarize(config, module.history, module.diagnostics, module.diverged_at, wall, module.saturation)
+    return summarize(
+        config, module.history, module.diagnostics, module.diverged_at, wall, module.saturation, evaluation
+    )
 
 
 def eval_dataloaders(config: TrialConfig, data: Any) -> list[Any]:

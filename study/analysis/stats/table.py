@@ -17,7 +17,7 @@ from analog.policies import analogvnn_cell as preset_cell
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
-    METRICS,
+    ALL_METRICS,
     POLICY_COLUMNS,
     REDO_COLLECT,
     condition_columns,
@@ -114,7 +114,7 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["status"] = trial_status(runs, hyp)
     table["diverged"] = truthy(runs, "diverged")
     # every metric runs.csv records, as written: two trials with equal fingerprints are identical runs
-    recorded = [m for m in METRICS if m in runs]
+    recorded = [m for m in ALL_METRICS if m in runs]
     values = runs[recorded].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
     table["fingerprint"] = ["|".join(repr(float(v)) for v in row) for row in values]
     table["_order"] = runs["run_id"].astype(str) if "run_id" in runs else ""
