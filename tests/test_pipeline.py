@@ -13,9 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # the canonical studies, as run_all.sh lists them (one definition)
-STUDIES = tuple(
-    re.search(r"^STUDIES=\(([^)]*)\)", (ROOT / "run_all.sh").read_text(), re.M).group(1).split()
-)
+STUDIES = tuple(re.search(r"^STUDIES=\(([^)]*)\)", (ROOT / "run_all.sh").read_text(), re.M).group(1).split())
 
 
 def _copy_tracked(dest: Path) -> Path:

@@ -42,6 +42,7 @@ from study.tables import (
     SPEC_LOG,
     condition_columns,
     factor_label,
+    is_percent,
     load_runs,
     load_spec_dict,
     other_site_informative,
@@ -637,7 +638,7 @@ def write_latex(study_dir: Path) -> Path:
     lines += sensitivity_macros(prefix, sens)
     lines += row_macros(prefix, comp, spec)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
-    unit = "pp" if hyp.metric.endswith("acc") else "units"
+    unit = "pp" if is_percent(hyp.metric) else "units"
     write_text_atomic(out / "sensitivity.tex", sensitivity_tex(sens, unit))
     for site in ("weight", "signal"):
         write_text_atomic(out / f"comparisons_{site}.tex", comparisons_tex(comp, spec, site))

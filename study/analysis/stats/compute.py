@@ -2,7 +2,8 @@
 
 `compute_stats(DIR)` reads `DIR/spec.yaml` and `DIR/runs.csv` and writes `DIR/stats/`
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `skipped.csv`, `bayes.csv`, `omnibus.csv`,
-`posthoc.csv`, `model.csv`, `model.txt`, `duplicates.csv`, `sensitivity.csv`; the report stage adds
+`posthoc.csv`, `model.csv`, `model.txt`, `duplicates.csv`, `sensitivity.csv`, and the `saturation_*`
+tables where weight saturation can be a covariate (`covariate`); the report stage adds
 `report.md` and `latex/` from them).
 Every output is a deterministic function of the two inputs: rows are sorted by stable keys, floats
 follow the number policy of `study.tables` (the same digits on every machine)
@@ -17,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis.stats.bayes import POSTERIOR_COLUMNS, bayes_table
+from study.analysis.stats.covariate import fittable, regime_table, saturation_models, saturation_pairs
 from study.analysis.stats.duplicates import DUPLICATE_COLUMNS, combo_groups, duplicate_table
 from study.analysis.stats.families import compare
 from study.analysis.stats.mixed_model import fit_mixed_model
@@ -100,6 +102,15 @@ def compute_stats(study_dir: Path) -> Path:
     text, model = fit_mixed_model(table, spec, hyp)
     write_text_atomic(out / "model.txt", text)
     write_csv(model, out / "model.csv")
+
+    pairs = saturation_pairs(table, runs, spec, hyp)
+    if fittable(pairs):  # the weight-site difference against weight saturation (covariate.py)
+        write_table(pairs, out / "saturation_pairs.csv", raw=True)
+        write_csv(regime_table(pairs, comparisons, condition_columns(spec)), out / "saturation_regimes.csv")
+        model, onset, text = saturation_models(pairs, hyp.margin)
+        write_csv(model, out / "saturation_model.csv")
+        write_csv(onset, out / "saturation_onset.csv")
+        write_text_atomic(out / "saturation_model.txt", text)
 
     write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")
     write_csv(sensitivity_table(table, comparisons, spec, hyp), out / "sensitivity.csv")
