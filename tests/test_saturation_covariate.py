@@ -120,3 +120,46 @@ def test_nothing_fitted_without_saturation_or_with_one_regime():
 def test_regime_labels_name_the_departure_from_the_common_values():
     conds = pd.DataFrame({"a": [1, 1, 2, 1], "b": ["x", "y", "x", "x"]})
     assert list(regime_labels(conds)) == ["base", "b=y", "a=2", "base"]
+
+
+def test_stats_report_and_latex_carry_the_covariate_analysis(tmp_path):
+    import yaml
+
+    from study.analysis.publish import stats_stage
+    from study.sweep.spec import stored_spec_hash
+
+    runs = _runs(slope=-6.0).assign(test_acc_mean=lambda f: f["test_acc"], test_acc_noise_off=95.0)
+    spec = {**SPEC, "base": {"dataset": "digits", "test_draws": 3}}
+    spec["hypotheses"] = {**SPEC["hypotheses"], "metric": "test_acc_mean"}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    runs.assign(spec_hash=stored_spec_hash(spec)).to_csv(tmp_path / "runs.csv", index=False)
+    out = stats_stage(tmp_path)
+    for name in (
+        "saturation_pairs.csv",
+        "saturation_regimes.csv",
+        "saturation_model.csv",
+        "saturation_onset.csv",
+    ):
+        assert (out / name).exists(), name
+    report = (out / "report.md").read_text()
+    assert "## Weight saturation as a covariate" in report and "Fieller 95% interval" in report
+    assert "under 3 independent draws" in report and "test_acc_mean (3 draws)" in report
+    macros = (out / "latex" / "macros.tex").read_text()
+    assert r"\newcommand{\WSatWeightClampZeroZeroFiveVerdict}{different}" in macros
+    assert r"\newcommand{\WSatOnsetBounded}{yes}" in macros
+    assert "weight\\_clamp=0.05" in (out / "latex" / "saturation.tex").read_text()
+
+
+def test_studies_without_saturation_get_no_covariate_outputs(tmp_path):
+    import yaml
+
+    from study.analysis.publish import stats_stage
+    from study.sweep.spec import stored_spec_hash
+
+    runs = _runs(slope=-6.0).drop(columns=["weight_saturation"])
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    runs.assign(spec_hash=stored_spec_hash(SPEC)).to_csv(tmp_path / "runs.csv", index=False)
+    out = stats_stage(tmp_path)
+    assert not list(out.glob("saturation_*")) and not (out / "latex" / "saturation.tex").exists()
+    report = (out / "report.md").read_text()
+    assert "Weight saturation" not in report and "under one draw of the analog noise" in report

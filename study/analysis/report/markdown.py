@@ -52,7 +52,9 @@ from study.analysis.stats import (
 )
 from study.sweep.hypotheses import Hypotheses
 from study.tables import (
+    DRAW_METRICS,
     HYPOTHESES_LOG,
+    POLICY_COLUMNS,
     PRESET_FLAG,
     REDO_STATS,
     SITE_COLUMN,
@@ -66,6 +68,7 @@ from study.tables import (
     truthy,
     write_text_atomic,
 )
+from study.training.config import TrialConfig
 
 
 def _effect_text(row: pd.Series, columns: list[str], u: str) -> str:
@@ -607,6 +610,119 @@ def sensitivity_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) 
     return lines + md_table(header, rows) + [""]
 
 
+def _pct(x: Any) -> str:
+    """A fraction as a percentage with two decimals (`n/a` for NaN)."""
+    return "n/a" if x is None or not math.isfinite(float(x)) else f"{100 * float(x):.2f}%"
+
+
+def saturation_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
+    """The weight-site difference against weight saturation (stats/saturation_*.csv; `stats.covariate`);
+    nothing for studies where it is not fitted."""
+    stats = Path(study_dir) / "stats"
+    if not (stats / "saturation_model.csv").exists():
+        return []
+    regimes = read_csv(stats / "saturation_regimes.csv", REDO_STATS)
+    model = read_csv(stats / "saturation_model.csv", REDO_STATS)
+    onset = read_csv(stats / "saturation_onset.csv", REDO_STATS)
+    u = diff_unit(hyp.metric)
+    lines = [
+        "## Weight saturation as a covariate",
+        "",
+        "Per seed, the paired difference of the weight-site comparison (a − b) against the pair's mean "
+        "final fraction of weight-site parameters beyond their range (pooled over layers; there `exact` "
+        "passes no gradient and `ste` passes it unchanged). Regimes: conditions named by where they "
+        "depart from the most common factor values.",
+        "",
+    ]
+    rows = [
+        [
+            r["comparison"],
+            r["regime"],
+            str(int(r["pairs"])),
+            f"{_pct(r['saturation_mean'])} ({_pct(r['saturation_min'])}–{_pct(r['saturation_max'])})",
+            fmt(r["diff_mean"], signed=True) + u,
+            fmt_ci(r["ci_low"], r["ci_high"]),
+            str(r["verdict"]),
+        ]
+        for _, r in regimes.iterrows()
+    ]
+    lines += md_table(
+        ["comparison", "regime", "pairs", "saturation mean (range)", "mean diff", "95% CI", "verdict"], rows
+    )
+    slopes = model[model["term"] == "saturation"]
+    lines += [
+        "",
+        "Linear mixed models on the pairs (REML, random intercept per regime): the signed difference and "
+        "its absolute value on the saturation. Slope per 10% of the weights saturated:",
+        "",
+    ]
+    lines += md_table(
+        ["comparison", "response", "slope per 10%", "95% CI", "p", "regimes", "pairs"],
+        [
+            [
+                r["comparison"],
+                "signed difference" if r["response"] == "diff" else "absolute difference",
+                fmt(r["coef"] / 10, signed=True) + u,
+                fmt_ci(r["ci_low"] / 10, r["ci_high"] / 10),
+                fmt_p(r["p"]),
+                str(int(r["groups"])),
+                str(int(r["pairs"])),
+            ]
+            for _, r in slopes.iterrows()
+        ],
+    )
+    lines.append("")
+    for _, r in onset.iterrows():
+        margin = f"{float(r['margin']):+g}{u}"
+        if r["bounded"] == "yes":
+            lines.append(
+                f"- {r['comparison']}: the fitted difference reaches {margin} at "
+                f"{_pct(r['saturation_at_margin'])} of the weights saturated (Fieller 95% interval "
+                f"{_pct(r['ci_low'])} to {_pct(r['ci_high'])}: beyond its upper end the line's 95% band "
+                "lies wholly past the margin)."
+            )
+        else:
+            lines.append(
+                f"- {r['comparison']}: the slope is not distinguishable from 0 at 95%, so no saturation "
+                f"level is shown to bring the difference to {margin} (Fieller interval unbounded)."
+            )
+    return lines + [
+        "",
+        "Tables: `saturation_regimes.csv`, `saturation_model.csv`, `saturation_onset.csv`.",
+        "",
+    ]
+
+
+def evaluation_section(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+    """Which test accuracy the numbers are: one noise draw at the last epoch, or the mean over K draws
+    after training; and the noise-off accuracy where recorded."""
+    lines = ["## Test evaluation", ""]
+    if not set(DRAW_METRICS) <= set(runs.columns):
+        return lines + [
+            "`test_acc` is the accuracy on the test split at the last epoch under one draw of the analog "
+            "noise (this study ran before the final evaluation over several noise draws existed).",
+            "",
+        ]
+    k = (spec.get("base") or {}).get("test_draws", TrialConfig.model_fields["test_draws"].default)
+    lines.append(
+        f"After training, each network is evaluated on the test split under {k} independent draws of the "
+        "analog noise (`test_acc_mean`, their mean) and with the noise off (`test_acc_noise_off`); "
+        f"`test_acc` is the last epoch's one-draw accuracy. The statistics use `{hyp.metric}`. Means over "
+        "the trials of each policy combination:"
+    )
+    done = runs[runs["status"].astype(str) == "done"] if "status" in runs else runs
+    cols = ["test_acc", *DRAW_METRICS]
+    table = done.groupby(list(POLICY_COLUMNS), sort=True)[cols].mean(numeric_only=True).reset_index()
+    lines += [""] + md_table(
+        ["weight policy", "signal policy", "test_acc (1 draw)", f"test_acc_mean ({k} draws)", "noise off"],
+        [
+            [r[POLICY_COLUMNS[0]], r[POLICY_COLUMNS[1]], *(fmt(r[c]) for c in cols)]
+            for _, r in table.iterrows()
+        ],
+    )
+    return lines + [""]
+
+
 def duplicates_section(study_dir: Path, spec: dict[str, Any]) -> list[str]:
     """Combinations whose runs are bit-identical seed by seed, collapsed in the omnibus test, the ranks
     and the mixed model (stats/duplicates.csv)."""
@@ -743,6 +859,7 @@ def write_report(study_dir: Path) -> Path:
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
+    lines += saturation_section(study_dir, hyp) + evaluation_section(runs, spec, hyp)
     lines += sensitivity_section(study_dir, spec, hyp) + duplicates_section(study_dir, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
     lines += bayes_section(bayes, spec) + power_section(comp, runs, spec, hyp)
