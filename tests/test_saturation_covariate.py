@@ -163,3 +163,23 @@ def test_studies_without_saturation_get_no_covariate_outputs(tmp_path):
     assert not list(out.glob("saturation_*")) and not (out / "latex" / "saturation.tex").exists()
     report = (out / "report.md").read_text()
     assert "Weight saturation" not in report and "under one draw of the analog noise" in report
+
+
+def test_saturation_figure_drawn_from_the_covariate_tables_only(tmp_path):
+    import yaml
+
+    from study.analysis.figures.registry import make_figures
+    from study.analysis.publish import stats_stage
+    from study.sweep.spec import stored_spec_hash
+
+    runs = _runs(slope=-6.0)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
+    runs.assign(spec_hash=stored_spec_hash(SPEC)).to_csv(tmp_path / "runs.csv", index=False)
+    stats_stage(tmp_path)
+    made = {r.name: r for r in make_figures(tmp_path, verbose=False)}
+    assert made["weight_saturation"].status == "made"
+    assert "Fieller 95% interval" in made["weight_saturation"].caption
+    (tmp_path / "stats" / "saturation_pairs.csv").unlink()
+    made = {r.name: r for r in make_figures(tmp_path, verbose=False)}
+    assert made["weight_saturation"].status == "skipped"
+    assert not (tmp_path / "figures" / "weight_saturation.png").exists()
