@@ -345,6 +345,7 @@ ALTERNATIVES = {
     "diagnostics": False,
     "probe_size": 32,
     "eval_test": False,
+    "test_draws": 3,
 }
 REQUIRES = {  # values valid only with another field's non-default
     "momentum": {"optimizer": "sgd"},

@@ -48,6 +48,40 @@ def _default_comparisons() -> list[Comparison]:
     ]
 
 
+class EffectModel(BaseModel):
+    """A pre-registered model of each primary comparison's paired differences across conditions.
+
+    `formula`: the right-hand side (patsy) over condition columns and `derived` names, e.g.
+    ``C(arch) + C(dataset) + C(arch):C(dataset)``; the response is the paired difference d = a - b per
+    condition and seed, with a random intercept per condition and per seed (crossed).
+    `derived`: new columns as pandas expressions over the condition columns, which hold runs.csv's
+    text (e.g. ``leak_high: "leakage == '0.5'"``).
+    `marginal`: factors whose levels get estimated marginal means of d (averaged over the design's
+    conditions), with 95% CIs.
+    """
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    formula: str = Field(min_length=1)
+    derived: dict[str, str] = Field(default_factory=dict)
+    marginal: list[str] = Field(default_factory=list)
+
+    @field_validator("derived")
+    @classmethod
+    def _derived(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k, e in v.items() if not k.isidentifier() or not str(e).strip()]
+        if bad:
+            raise ValueError(f"derived: names must be identifiers with a non-empty expression; got {bad}")
+        return v
+
+    @field_validator("marginal")
+    @classmethod
+    def _marginal(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"marginal: duplicate factor names in {v}")
+        return v
+
+
 class Hypotheses(BaseModel):
     """Pre-registered analysis: comparisons, primary metric, equivalence margin, alpha, correction.
 
@@ -71,6 +105,14 @@ class Hypotheses(BaseModel):
     normality_alpha: float = Field(0.05, gt=0, lt=1)
     bootstrap_resamples: int = Field(9999, ge=100)
     bootstrap_seed: int = Field(0, ge=0, le=2**32 - 1)
+    effect_model: EffectModel | None = None
+
+    def dump(self) -> dict:
+        """As plain data; `effect_model` only when set (so older specs keep their hashes)."""
+        data = self.model_dump(mode="json")
+        if data.get("effect_model") is None:
+            data.pop("effect_model", None)
+        return data
 
     @field_validator("metric")
     @classmethod

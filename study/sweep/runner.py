@@ -522,8 +522,8 @@ def _log_spec_change(sdir: Path, old: StudySpec, new: StudySpec, reason: str | N
         hyp = {
             **entry,
             "reason": reason.strip(),
-            "old": old.hypotheses.model_dump(mode="json"),
-            "new": new.hypotheses.model_dump(mode="json"),
+            "old": old.hypotheses.dump(),
+            "new": new.hypotheses.dump(),
         }
         _append_jsonl(sdir / HYPOTHESES_LOG, hyp)
     before, after = old.model_dump(mode="json"), new.model_dump(mode="json")

@@ -119,6 +119,7 @@ class StudySpec(BaseModel):
             del data["plugins"]
         if data.get("tune_lr") is None:
             data.pop("tune_lr", None)
+        data["hypotheses"] = self.hypotheses.dump()
         return data
 
     def hash(self) -> str:
@@ -126,7 +127,7 @@ class StudySpec(BaseModel):
         return _hash(self.dump())
 
     def hypotheses_hash(self) -> str:
-        return _hash(self.hypotheses.model_dump(mode="json"))
+        return _hash(self.hypotheses.dump())
 
 
 @dataclass(frozen=True)
@@ -268,6 +269,41 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
                 resolved.setdefault(rid, value)
     errors += _check_rules(spec_dict, factors)
     errors += _check_tune_lr(spec_dict, factors)
+    errors += _check_effect_model(spec_dict, factors)
+    return errors
+
+
+FORMULA_WORDS = {"C", "I", "Treatment", "Sum", "Poly", "center", "standardize", "scale", "np"}
+
+
+def _check_effect_model(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """`hypotheses.effect_model` names condition factors (or its `derived` columns) only."""
+    hyp = spec_dict.get("hypotheses")
+    model = hyp.get("effect_model") if isinstance(hyp, dict) else None
+    if not isinstance(model, dict):
+        return []  # absent, or reported by the StudySpec validation
+    conditions = sorted(set(factors) - {"weight_policy", "signal_policy", "policies"})
+    derived = model.get("derived") if isinstance(model.get("derived"), dict) else {}
+    known = set(conditions) | set(derived)
+    errors = []
+    words = set(re.findall(r"[A-Za-z_]\w*", str(model.get("formula", "")))) - FORMULA_WORDS
+    quoted = set(re.findall(r"'([^']*)'", str(model.get("formula", ""))))
+    unknown = sorted(w for w in words - known if w not in quoted)
+    if unknown:
+        errors.append(
+            f"hypotheses.effect_model.formula: unknown names {unknown}; allowed: the condition factors "
+            f"{', '.join(conditions) or '(none)'} and the derived columns "
+            f"{', '.join(sorted(derived)) or '(none)'}"
+        )
+    for name in sorted(set(derived) & set(factors)):
+        errors.append(f"hypotheses.effect_model.derived.{name}: a factor of that name exists; choose another")
+    marginal = model.get("marginal") if isinstance(model.get("marginal"), list) else []
+    bad = [m for m in marginal if m not in conditions]
+    if bad:
+        errors.append(
+            f"hypotheses.effect_model.marginal: {bad} are not condition factors; allowed: "
+            f"{', '.join(conditions)}"
+        )
     return errors
 
 

@@ -3,7 +3,8 @@
 `compute_stats(DIR)` reads `DIR/spec.yaml` and `DIR/runs.csv` and writes `DIR/stats/`
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `skipped.csv`, `bayes.csv`, `omnibus.csv`,
 `posthoc.csv`, `model.csv`, `model.txt`, `duplicates.csv`, `sensitivity.csv`, and the `saturation_*`
-tables where weight saturation can be a covariate (`covariate`); the report stage adds
+tables where weight saturation can be a covariate (`covariate`), the `effects_*` tables of a
+pre-registered across-condition model (`effects`); the report stage adds
 `report.md` and `latex/` from them).
 Every output is a deterministic function of the two inputs: rows are sorted by stable keys, floats
 follow the number policy of `study.tables` (the same digits on every machine)
@@ -20,6 +21,7 @@ import pandas as pd
 from study.analysis.stats.bayes import POSTERIOR_COLUMNS, bayes_table
 from study.analysis.stats.covariate import fittable, regime_table, saturation_models, saturation_pairs
 from study.analysis.stats.duplicates import DUPLICATE_COLUMNS, combo_groups, duplicate_table
+from study.analysis.stats.effects import effect_tables
 from study.analysis.stats.families import compare
 from study.analysis.stats.mixed_model import fit_mixed_model
 from study.analysis.stats.omnibus import omnibus
@@ -111,6 +113,13 @@ def compute_stats(study_dir: Path) -> Path:
         write_csv(model, out / "saturation_model.csv")
         write_csv(onset, out / "saturation_onset.csv")
         write_text_atomic(out / "saturation_model.txt", text)
+
+    effects = effect_tables(table, spec, hyp)
+    if effects is not None:  # the pre-registered across-condition model (effects.py)
+        terms, marginal, text = effects
+        write_csv(terms, out / "effects_terms.csv")
+        write_csv(marginal, out / "effects_marginal.csv")
+        write_text_atomic(out / "effects_model.txt", text)
 
     write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")
     write_csv(sensitivity_table(table, comparisons, spec, hyp), out / "sensitivity.csv")

@@ -1,0 +1,185 @@
+"""The pre-registered across-condition model of the paired differences (`hypotheses.effect_model`).
+
+For each primary comparison, every condition's paired differences d = a - b (one per seed) follow
+d = X_c beta + u_c + v_s + e: fixed effects from the spec's formula over the condition factors (a
+factor's coefficient is how that factor changes the policy effect: the factor-by-policy interaction),
+crossed random intercepts per condition (u) and per seed (v; seeds are blocks, every condition runs
+the same seeds) and residual noise. Every fixed term is a condition-level factor, so with the seeds
+balanced across conditions the REML estimates of beta and their standard errors are those of ordinary
+least squares on the condition means of d (the seed effects cancel in every contrast and add one
+constant to the intercept; Var(mean d_c) = tau^2 + sigma^2/n is one constant): that is what is fitted
+(statsmodels OLS, t intervals on conditions - columns degrees of freedom). It converges by
+construction, where statsmodels' crossed-effects `mixedlm` often does not. Conditions with fewer
+complete pairs than the others are weighted by their pair count (WLS; then only approximately the
+mixed model). Estimated marginal means of d per level of each `marginal` factor average the fitted d
+over the design's conditions with that factor set to the level, with t intervals from the
+coefficients' covariance.
+
+Writes nothing for studies without `effect_model`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats as st
+
+from study.analysis.stats.paired import applicable_comparisons, pair_trials
+from study.analysis.stats.table import expected_seeds
+from study.sweep.hypotheses import EffectModel, Hypotheses
+from study.tables import FLOAT_FORMAT, condition_columns, format_number, tidy_floats
+
+TERM_COLUMNS = ["comparison", "term", "coef", "std_err", "ci_low", "ci_high", "p"]
+MARGINAL_COLUMNS = ["comparison", "factor", "level", "conditions", "emm", "std_err", "ci_low", "ci_high"]
+CONDITION = "condition"
+CI = 0.95
+
+
+def effect_data(
+    table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses, model: EffectModel
+) -> dict[str, pd.DataFrame]:
+    """Per primary comparison: one row per condition and seed with the paired difference `diff`, the
+    condition columns (runs.csv text), the `derived` columns and a `condition` id."""
+    conds = condition_columns(spec)
+    seeds = expected_seeds(spec, table)
+    comps, _ = applicable_comparisons(hyp, table)
+    out = {}
+    for index, comp in enumerate(comps):
+        if comp.role != "primary":
+            continue
+        pairs, _, _ = pair_trials(table, comp, conds, seeds, index)
+        if pairs.empty:
+            continue
+        other = "signal_policy" if comp.site == "weight" else "weight_policy"
+        data = pairs[[*conds, other, "seed", "diff"]].copy().reset_index(drop=True)
+        data[CONDITION] = data[[*conds, other]].astype(str).agg("|".join, axis=1)
+        for name, expression in model.derived.items():
+            try:
+                data[name] = data.eval(expression, engine="python").astype(float)
+            except Exception as exc:  # noqa: BLE001 - a bad expression is named, whatever pandas raised
+                raise ValueError(
+                    f"hypotheses.effect_model.derived.{name}: cannot evaluate {expression!r} on the "
+                    f"condition columns ({type(exc).__name__}: {exc})"
+                ) from None
+        out[comp.label] = data
+    return out
+
+
+def condition_means(data: pd.DataFrame) -> pd.DataFrame:
+    """One row per condition: its columns, the mean paired difference `diff` and the pair count `pairs`."""
+    keep = [c for c in data.columns if c not in ("seed", "diff")]
+    grouped = data.groupby(CONDITION, sort=True)
+    means = grouped["diff"].agg(["mean", "size"]).rename(columns={"mean": "diff", "size": "pairs"})
+    return data[keep].drop_duplicates(CONDITION).set_index(CONDITION).join(means).reset_index()
+
+
+def fit_effects(data: pd.DataFrame, model: EffectModel) -> tuple[Any, pd.DataFrame]:
+    """Least squares of the condition means of d on the formula (WLS by pair count when unbalanced)."""
+    import statsmodels.formula.api as smf
+
+    means = condition_means(data)
+    if means["pairs"].nunique() == 1:
+        return smf.ols(f"diff ~ {model.formula}", means).fit(), means
+    return smf.wls(f"diff ~ {model.formula}", means, weights=means["pairs"]).fit(), means
+
+
+def marginal_means(result: Any, data: pd.DataFrame, factor: str, formula: str) -> pd.DataFrame:
+    """Estimated marginal means of d per level of `factor`: the fitted fixed part averaged over the
+    design's conditions with `factor` set to the level (derived columns are taken as observed)."""
+    from patsy import build_design_matrices, dmatrix
+
+    info = dmatrix(formula, data).design_info  # the model's columns, rebuilt by patsy from the same data
+    names = list(result.params.index)
+    if list(info.column_names) != names:
+        raise ValueError(f"marginal means: design columns {info.column_names} are not the model's {names}")
+    beta = result.params.to_numpy()
+    cov = np.asarray(result.cov_params().loc[names, names], dtype=float)
+    conditions = data.drop_duplicates(CONDITION)
+    z = float(st.t.ppf(0.5 + CI / 2, result.df_resid))
+    rows = []
+    for level in sorted(conditions[factor].astype(str).unique()):
+        grid = conditions.assign(**{factor: level})
+        (x,) = build_design_matrices([info], grid, return_type="matrix")
+        weights = np.asarray(x).mean(axis=0)
+        emm, se = float(weights @ beta), float(np.sqrt(weights @ cov @ weights))
+        rows.append(
+            {
+                "factor": factor,
+                "level": level,
+                "conditions": int((conditions[factor].astype(str) == level).sum()),
+                "emm": emm,
+                "std_err": se,
+                "ci_low": emm - z * se,
+                "ci_high": emm + z * se,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def effect_tables(
+    table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
+) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
+    """(terms, marginal means, model text) for the spec's `effect_model`; None when it has none."""
+    model = hyp.effect_model
+    if model is None:
+        return None
+    terms, marginals, text = [], [], []
+    for comparison, data in effect_data(table, spec, hyp, model).items():
+        head = (
+            f"comparison: {comparison}: diff ~ {model.formula} + (1 | condition) + (1 | seed), "
+            "fitted as least squares on the condition means of diff"
+        )
+        if data[CONDITION].nunique() < 2 or data["seed"].nunique() < 2:
+            text.append(f"{head}\n  not fitted: needs at least two conditions and two seeds")
+            continue
+        try:
+            result, means = fit_effects(data, model)
+        except Exception as exc:  # noqa: BLE001 - an unfittable design is reported, not raised
+            text.append(f"{head}\n  not fitted: {type(exc).__name__}: {exc}")
+            continue
+        names = list(result.params.index)
+        ci = result.conf_int(alpha=1 - CI).loc[names]
+        terms.append(
+            pd.DataFrame(
+                {
+                    "comparison": comparison,
+                    "term": names,
+                    "coef": result.params.to_numpy(),
+                    "std_err": result.bse.loc[names].to_numpy(),
+                    "ci_low": ci[0].to_numpy(),
+                    "ci_high": ci[1].to_numpy(),
+                    "p": result.pvalues.loc[names].to_numpy(),
+                }
+            )
+        )
+        for factor in model.marginal:
+            marginals.append(
+                marginal_means(result, means, factor, model.formula).assign(comparison=comparison)
+            )
+        fit = {
+            "pairs": len(data),
+            "conditions": len(means),
+            "seeds": int(data["seed"].nunique()),
+            "model columns": len(names),
+            "residual df": int(result.df_resid),
+            "residual SD of condition means": float(np.sqrt(result.scale)),
+            "R^2": float(result.rsquared),
+            "fit": "OLS" if means["pairs"].nunique() == 1 else "WLS (weights: pairs per condition)",
+        }
+        text.append(
+            head
+            + "\n"
+            + "\n".join(f"  {k}: {format_number(v) if isinstance(v, float) else v}" for k, v in fit.items())
+        )
+    term_frame = pd.concat(terms, ignore_index=True) if terms else pd.DataFrame(columns=TERM_COLUMNS)
+    marg = (
+        pd.concat(marginals, ignore_index=True)[MARGINAL_COLUMNS]
+        if marginals
+        else pd.DataFrame(columns=MARGINAL_COLUMNS)
+    )
+    if len(term_frame):
+        body = tidy_floats(term_frame).to_string(index=False, float_format=lambda x: FLOAT_FORMAT % x)
+        text += ["", "fixed effects (95% CI):", body]
+    return term_frame[TERM_COLUMNS], marg, "\n".join(text) + "\n"
