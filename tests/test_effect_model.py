@@ -71,6 +71,7 @@ def _runs(seed: int = 0) -> pd.DataFrame:
 
 
 def _study(tmp_path, spec: dict):
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     _runs().assign(spec_hash=stored_spec_hash(spec)).to_csv(tmp_path / "runs.csv", index=False)
     return stats_stage(tmp_path)
@@ -124,3 +125,15 @@ def test_bad_effect_models_refused_by_name(model, message):
 def test_a_bad_derived_expression_is_named_at_analysis(tmp_path):
     with pytest.raises(ValueError, match="effect_model.derived.l2: cannot evaluate"):
         _study(tmp_path, _spec({**MODEL, "derived": {"l2": "nrom == 'l2norm'"}}))
+
+
+def test_effect_figures_drawn_only_with_an_effect_model(tmp_path):
+    from study.analysis.figures.registry import make_figures
+
+    _study(tmp_path / "with", _spec())
+    made = {r.name: r for r in make_figures(tmp_path / "with", verbose=False)}
+    assert made["effects_forest"].status == made["effects_factors"].status == "made"
+    assert "arch: mlp" not in made["effects_factors"].caption  # labels are on the axis, not the caption
+    _study(tmp_path / "without", _spec(None))
+    made = {r.name: r for r in make_figures(tmp_path / "without", verbose=False)}
+    assert made["effects_forest"].status == made["effects_factors"].status == "skipped"
