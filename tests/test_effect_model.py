@@ -137,3 +137,11 @@ def test_effect_figures_drawn_only_with_an_effect_model(tmp_path):
     _study(tmp_path / "without", _spec(None))
     made = {r.name: r for r in make_figures(tmp_path / "without", verbose=False)}
     assert made["effects_forest"].status == made["effects_factors"].status == "skipped"
+
+
+def test_report_and_macros_carry_the_effect_model(tmp_path):
+    out = _study(tmp_path, _spec())
+    report = (out / "report.md").read_text()
+    assert "## Across conditions: the effect model" in report and "Estimated marginal means" in report
+    macros = (out / "latex" / "macros.tex").read_text()
+    assert r"\newcommand{\FxEmmSignalArchCnn}" in macros and r"\newcommand{\FxEmmSignalArchMlpHi}" in macros

@@ -564,6 +564,25 @@ def saturation_tex(study_dir: Path, unit: str) -> str | None:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
+def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
+    """Marginal means of the effect model per comparison site, factor and level:
+    `\\<Study>Emm<Site><Factor><Level>{,Lo,Hi}`; `\\<Study>EffectsConditions` (nothing without a model)."""
+    path = Path(study_dir) / "stats" / "effects_marginal.csv"
+    if hyp.effect_model is None or not path.exists():
+        return []
+    marg = read_csv(path, REDO_STATS)
+    out = []
+    for _, r in marg.iterrows():
+        site = str(r["comparison"]).split(":", 1)[0]
+        key = f"Emm{camel(site)}{camel(str(r['factor']))}{camel(str(r['level']))}"
+        out += [
+            _macro(prefix, key, tex_num(r["emm"])),
+            _macro(prefix, f"{key}Lo", tex_num(r["ci_low"])),
+            _macro(prefix, f"{key}Hi", tex_num(r["ci_high"])),
+        ]
+    return out
+
+
 def sensitivity_macros(prefix: str, sens: pd.DataFrame) -> list[str]:
     """The planted-effect check (stats/sensitivity.csv) per site: rows used, and for the planted effects
     of one and two margins (both signs together) how many row-tests detected them; at zero, how many
@@ -716,6 +735,7 @@ def write_latex(study_dir: Path) -> Path:
     sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
     lines += sensitivity_macros(prefix, sens)
     lines += row_macros(prefix, comp, spec) + saturation_macros(prefix, study_dir)
+    lines += effects_macros(prefix, study_dir, hyp)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     unit = "pp" if is_percent(hyp.metric) else "units"
     saturation = saturation_tex(study_dir, unit)

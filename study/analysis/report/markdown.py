@@ -693,6 +693,58 @@ def saturation_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
     ]
 
 
+def effects_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
+    """The pre-registered across-condition model (stats/effects_*; `stats.effects`), if the spec has one."""
+    stats = Path(study_dir) / "stats"
+    if hyp.effect_model is None or not (stats / "effects_terms.csv").exists():
+        return []
+    terms = read_csv(stats / "effects_terms.csv", REDO_STATS)
+    marg = read_csv(stats / "effects_marginal.csv", REDO_STATS)
+    text = (stats / "effects_model.txt").read_text()
+    u = diff_unit(hyp.metric)
+    lines = [
+        "## Across conditions: the effect model",
+        "",
+        f"Pre-registered: per primary comparison, d ~ {hyp.effect_model.formula} with random intercepts "
+        "per condition and per seed, fitted as least squares on the condition means of d (the same fixed "
+        "effects when the seeds are balanced; `stats.effects`).",
+        "",
+    ]
+    lines += [f"    {ln}" for ln in text.split("\nfixed effects", 1)[0].strip().splitlines()]
+    if len(marg):
+        lines += ["", "Estimated marginal means of d (averaged over the design's conditions):", ""]
+        lines += md_table(
+            ["comparison", "factor", "level", "conditions", "mean d", "95% CI"],
+            [
+                [
+                    r["comparison"],
+                    r["factor"],
+                    str(r["level"]),
+                    str(int(r["conditions"])),
+                    fmt(r["emm"], signed=True) + u,
+                    fmt_ci(r["ci_low"], r["ci_high"]),
+                ]
+                for _, r in marg.iterrows()
+            ],
+        )
+    main = terms[~terms["term"].astype(str).str.contains(":")]
+    lines += ["", "Coefficients (main effects; every term in `effects_terms.csv`):", ""]
+    lines += md_table(
+        ["comparison", "term", "coef", "95% CI", "p"],
+        [
+            [
+                r["comparison"],
+                r["term"],
+                fmt(r["coef"], signed=True) + u,
+                fmt_ci(r["ci_low"], r["ci_high"]),
+                fmt_p(r["p"]),
+            ]
+            for _, r in main.iterrows()
+        ],
+    )
+    return lines + [""]
+
+
 def evaluation_section(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """Which test accuracy the numbers are: one noise draw at the last epoch, or the mean over K draws
     after training; and the noise-off accuracy where recorded."""
@@ -859,7 +911,8 @@ def write_report(study_dir: Path) -> Path:
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
-    lines += saturation_section(study_dir, hyp) + evaluation_section(runs, spec, hyp)
+    lines += saturation_section(study_dir, hyp) + effects_section(study_dir, hyp)
+    lines += evaluation_section(runs, spec, hyp)
     lines += sensitivity_section(study_dir, spec, hyp) + duplicates_section(study_dir, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)
     lines += bayes_section(bayes, spec) + power_section(comp, runs, spec, hyp)
