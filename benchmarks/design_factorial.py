@@ -120,6 +120,13 @@ MODEL_TERMS = (
 )
 
 
+# the model's derived columns, as expressions over runs.csv's text (study.analysis.stats.effects)
+DERIVED = {
+    "leak_high": "leakage == '0.5'",  # leakage nested in the noisy kinds
+    "stochastic_finite": "(precision_class == 'stochastic') & (precision != 'none')",
+}
+
+
 def model_diagnostics(conds: list[dict[str, Any]]) -> dict[str, float]:
     """Rank, columns and the largest variance inflation of the across-condition model on this design."""
     import pandas as pd
@@ -194,7 +201,7 @@ def spec(seed: int = SEED) -> dict[str, Any]:
         "include": cells,
         "seeds": n_seeds,
         "hypotheses": {
-            "metric": "test_acc",
+            "metric": "test_acc_mean",
             "margin": 0.5,
             "alpha": 0.05,
             "correction": "holm",
@@ -204,6 +211,11 @@ def spec(seed: int = SEED) -> dict[str, Any]:
                 {"site": "weight", "a": "exact", "b": "ste", "role": "primary"},
                 {"site": "signal", "a": "exact", "b": "ste", "role": "primary"},
             ],
+            "effect_model": {
+                "formula": MODEL_TERMS,
+                "derived": DERIVED,
+                "marginal": ["arch", "dataset", "norm"],
+            },
         },
     }
 
@@ -228,15 +240,20 @@ factors balanced at {n_cond} conditions (the minimum of the issue is 96). Each c
 policy arms (weight/signal exact/exact, ste/exact, exact/ste), so each site's exact-vs-ste effect is a
 paired difference (by seed) in every condition: {n_cells} cells.
 Pre-registered hypotheses, written before any run of this study.
-H1 (primary, per condition): at each site, exact vs ste on test accuracy, paired by seed, margin 0.5 pp,
+Test accuracy is the mean over 5 independent draws of the analog noise on the test split after training
+(test_acc_mean; the noise-off accuracy is recorded beside it).
+H1 (primary, per condition): at each site, exact vs ste on test_acc_mean, paired by seed, margin 0.5 pp,
 Holm within role (the comparisons below; per-condition verdicts).
 H2 (across conditions): the signal-site effect (exact minus ste) is positive on average and within each
 architecture and each data set: the model's marginal means over those factors have 95% CIs above 0.
 H3: the weight-site effect is 0 under clamp (identical runs, no saturation) and depends on the
 normalization under the L2 family: the norm coefficients of the weight-site model differ from 0.
-Analysis model (pre-registered): per site, the condition's paired differences d (exact - ste, per seed)
-in a linear mixed model d ~ {model} with a random intercept per condition and per seed (blocking by
-seed: every condition runs the same seeds 0..{last_seed}, so seed is a block crossed with condition);
+Analysis model (pre-registered, hypotheses.effect_model): per site, the condition's paired differences d
+(exact - ste, per seed) in a linear mixed model d ~ {model} with a random intercept per condition and per
+seed (blocking by seed: every condition runs the same seeds 0..{last_seed}, so seed is a block crossed with
+condition), fitted as least squares on the condition means of d, which gives the same fixed effects and
+standard errors when every condition has all its seeds (weighted by pairs otherwise); marginal means of
+d per architecture, data set and normalization with 95% CIs;
 leak_high is leakage 0.5 within the noisy kinds and stochastic_finite is stochastic rounding at finite
 precision (rounding does nothing at full precision). {cols} model columns, full rank on this design; largest
 variance inflation {vif:.2f}. Main effects of every factor on the effect are the factor-by-policy
