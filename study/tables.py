@@ -190,9 +190,14 @@ def load_spec_dict(study_dir: Path) -> dict[str, Any]:
     return data
 
 
-def load_runs(study_dir: Path) -> pd.DataFrame:
-    """`runs.csv` with factor columns read as strings so that `none` and numbers group alike."""
-    path = Path(study_dir) / "runs.csv"
+TUNED_RUNS = "runs_tuned.csv"  # each cell at its own selected lr (study.sweep.tuning)
+TUNED_STATS = "stats_tuned"  # the statistics of TUNED_RUNS
+
+
+def load_runs(study_dir: Path, name: str = "runs.csv") -> pd.DataFrame:
+    """`runs.csv` (or another table of trials, e.g. TUNED_RUNS) with factor columns read as strings so
+    that `none` and numbers group alike."""
+    path = Path(study_dir) / name
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run `python -m study collect DIR` first")
     spec = load_spec_dict(study_dir)

@@ -130,6 +130,14 @@ def test_tuned_study_end_to_end_and_selection_never_sees_test_data(tmp_path: Pat
     assert all(own["lr"] == own["weight_policy"].map(picked))
     curves = pd.read_csv(sdir / "curves.csv.gz")
     assert "weight_saturation" in set(curves["metric"])
+    # the statistics compare the cells at their own lrs too (stats_tuned/), in the report and macros
+    from study.analysis.publish import stats_stage
+
+    stats_stage(sdir)
+    tuned_comp = pd.read_csv(sdir / "stats_tuned" / "comparisons.csv")
+    assert set(tuned_comp["comparison"]) == {"weight: exact vs ste"} and tuned_comp["n_pairs"].iloc[0] == 2
+    assert "## At each policy's own learning rate" in (sdir / "stats" / "report.md").read_text()
+    assert r"\newcommand{\TunedTunedRowWeight" in (sdir / "stats" / "latex" / "macros.tex").read_text()
 
     # the choice reads validation metrics only: rewriting the selection records' test metrics changes
     # nothing; rewriting their validation accuracy does

@@ -22,7 +22,14 @@ from study.analysis.report.common import (
 from study.analysis.report.latex import camel, latex_escape, macro_prefix, write_latex
 from study.analysis.report.markdown import write_report as write_stats_report
 from study.analysis.stats import compute_stats
-from study.tables import diff_unit, load_spec_dict, require_study_dir, write_text_atomic
+from study.tables import (
+    TUNED_RUNS,
+    TUNED_STATS,
+    diff_unit,
+    load_spec_dict,
+    require_study_dir,
+    write_text_atomic,
+)
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository
 PAPER_GENERATED = ROOT / "paper" / "generated"
@@ -32,6 +39,8 @@ def stats_stage(sdir: str | Path) -> Path:
     """`python -m study stats DIR`: the statistics tables, then the statistics report and LaTeX read from
     them (`stats/report.md`, `stats/latex/`); returns `DIR/stats`."""
     out = compute_stats(Path(sdir))
+    if (Path(sdir) / TUNED_RUNS).exists():  # tune_lr: the same comparisons at each policy's own lr
+        compute_stats(Path(sdir), TUNED_RUNS, TUNED_STATS)
     write_latex(Path(sdir))
     write_stats_report(Path(sdir))
     return out

@@ -40,6 +40,7 @@ from study.tables import (
     REDO_STATS,
     SITE_COLUMN,
     SPEC_LOG,
+    TUNED_STATS,
     condition_columns,
     factor_label,
     is_percent,
@@ -736,6 +737,11 @@ def write_latex(study_dir: Path) -> Path:
     lines += sensitivity_macros(prefix, sens)
     lines += row_macros(prefix, comp, spec) + saturation_macros(prefix, study_dir)
     lines += effects_macros(prefix, study_dir, hyp)
+    tuned = Path(study_dir) / TUNED_STATS / "comparisons.csv"
+    if tuned.exists():  # the same rows at each policy's own lr: \\<Study>TunedRow...
+        lines += row_macros(
+            f"{prefix}Tuned", read_stats_csv(study_dir, f"../{TUNED_STATS}/comparisons.csv", spec), spec
+        )
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     unit = "pp" if is_percent(hyp.metric) else "units"
     saturation = saturation_tex(study_dir, unit)

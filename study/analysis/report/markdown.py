@@ -58,6 +58,7 @@ from study.tables import (
     PRESET_FLAG,
     REDO_STATS,
     SITE_COLUMN,
+    TUNED_STATS,
     condition_columns,
     diff_unit,
     load_runs,
@@ -745,6 +746,49 @@ def effects_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
     return lines + [""]
 
 
+def tuned_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+    """The comparisons at each policy's own learning rate (tune_lr: stats_tuned/, lr_choice.csv)."""
+    path = Path(study_dir) / TUNED_STATS / "comparisons.csv"
+    if not path.exists():
+        return []
+    comp = read_stats_csv(study_dir, f"../{TUNED_STATS}/comparisons.csv", spec)
+    choice = read_csv(Path(study_dir) / "lr_choice.csv", REDO_STATS)
+    tune = spec.get("tune_lr") or {}
+    u = diff_unit(hyp.metric)
+    lines = [
+        "## At each policy's own learning rate",
+        "",
+        f"`tune_lr`: each cell's learning rate chosen from {tune.get('grid')} by the mean "
+        f"`{tune.get('metric', 'val_acc')}` over selection seeds {tune.get('selection_seeds')} (never "
+        "evaluated on the test split; disjoint from the evaluation seeds), then the cell's evaluation "
+        "seeds trained at that lr (`runs_tuned.csv`) and compared exactly as above "
+        f"(`{TUNED_STATS}/`).",
+        "",
+    ]
+    chosen = choice[choice["chosen"].astype(str).str.lower() == "true"]
+    cells = [c for c in choice.columns if c not in ("lr", "chosen") and not c.startswith("mean_")]
+    lines += md_table(
+        [*cells, "chosen lr"],
+        [[*(str(r[c]) for c in cells), f"{float(r['lr']):g}"] for _, r in chosen.iterrows()],
+    )
+    cols = [c for c in varying(comp, key_columns(spec))] or []
+    lines += [""] + md_table(
+        ["comparison", *cols, "n", "mean diff [95% CI]", "p adj", "verdict"],
+        [
+            [
+                r["comparison"],
+                *[r[c] or "–" for c in cols],
+                str(int(r["n_pairs"])),
+                f"{fmt(r['mean_diff'], signed=True)}{u} {fmt_ci(r['ci_low'], r['ci_high'])}",
+                fmt_p(r["p_adjusted"]),
+                str(r["verdict"]),
+            ]
+            for _, r in comp.iterrows()
+        ],
+    )
+    return lines + [""]
+
+
 def evaluation_section(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """Which test accuracy the numbers are: one noise draw at the last epoch, or the mean over K draws
     after training; and the noise-off accuracy where recorded."""
@@ -912,6 +956,7 @@ def write_report(study_dir: Path) -> Path:
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
     lines += saturation_section(study_dir, hyp) + effects_section(study_dir, hyp)
+    lines += tuned_section(study_dir, spec, hyp)
     lines += evaluation_section(runs, spec, hyp)
     lines += sensitivity_section(study_dir, spec, hyp) + duplicates_section(study_dir, spec)
     lines += condition_table(comp, spec) + omnibus_section(omni, post, spec) + model_section(study_dir)

@@ -59,8 +59,10 @@ def _finish(frame: pd.DataFrame, columns: list[str], by: list[str], orders: dict
     return sort_rows(frame, by, orders)[columns]
 
 
-def compute_stats(study_dir: Path) -> Path:
+def compute_stats(study_dir: Path, runs_name: str = "runs.csv", out_name: str = "stats") -> Path:
     """The statistics tables of `study_dir` (needs spec.yaml and runs.csv) in `study_dir/stats`; returns it.
+    `runs_name`/`out_name` analyse another table of the study's trials the same way (TUNED_RUNS ->
+    TUNED_STATS: each cell at its own selected learning rate).
 
     Writes tables only; the statistics report and LaTeX are written from them by
     `study.analysis.report` (`python -m study stats` runs both: `study.analysis.publish.stats_stage`).
@@ -68,7 +70,7 @@ def compute_stats(study_dir: Path) -> Path:
     study_dir = Path(study_dir)
     spec = load_spec_dict(study_dir)
     hyp = load_hypotheses(spec)
-    runs = load_runs(study_dir)
+    runs = load_runs(study_dir, runs_name)
     if "spec_hash" in runs:
         current = stored_spec_hash(spec)
         check_spec_hashes(
@@ -77,7 +79,7 @@ def compute_stats(study_dir: Path) -> Path:
     check_coverage(runs, spec, study_dir)
     table = trial_table(runs, spec, hyp)
     orders = value_orders(spec, table)
-    out = study_dir / "stats"
+    out = study_dir / out_name
     out.mkdir(parents=True, exist_ok=True)
 
     keys = key_columns(spec)
