@@ -3,6 +3,8 @@ recovering planted factor effects, marginal means, derived columns, and nothing 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -16,7 +18,11 @@ MODEL = {"formula": "C(arch) + C(dataset) + l2", "derived": {"l2": "norm == 'l2n
 
 
 def _spec(model: dict | None = MODEL) -> dict:
-    hyp = {"metric": "test_acc", "comparisons": [{"site": "signal", "a": "exact", "b": "ste"}]}
+    hyp = {
+        "metric": "test_acc",
+        "comparisons": [{"site": "signal", "a": "exact", "b": "ste"}],
+        "bootstrap_resamples": 200,  # the CIs of this file's checks come from the model, not the bootstrap
+    }
     if model is not None:
         hyp["effect_model"] = model
     return {
@@ -77,8 +83,19 @@ def _study(tmp_path, spec: dict):
     return stats_stage(tmp_path)
 
 
-def test_model_recovers_planted_factor_effects_and_marginal_means(tmp_path):
-    out = _study(tmp_path, _spec())
+@pytest.fixture(scope="module")
+def modelled(tmp_path_factory) -> Path:
+    """One study with the effect model: statistics, report, LaTeX and figures written once."""
+    from study.analysis.figures.registry import make_figures
+
+    sdir = tmp_path_factory.mktemp("modelled")
+    _study(sdir, _spec())
+    make_figures(sdir, verbose=False)
+    return sdir
+
+
+def test_model_recovers_planted_factor_effects_and_marginal_means(modelled):
+    out = modelled / "stats"
     terms = pd.read_csv(out / "effects_terms.csv").set_index("term")
     for term, true in (("C(arch)[T.mlp]", -3.0), ("C(dataset)[T.mnist1d]", -1.0), ("l2", 1.5)):
         row = terms.loc[term]
@@ -94,9 +111,15 @@ def test_model_recovers_planted_factor_effects_and_marginal_means(tmp_path):
     assert "(1 | condition) + (1 | seed)" in text and "pairs: 48" in text and "conditions: 8" in text
 
 
-def test_no_effect_model_no_tables(tmp_path):
-    out = _study(tmp_path, _spec(None))
-    assert not list(out.glob("effects_*"))
+@pytest.fixture(scope="module")
+def unmodelled(tmp_path_factory) -> Path:
+    sdir = tmp_path_factory.mktemp("unmodelled")
+    _study(sdir, _spec(None))
+    return sdir
+
+
+def test_no_effect_model_no_tables(unmodelled):
+    assert not list((unmodelled / "stats").glob("effects_*"))
 
 
 @pytest.mark.parametrize(
@@ -127,20 +150,20 @@ def test_a_bad_derived_expression_is_named_at_analysis(tmp_path):
         _study(tmp_path, _spec({**MODEL, "derived": {"l2": "nrom == 'l2norm'"}}))
 
 
-def test_effect_figures_drawn_only_with_an_effect_model(tmp_path):
-    from study.analysis.figures.registry import make_figures
+def test_effect_figures_drawn_only_with_an_effect_model(modelled, unmodelled):
+    from study.analysis.figures.common import StudyContext
+    from study.analysis.figures.effects import fig_effects_factors, fig_effects_forest
 
-    _study(tmp_path / "with", _spec())
-    made = {r.name: r for r in make_figures(tmp_path / "with", verbose=False)}
-    assert made["effects_forest"].status == made["effects_factors"].status == "made"
-    assert "arch: mlp" not in made["effects_factors"].caption  # labels are on the axis, not the caption
-    _study(tmp_path / "without", _spec(None))
-    made = {r.name: r for r in make_figures(tmp_path / "without", verbose=False)}
-    assert made["effects_forest"].status == made["effects_factors"].status == "skipped"
+    index = (modelled / "figures" / "index.md").read_text()
+    assert "## effects_forest" in index and "## effects_factors" in index
+    assert (modelled / "figures" / "effects_factors.png").exists()
+    ctx = StudyContext.load(unmodelled)
+    skipped = [*fig_effects_forest(ctx), *fig_effects_factors(ctx)]
+    assert [type(s).__name__ for s in skipped] == ["Skip", "Skip"]
 
 
-def test_report_and_macros_carry_the_effect_model(tmp_path):
-    out = _study(tmp_path, _spec())
+def test_report_and_macros_carry_the_effect_model(modelled):
+    out = modelled / "stats"
     report = (out / "report.md").read_text()
     assert "## Across conditions: the effect model" in report and "Estimated marginal means" in report
     macros = (out / "latex" / "macros.tex").read_text()

@@ -25,7 +25,11 @@ SPEC = {
     "factors": {"weight_policy": ["ste", "exact"], "weight_clamp": [1.0, 0.3, 0.05], "lr": [0.001, 0.01]},
     "exclude": [{"weight_clamp": [0.3, 0.05], "lr": 0.01}],
     "seeds": len(SEEDS),
-    "hypotheses": {"metric": "test_acc", "comparisons": [{"site": "weight", "a": "exact", "b": "ste"}]},
+    "hypotheses": {
+        "metric": "test_acc",
+        "comparisons": [{"site": "weight", "a": "exact", "b": "ste"}],
+        "bootstrap_resamples": 200,
+    },
 }
 REGIMES = {(1.0, 0.001): 0.0, (0.3, 0.001): 0.3, (0.05, 0.001): 0.8, (1.0, 0.01): 0.5}
 
@@ -122,18 +126,26 @@ def test_regime_labels_name_the_departure_from_the_common_values():
     assert list(regime_labels(conds)) == ["base", "b=y", "a=2", "base"]
 
 
-def test_stats_report_and_latex_carry_the_covariate_analysis(tmp_path):
+@pytest.fixture(scope="module")
+def analysed(tmp_path_factory):
+    """A study with weight saturation and the draw metrics, through the statistics stage once."""
     import yaml
 
     from study.analysis.publish import stats_stage
     from study.sweep.spec import stored_spec_hash
 
+    sdir = tmp_path_factory.mktemp("saturated")
     runs = _runs(slope=-6.0).assign(test_acc_mean=lambda f: f["test_acc"], test_acc_noise_off=95.0)
     spec = {**SPEC, "base": {"dataset": "digits", "test_draws": 3}}
     spec["hypotheses"] = {**SPEC["hypotheses"], "metric": "test_acc_mean"}
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    runs.assign(spec_hash=stored_spec_hash(spec)).to_csv(tmp_path / "runs.csv", index=False)
-    out = stats_stage(tmp_path)
+    (sdir / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    runs.assign(spec_hash=stored_spec_hash(spec)).to_csv(sdir / "runs.csv", index=False)
+    stats_stage(sdir)
+    return sdir
+
+
+def test_stats_report_and_latex_carry_the_covariate_analysis(analysed):
+    out = analysed / "stats"
     for name in (
         "saturation_pairs.csv",
         "saturation_regimes.csv",
@@ -165,21 +177,17 @@ def test_studies_without_saturation_get_no_covariate_outputs(tmp_path):
     assert "Weight saturation" not in report and "under one draw of the analog noise" in report
 
 
-def test_saturation_figure_drawn_from_the_covariate_tables_only(tmp_path):
-    import yaml
+def test_saturation_figure_drawn_from_the_covariate_tables_only(analysed, tmp_path):
+    import shutil
 
-    from study.analysis.figures.registry import make_figures
-    from study.analysis.publish import stats_stage
-    from study.sweep.spec import stored_spec_hash
+    from study.analysis.figures import style
+    from study.analysis.figures.common import StudyContext
+    from study.analysis.figures.saturation import fig_weight_saturation
 
-    runs = _runs(slope=-6.0)
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(SPEC, sort_keys=False))
-    runs.assign(spec_hash=stored_spec_hash(SPEC)).to_csv(tmp_path / "runs.csv", index=False)
-    stats_stage(tmp_path)
-    made = {r.name: r for r in make_figures(tmp_path, verbose=False)}
-    assert made["weight_saturation"].status == "made"
-    assert "Fieller 95% interval" in made["weight_saturation"].caption
-    (tmp_path / "stats" / "saturation_pairs.csv").unlink()
-    made = {r.name: r for r in make_figures(tmp_path, verbose=False)}
-    assert made["weight_saturation"].status == "skipped"
-    assert not (tmp_path / "figures" / "weight_saturation.png").exists()
+    with style.style():
+        (made,) = fig_weight_saturation(StudyContext.load(analysed))
+    assert type(made).__name__ == "Made" and "Fieller 95% interval" in made.caption
+    copy = shutil.copytree(analysed, tmp_path / "copy")
+    (copy / "stats" / "saturation_pairs.csv").unlink()
+    (skipped,) = fig_weight_saturation(StudyContext.load(copy))
+    assert type(skipped).__name__ == "Skip"
