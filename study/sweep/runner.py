@@ -863,7 +863,7 @@ def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: in
         "study": spec.name,
         "trials": len(trials),
         **counts,
-        "cells": len({t.condition_key for t in trials}),
+        "cells": len({t.condition_key for t in expand(spec)}),  # the spec's cells (tune_lr's trials aside)
         "seeds": len(spec.seed_list),
         "bundle": bundle,
         "workers": workers,
@@ -871,7 +871,9 @@ def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: in
         "est_total_seconds": round(eta),
     }
     print(
-        f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds); "
+        f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds"
+        + (" and the lr selection" if spec.tune_lr is not None else "")
+        + "); "
         f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
         f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial"
     )
