@@ -158,7 +158,7 @@ def test_stats_report_and_latex_carry_the_covariate_analysis(analysed):
     assert "under 3 independent draws" in report and "test_acc_mean (3 draws)" in report
     macros = (out / "latex" / "macros.tex").read_text()
     assert r"\newcommand{\WSatWeightClampZeroZeroFiveVerdict}{different}" in macros
-    assert r"\newcommand{\WSatOnsetBounded}{yes}" in macros
+    assert r"\newcommand{\WSatOnsetBounded}{yes}" in macros and r"\newcommand{\WTestDraws}{3}" in macros
     assert "weight\\_clamp=0.05" in (out / "latex" / "saturation.tex").read_text()
 
 

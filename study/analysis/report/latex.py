@@ -34,6 +34,7 @@ from study.analysis.stats.omnibus import OMNIBUS_COLUMNS
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
+    DRAW_METRICS,
     HYPOTHESES_LOG,
     PRESET_FLAG,
     REDO_COLLECT,
@@ -456,6 +457,8 @@ def setup_macros(prefix: str, spec: dict[str, Any], runs: pd.DataFrame, study_di
         _macro(prefix, "BundleSize", summary.get("bundle", "--")),
         _macro(prefix, "TrialSeconds", tex_num(seconds.median(), 1) if len(seconds) else "--"),
     ]
+    if set(DRAW_METRICS) <= set(runs.columns):  # the final evaluation over noise draws (newer studies)
+        out.append(_macro(prefix, "TestDraws", _joined([str(v) for v in values("test_draws")])))
     return out
 
 
