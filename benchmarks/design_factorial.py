@@ -321,10 +321,58 @@ def budget(data: dict[str, Any]) -> str:
     )
 
 
+def measure(bundle: int = 8, epochs: int = 1) -> dict[tuple[str, str], float]:
+    """Seconds per trial-epoch for each (arch, dataset): one bundle of `bundle` seeds trained `epochs`
+    epochs in this process (1 torch thread) at the costliest settings of the design (poisson noise,
+    stochastic rounding, l2norm_m, 16 levels, diagnostics on), as the runner would train a cell."""
+    import time
+
+    import torch
+
+    from study.training.bundle import run_bundle
+
+    torch.set_num_threads(1)
+    data = spec()
+    out = {}
+    for arch in ARCHS:
+        for dataset in DATASETS:
+            config = {
+                **data["base"],
+                "arch": arch,
+                "dataset": dataset,
+                "norm": "l2norm_m",
+                "precision": 16,
+                "noise": "poisson",
+                "leakage": 0.5,
+                "precision_class": "stochastic",
+                "epochs": epochs,
+            }
+            config = {k: v for k, v in config.items() if k != "norm"} | {
+                "weight_norm": "l2norm_m",
+                "signal_norm": "l2norm_m",
+            }
+            start = time.perf_counter()
+            run_bundle([{**config, "seed": s} for s in range(bundle)])
+            out[(arch, dataset)] = round((time.perf_counter() - start) / bundle / epochs, 2)
+            print(f"{arch} {dataset}: {out[(arch, dataset)]} s per trial-epoch", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed spec differs")
+    parser.add_argument(
+        "--measure",
+        action="store_true",
+        help="time one 1-epoch bundle per (arch, dataset) and print the rates",
+    )
     args = parser.parse_args(argv)
+    if args.measure:
+        rates = measure()
+        per_cell = [rates[(c["arch"], c["dataset"])] * spec()["base"]["epochs"] for c in spec()["include"]]
+        total = sum(per_cell) * spec()["seeds"]
+        print(f"design: {total:,.0f} worker-s = {total / WORKERS / 3600:.2f} h on {WORKERS} workers")
+        return 0
     text = render(spec())
     if args.check:
         same = SPEC.exists() and SPEC.read_text() == text
