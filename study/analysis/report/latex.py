@@ -587,6 +587,18 @@ def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
     return out
 
 
+def lr_choice_macros(prefix: str, study_dir: Path) -> list[str]:
+    """tune_lr: each cell's chosen learning rate, `\\<Study>TunedLr<cell values>` (e.g. `...TunedLrExact`
+    for a cell whose only factor is weight_policy=exact)."""
+    choice = read_csv(Path(study_dir) / "lr_choice.csv", REDO_STATS)
+    cells = [c for c in choice.columns if c not in ("lr", "chosen") and not c.startswith("mean_")]
+    chosen = choice[choice["chosen"].astype(str).str.lower() == "true"]
+    return [
+        _macro(prefix, "TunedLr" + "".join(camel(str(r[c])) for c in cells), _lr_text(float(r["lr"])))
+        for _, r in chosen.iterrows()
+    ]
+
+
 def sensitivity_macros(prefix: str, sens: pd.DataFrame) -> list[str]:
     """The planted-effect check (stats/sensitivity.csv) per site: rows used, and for the planted effects
     of one and two margins (both signs together) how many row-tests detected them; at zero, how many
@@ -745,6 +757,7 @@ def write_latex(study_dir: Path) -> Path:
         lines += row_macros(
             f"{prefix}Tuned", read_stats_csv(study_dir, f"../{TUNED_STATS}/comparisons.csv", spec), spec
         )
+        lines += lr_choice_macros(prefix, study_dir)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")
     unit = "pp" if is_percent(hyp.metric) else "units"
     saturation = saturation_tex(study_dir, unit)
