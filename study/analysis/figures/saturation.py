@@ -91,14 +91,25 @@ def fig_weight_saturation(ctx: StudyContext) -> Iterator[Output]:
         right.set_title("solid: exact, dashed: ste")
     else:
         right.set_axis_off()
-    left.legend(loc="best", fontsize=st.FONT_SMALL, frameon=False)
+    handles, names = left.get_legend_handles_labels()
+    host = right if right.axison else left  # the right panel's middle is empty: the regimes' key goes there
+    host.legend(
+        handles,
+        names,
+        loc="lower right",
+        bbox_to_anchor=(1.0, 0.16),
+        fontsize=st.FONT_SMALL,
+        frameon=False,
+        title="regime",
+    )
     n = pairs.groupby("regime").size()
     caption = (
         f"Weight site, {comparison}: each point is one seed's paired difference in "
         f"{st.metric_name(ctx.metric)} ({diff_unit_name(ctx.metric)}) against the mean share of the two "
         f"runs' weight-site parameters beyond their range after training (pooled over layers), "
         f"{int(n.min())}–{int(n.max())} seeds per regime; line: the mixed model's fit (random intercept "
-        f"per regime); grey: ±δ = {ctx.margin:g}.{note} Right: that share per epoch, mean over seeds, per "
-        "regime (colours as left) and weight policy."
+        f"per regime); grey: ±δ = {ctx.margin:g}.{note} Points of regimes with equal values (e.g. identical "
+        "runs with no weight beyond its range) lie on top of each other. Right: that share per epoch, mean "
+        "over seeds, per regime (colours as left) and weight policy."
     )
     yield Made(SATURATION_FIGURE, fig, caption)

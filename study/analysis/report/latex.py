@@ -393,7 +393,7 @@ def setup_macros(prefix: str, spec: dict[str, Any], runs: pd.DataFrame, study_di
     datasets = values("dataset")
     per: dict[str, dict[str, str]] = {"TrainSize": {}, "StepsPerEpoch": {}, "Architecture": {}}
     for name in datasets:
-        sizes = split_sizes(name, values("n_samples")[0]) if name in FEATURES else None
+        sizes = split_sizes(name, values("n_samples")[0], values("data_dir")[0]) if name in FEATURES else None
         train = sizes[0] if sizes else None
         steps = [math.ceil(train / b) for b in values("batch_size")] if train else []
         hidden = _joined(["-".join(str(h) for h in v) for v in values("hidden")])
