@@ -42,6 +42,7 @@ REGIME_COLUMNS = [
     "saturation_max",
     "diff_mean",
     "abs_diff_mean",
+    "sd_diff",
     "ci_low",
     "ci_high",
     "verdict",
@@ -130,10 +131,10 @@ def regime_table(pairs: pd.DataFrame, comparisons: pd.DataFrame, conds: list[str
     ).reset_index()
     keys = ["comparison", *conds, "signal_policy"]
     labels = pairs[keys + [REGIME]].drop_duplicates().astype({c: str for c in keys})
-    rows = comparisons[keys + ["ci_low", "ci_high", "verdict"]].astype({c: str for c in keys})
+    rows = comparisons[keys + ["sd_diff", "ci_low", "ci_high", "verdict"]].astype({c: str for c in keys})
     verdicts = labels.merge(rows, on=keys, how="left", validate="one_to_one")
     out = out.merge(
-        verdicts[["comparison", REGIME, "ci_low", "ci_high", "verdict"]], on=["comparison", REGIME]
+        verdicts[["comparison", REGIME, "sd_diff", "ci_low", "ci_high", "verdict"]], on=["comparison", REGIME]
     )
     return out.sort_values(["comparison", "saturation_mean", REGIME], kind="stable")[REGIME_COLUMNS]
 
