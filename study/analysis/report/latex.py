@@ -505,8 +505,9 @@ def _saturation_tables(study_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.
 
 def saturation_macros(prefix: str, study_dir: Path) -> list[str]:
     """The weight-saturation covariate analysis (`stats.covariate`), for studies where it was fitted:
-    per regime (`\\<Study>Sat<Regime>{Mean,Max,Diff,Sd,Lo,Hi,Verdict}`, saturation in %), the slopes per
-    10% saturated (`SatSlope*` signed, `SatAbsSlope*` absolute) and the onset (`SatOnset*`, in %)."""
+    per regime (`\\<Study>Sat<Regime>{Mean,Max,Diff,Abs,Sd,Lo,Hi,Verdict}`, saturation in %; Abs =
+    |Diff|), the slopes per 10% saturated (`SatSlope*` signed, `SatAbsSlope*` absolute) and the onset
+    (`SatOnset*`, in %)."""
     tables = _saturation_tables(study_dir)
     if tables is None:
         return []
@@ -519,6 +520,7 @@ def saturation_macros(prefix: str, study_dir: Path) -> list[str]:
             _macro(prefix, f"{key}Max", _pct(r["saturation_max"])),
             _macro(prefix, f"{key}Diff", tex_num(r["diff_mean"])),
             _macro(prefix, f"{key}Sd", tex_num(r["sd_diff"])),
+            _macro(prefix, f"{key}Abs", tex_num(abs(float(r["diff_mean"])))),
             _macro(prefix, f"{key}Lo", tex_num(r["ci_low"])),
             _macro(prefix, f"{key}Hi", tex_num(r["ci_high"])),
             _macro(prefix, f"{key}Verdict", str(r["verdict"])),
