@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-STUDIES=(core generality mechanism analogvnn_gelu)
+STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned)
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
 BUNDLE=${BUNDLE:-8}
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}

@@ -597,7 +597,7 @@ def lr_choice_macros(prefix: str, study_dir: Path) -> list[str]:
     cells = [c for c in choice.columns if c not in ("lr", "chosen") and not c.startswith("mean_")]
     chosen = choice[choice["chosen"].astype(str).str.lower() == "true"]
     return [
-        _macro(prefix, "TunedLr" + "".join(camel(str(r[c])) for c in cells), _lr_text(float(r["lr"])))
+        _macro(prefix, "TunedLr" + "".join(camel(str(r[c])) for c in cells), f"{float(r['lr']):g}")
         for _, r in chosen.iterrows()
     ]
 
