@@ -279,24 +279,25 @@ def render(data: dict[str, Any]) -> str:
 
 # measured s per trial-epoch (see BUDGET), by (arch, dataset)
 MEASURED_S_PER_EPOCH = {
-    ("cnn", "mnist5k"): 11.1,
-    ("mlp", "mnist5k"): 2.4,
-    ("cnn", "mnist1d"): 2.0,
-    ("mlp", "mnist1d"): 1.2,
-    ("cnn", "digits"): 0.8,
-    ("mlp", "digits"): 0.5,
+    ("cnn", "mnist5k"): 14.9,
+    ("mlp", "mnist5k"): 2.79,
+    ("cnn", "mnist1d"): 1.72,
+    ("mlp", "mnist1d"): 1.26,
+    ("cnn", "digits"): 0.72,
+    ("mlp", "digits"): 0.56,
 }
 WORKERS = 2
 
 BUDGET = """\
-# Budget (measured 2026-05 on the 2-core machine while another study and other processes kept the
-# load average near 6, so these are upper bounds; 1 torch thread per worker, bundle of 8 seeds, 1 epoch,
-# poisson noise, stochastic rounding, l2norm_m, diagnostics on), seconds per trial-epoch:
+# Budget (measured 2026-12-01 with `python benchmarks/design_factorial.py --measure` on the 2-core
+# machine, the other core busy with a verify run; 1 torch thread, bundle of 8 seeds, 1 epoch, poisson
+# noise, stochastic rounding, l2norm_m, diagnostics on), seconds per trial-epoch:
 #   {measured}
 # The design balances the six (arch, dataset) pairs: {trials:,} trials x {epochs} epochs at these rates =
-# {worker_s:,.0f} worker-s = about {hours:.1f} h on {workers} workers at that load
-# (run with --workers {workers} --bundle 8); on an idle machine expect roughly half.
-# The cnn mnist5k cells take {share:.0%} of it.
+# {worker_s:,.0f} worker-s = about {hours:.1f} h on {workers} workers
+# (run with --workers {workers} --bundle 8).
+# The cnn mnist5k cells take {share:.0%} of it: over the 2-core budget of a session; shrink the CNN or
+# the seeds (and say so) before running.
 """
 
 
