@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -272,15 +273,37 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_analyze(args: argparse.Namespace) -> int:
-    from study.analysis.figures.registry import make_figures
-    from study.analysis.publish import build_paper_inputs, readme_answer, stats_stage, summary, write_report
+def analyze_one(sdir: Path) -> str:
+    """Statistics, figures and report of one study; returns what it printed (studies run in parallel)."""
+    import contextlib
+    import io
 
-    for sdir in args.dirs:
+    from study.analysis.figures.registry import make_figures
+    from study.analysis.publish import stats_stage, write_report
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
         print(f"==> statistics, figures and report: {sdir}")
         print(f"statistics -> {stats_stage(sdir)}")
         make_figures(sdir)
         write_report(sdir)
+    return out.getvalue()
+
+
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from study.analysis.publish import build_paper_inputs, readme_answer, summary
+
+    jobs = min(len(args.dirs), os.cpu_count() or 1)
+    if jobs > 1:  # each study's stages read and write only its own folder: independent
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            for text in pool.map(analyze_one, args.dirs):
+                print(text, end="", flush=True)
+    else:
+        for sdir in args.dirs:
+            print(analyze_one(sdir), end="", flush=True)
     build_paper_inputs(args.dirs)
     readme_answer(args.dirs)
     summary(args.dirs)
