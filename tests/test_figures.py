@@ -19,8 +19,10 @@ import yaml
 from study.analysis.figures import paired, ranks, registry
 from study.analysis.figures import style as st
 from study.analysis.figures.common import REGISTRY, FigureResult, Made, StudyContext, mean_ci
+from study.analysis.figures.effects import EFFECT_FIGURES
 from study.analysis.figures.locations import LOCATION_FIGURES
 from study.analysis.figures.registry import make_figures
+from study.analysis.figures.saturation import SATURATION_FIGURE
 from study.analysis.publish import stats_stage
 from study.sweep.spec import stored_spec_hash
 
@@ -148,12 +150,19 @@ def grid_study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Fig
 def test_every_figure_is_made(grid_study: tuple[Path, list[FigureResult], dict[str, bytes]]) -> None:
     root, results, files = grid_study
     made = {r.name for r in results if r.status == "made"}
-    # the location figures need location-wise signal policies (tests/test_location_figures.py)
-    bases = {base for base, _ in REGISTRY} - set(LOCATION_FIGURES)
+    # the location figures need location-wise signal policies (tests/test_location_figures.py), the
+    # saturation and effect-model figures their analyses (tests/test_saturation_covariate.py,
+    # tests/test_effect_model.py)
+    elsewhere = {*LOCATION_FIGURES, SATURATION_FIGURE, *EFFECT_FIGURES}
+    bases = {base for base, _ in REGISTRY} - elsewhere
     assert {next(b for b in bases if name.startswith(b)) for name in made} == bases, results
     skipped = [r for r in results if r.status == "skipped"]
-    assert {r.name for r in skipped} == set(LOCATION_FIGURES)
-    assert all("location-wise" in r.reason for r in skipped)
+    assert {r.name for r in skipped} == elsewhere
+    reasons = {r.name: r.reason for r in skipped}
+    assert all("location-wise" in reasons[n] for n in LOCATION_FIGURES)
+    assert "covariate" in reasons[SATURATION_FIGURE] and all(
+        "effect_model" in reasons[n] for n in EFFECT_FIGURES
+    )
     for name in made:
         for ext in ("pdf", "png"):
             assert len(files[f"{name}.{ext}"]) > 2000, name

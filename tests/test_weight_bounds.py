@@ -101,6 +101,7 @@ def test_new_fields_keep_earlier_run_ids() -> None:
         "arch",
         "channels",
         "kernel_size",
+        "test_draws",
     }
     changed = [
         TrialConfig(weight_clamp=0.1),
