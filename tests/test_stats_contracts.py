@@ -391,3 +391,20 @@ def test_short_term_names():
     assert S.short_term("C(weight_policy, Treatment('ste'))[T.exact]") == "weight_policy[exact]"
     assert S.short_term('C(Q("signal-norm"))[T.l2norm]') == "signal-norm[l2norm]"
     assert S.short_term("C(dataset)[T.B]:C(precision)[T.4]") == "dataset[B]:precision[4]"
+
+
+def test_holm_equals_statsmodels_multipletests():
+    import numpy as np
+    from statsmodels.stats.multitest import multipletests
+
+    from study.analysis.stats.families import adjust_pvalues, holm
+
+    rng = np.random.default_rng(0)
+    for m in (1, 2, 5, 40):
+        for _ in range(20):
+            p = rng.uniform(0, 1, m) ** rng.uniform(0.2, 4)  # includes ties after rounding below
+            p = np.round(p, 3)
+            np.testing.assert_allclose(holm(p), multipletests(p, method="holm")[1], rtol=0, atol=1e-15)
+    p = np.array([0.01, np.nan, 0.04, 0.03])
+    out = adjust_pvalues(p, "holm")
+    assert np.isnan(out[1]) and np.allclose(out[[0, 2, 3]], multipletests(p[[0, 2, 3]], method="holm")[1])

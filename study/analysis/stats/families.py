@@ -54,14 +54,35 @@ VERDICTS = ("identical", "equivalent", "different", "trivial", "inconclusive")
 ADJUSTED = {"p_primary": "p_adjusted", "p_tost": "p_tost_adjusted", "p_permutation": "p_permutation_adjusted"}
 
 
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values: the sorted p times (m - rank), running maximum, capped at 1.
+
+    Written here rather than taken from statsmodels' `multipletests`, whose Holm branch calls
+    `gc.collect()` on every call: ~0.15 s each with pandas and matplotlib loaded, which was 60 % of the
+    statistics stage (the sensitivity check re-adjusts every family many times). Tested equal to it."""
+    p = np.asarray(p, dtype=float)
+    order = np.argsort(p, kind="stable")
+    m = len(p)
+    adjusted = np.minimum(np.maximum.accumulate(p[order] * (m - np.arange(m))), 1.0)
+    out = np.empty_like(adjusted)
+    out[order] = adjusted
+    return out
+
+
 def adjust_pvalues(p: np.ndarray, method: str) -> np.ndarray:
-    """Multiplicity-adjusted p-values (statsmodels `multipletests`); NaN entries are left out and kept NaN."""
+    """Multiplicity-adjusted p-values (Holm by `holm`, the others by statsmodels `multipletests`); NaN
+    entries are left out and kept NaN."""
     p = np.asarray(p, dtype=float)
     out = np.full_like(p, np.nan)
     ok = np.isfinite(p)
     if not ok.any():
         return out
-    out[ok] = p[ok] if method == "none" else multipletests(p[ok], method=method)[1]
+    if method == "none":
+        out[ok] = p[ok]
+    elif method == "holm":
+        out[ok] = holm(p[ok])
+    else:
+        out[ok] = multipletests(p[ok], method=method)[1]
     return out
 
 
