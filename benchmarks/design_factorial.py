@@ -341,16 +341,13 @@ def measure(bundle: int = 8, epochs: int = 1) -> dict[tuple[str, str], float]:
                 **data["base"],
                 "arch": arch,
                 "dataset": dataset,
-                "norm": "l2norm_m",
+                "weight_norm": "l2norm_m",
+                "signal_norm": "l2norm_m",
                 "precision": 16,
                 "noise": "poisson",
                 "leakage": 0.5,
                 "precision_class": "stochastic",
                 "epochs": epochs,
-            }
-            config = {k: v for k, v in config.items() if k != "norm"} | {
-                "weight_norm": "l2norm_m",
-                "signal_norm": "l2norm_m",
             }
             start = time.perf_counter()
             run_bundle([{**config, "seed": s} for s in range(bundle)])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -107,7 +107,7 @@ class Hypotheses(BaseModel):
     bootstrap_seed: int = Field(0, ge=0, le=2**32 - 1)
     effect_model: EffectModel | None = None
 
-    def dump(self) -> dict:
+    def dump(self) -> dict[str, Any]:
         """As plain data; `effect_model` only when set (so older specs keep their hashes)."""
         data = self.model_dump(mode="json")
         if data.get("effect_model") is None:

@@ -29,8 +29,9 @@ from study.tables import (
 MAX_LISTED = 50
 
 
-def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataFrame:
-    """A stats/ CSV with key columns as strings ("" for empty) and the rest parsed as usual."""
+def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any], folder: str = "stats") -> pd.DataFrame:
+    """A stats/ CSV (or one of another statistics folder of the study, e.g. TUNED_STATS) with key
+    columns as strings ("" for empty) and the rest parsed as usual."""
     text_cols = (
         ROW_KEYS
         + key_columns(spec)
@@ -53,7 +54,7 @@ def read_stats_csv(study_dir: Path, name: str, spec: dict[str, Any]) -> pd.DataF
             "absent_policy",
         ]
     )
-    path = Path(study_dir) / "stats" / name
+    path = Path(study_dir) / folder / name
     frame = read_csv(
         path,
         REDO_STATS,

@@ -758,7 +758,7 @@ def write_latex(study_dir: Path) -> Path:
     tuned = Path(study_dir) / TUNED_STATS / "comparisons.csv"
     if tuned.exists():  # the same rows at each policy's own lr: \\<Study>TunedRow...
         lines += row_macros(
-            f"{prefix}Tuned", read_stats_csv(study_dir, f"../{TUNED_STATS}/comparisons.csv", spec), spec
+            f"{prefix}Tuned", read_stats_csv(study_dir, "comparisons.csv", spec, TUNED_STATS), spec
         )
         lines += lr_choice_macros(prefix, study_dir)
     write_text_atomic(out / "macros.tex", head + "\n".join(lines) + "\n")

@@ -751,7 +751,7 @@ def tuned_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> lis
     path = Path(study_dir) / TUNED_STATS / "comparisons.csv"
     if not path.exists():
         return []
-    comp = read_stats_csv(study_dir, f"../{TUNED_STATS}/comparisons.csv", spec)
+    comp = read_stats_csv(study_dir, "comparisons.csv", spec, TUNED_STATS)
     choice = read_csv(Path(study_dir) / "lr_choice.csv", REDO_STATS)
     tune = spec.get("tune_lr") or {}
     u = diff_unit(hyp.metric)
