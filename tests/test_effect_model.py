@@ -132,6 +132,7 @@ def test_no_effect_model_no_tables(unmodelled):
         ),
         ({"formula": "C(arch)", "marginal": ["arch", "arch"]}, "duplicate factor names"),
         ({"formula": ""}, "formula"),
+        ({"formula": "   "}, "formula: a right-hand side"),
         ({"formula": "C(arch)", "derived": {"norm": "arch == 'cnn'"}}, "derived.norm: a factor of that name"),
         (
             {"formula": "C(arch)", "derived": {"bad name": "arch == 'cnn'"}},

@@ -66,6 +66,15 @@ class EffectModel(BaseModel):
     derived: dict[str, str] = Field(default_factory=dict)
     marginal: list[str] = Field(default_factory=list)
 
+    @field_validator("formula")
+    @classmethod
+    def _formula(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError(
+                "a right-hand side over condition factors is needed, e.g. 'C(arch) + C(dataset)'"
+            )
+        return v
+
     @field_validator("derived")
     @classmethod
     def _derived(cls, v: dict[str, str]) -> dict[str, str]:
