@@ -295,3 +295,21 @@ def test_many_conditions_split_the_estimation_plot_and_become_a_rank_heatmap(
     assert isinstance(cd, Made) and cd.caption.startswith("Mean rank")
     for o in [*outs, cd]:
         o.figure.clear()
+
+
+def test_learning_curves_stop_where_the_shortest_averaged_condition_ends(tmp_path: Path) -> None:
+    """A factor that sets the run length (epochs): averaging past the shortest condition would mix
+    different conditions at different epochs, so the curves end there and the caption says so."""
+    from study.analysis.figures.curves import fig_learning_curves
+
+    root = write_study(tmp_path / "lengths", {"epochs": [2, 4]}, ("exact", "ste"), ("exact",), stats=False)
+    runs = pd.read_csv(root / "runs.csv")
+    short = set(runs.loc[runs["epochs"] == 2, "run_id"])
+    curves = pd.read_csv(root / "curves.csv.gz")
+    curves = curves[~(curves["run_id"].isin(short) & (curves["epoch"] > 2))]
+    curves.to_csv(root / "curves.csv.gz", index=False)
+    with st.style():
+        (made,) = fig_learning_curves(StudyContext.load(root))
+    assert "Shown up to epoch 2, the last one every averaged condition reaches." in made.caption
+    xs = [x for ax in made.figure.axes for line in ax.get_lines() for x in line.get_xdata()]
+    assert xs and max(xs) == 2

@@ -52,6 +52,13 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
         per_signal = st.combo_styles(weights[:1], signals)
         styles = {(w, s): {**per_signal[(weights[0], s)], "label": s} for w, s in styles}
     columns = weights if split_weight else [None]
+    pooled = [c for c in ctx.conditions if c != "dataset" and c in data and data[c].nunique(dropna=False) > 1]
+    # pooled conditions of different lengths (e.g. an epochs factor): averaging past the shortest one
+    # would mix different sets of conditions at different epochs, so the curves stop where it ends
+    last = int(data.groupby(pooled, dropna=False)["epoch"].max().min()) if pooled else None
+    cut = last is not None and last < int(data["epoch"].max())
+    if cut:
+        data = data[data["epoch"] <= last]
     keep = ["metric", *POLICY_COLUMNS, "epoch"]
     summary = summarise(seed_means(data, keep, "value"), keep, "value")
     fig = st.new_figure(st.TWO_COLUMN if len(columns) > 1 else st.ONE_COLUMN, 0.55 + 1.45 * len(metrics))
@@ -89,12 +96,13 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
         handles, ncol = _combo_handles(styles, weights, signals)
         legend_note = st.combo_legend_note(weights, signals)
         _legend_below(fig, handles, ncol=ncol)
-    pooled = [c for c in ctx.conditions if c != "dataset" and c in data and data[c].nunique(dropna=False) > 1]
     pooled_text = (
         f" Each seed's curve is first averaged over {', '.join(st.factor_label(c).lower() for c in pooled)}."
         if pooled
         else ""
     )
+    if cut:
+        pooled_text += f" Shown up to epoch {last}, the last one every averaged condition reaches."
     caption = (
         f"Learning curves: {' and '.join(st.metric_name(m) for m in metrics)} against epoch for "
         f"each policy combination. Line: mean over seeds; band: 95% percentile bootstrap CI of the mean "
