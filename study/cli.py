@@ -213,13 +213,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     left = counts["failed"] + counts["todo"]
     if left:  # anything not done is a non-zero exit: a script must not go on to collect a partial study
-        from study.sweep.runner import held_elsewhere, study_dir, unfinished_message
-        from study.sweep.spec import expand
+        from study.sweep.runner import counts_and_held, study_dir, unfinished_message
+        from study.sweep.tuning import study_trials
 
-        trials = expand(spec)
-        held = held_elsewhere(study_dir(args.out, spec), trials) if counts["todo"] else 0
-        print(f"error: {unfinished_message(spec.name, len(trials), counts, held)}", file=sys.stderr)
-        return 1
+        # read again: another runner may have finished trials this one found busy since they were counted
+        sdir = study_dir(args.out, spec)
+        trials = study_trials(spec, sdir)
+        counts, held = counts_and_held(sdir, trials)
+        if counts["failed"] + counts["todo"]:
+            print(f"error: {unfinished_message(spec.name, len(trials), counts, held)}", file=sys.stderr)
+            return 1
     return 0
 
 

@@ -246,6 +246,40 @@ def test_run_exits_nonzero_when_trials_are_left(tmp_path, monkeypatch, capsys):
     assert calls == [free, held]
 
 
+def test_run_exits_zero_when_the_other_runner_finishes_after_the_count(tmp_path, monkeypatch, capsys):
+    """The race CI met: this runner found a trial busy and counted it 'to do'; the other runner then wrote
+    its record and released its claim before the exit message was made. The study is complete: exit 0, and
+    a trial that is still held at the recount is reported as held, never as plainly 'to do'."""
+    import socket
+
+    calls: list[str] = []
+    _stub_trials(monkeypatch, calls)
+    spec_path = write_spec(tmp_path / "race.yaml", _spec("race", 2, {"weight_policy": ["ste"]}))
+    spec = load_spec(spec_path)
+    trials = expand(spec)
+    held_trial = trials[0]
+    held = held_trial.run_id
+    sdir = tmp_path / "out" / "race"
+    claim = R.trial_dir(sdir, held) / R.CLAIM
+    claim.parent.mkdir(parents=True)
+    claim.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "owner": "other"}))
+    real_run_study = R.run_study
+
+    def run_then_other_finishes(*a, **k):
+        counts = real_run_study(*a, **k)
+        assert counts["todo"] == 1  # counted while the other runner held it
+        finished = trial_mod.run_trial(held_trial.config, None)
+        finished.update({"study": "race", "spec_hash": spec.hash(), "factors": held_trial.factors})
+        R.write_json_atomic(R.trial_dir(sdir, held) / R.RECORD, finished)  # the other runner's record,
+        claim.unlink()  # then its release
+        return counts
+
+    monkeypatch.setattr(R, "run_study", run_then_other_finishes)
+    assert _run(spec_path, tmp_path / "out") == 0, capsys.readouterr().err
+    counts, n_held = R.counts_and_held(sdir, trials)
+    assert counts == {"done": 2, "failed": 0, "todo": 0} and n_held == 0
+
+
 def test_run_all_stops_with_the_message_when_a_study_is_unfinished(tmp_path):
     """run_all.sh (set -e) stops at an unfinished study with its own line after the runner's counts, and
     collects nothing; `python` is a stand-in here that logs its arguments."""

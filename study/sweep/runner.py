@@ -545,14 +545,19 @@ def summary_counts(sdir: Path, trials: Iterable[Trial]) -> dict[str, int]:
     return counts
 
 
-def held_elsewhere(sdir: Path, trials: Iterable[Trial]) -> int:
-    """How many of `trials` are not done but claimed by a live runner (being run right now elsewhere)."""
-    n = 0
+def counts_and_held(sdir: Path, trials: Iterable[Trial]) -> tuple[dict[str, int], int]:
+    """`summary_counts` plus how many of the trials not done are claimed by a live runner (being run right
+    now elsewhere), read in one pass. Per trial the claim is read before the status: a runner writes the
+    record before it releases the claim, so a trial is never seen unclaimed and not done while another
+    runner finishes it (reading the status first let a trial finished meanwhile count as 'to do', unheld)."""
+    counts, held = {"done": 0, "failed": 0, "todo": 0}, 0
     for t in trials:
         claim = trial_dir(sdir, t.run_id) / CLAIM
-        if claim.exists() and status(sdir, t.run_id) != "done" and not _claim_is_stale(claim):
-            n += 1
-    return n
+        claimed = claim.exists() and not _claim_is_stale(claim)
+        st = status(sdir, t.run_id)
+        counts[st] += 1
+        held += st == "todo" and claimed
+    return counts, held
 
 
 def unfinished_message(name: str, total: int, counts: dict[str, int], held: int = 0) -> str:
