@@ -286,7 +286,7 @@ def cnn_feature_shape(
 def build_cnn(
     input_shape: Sequence[int],
     n_classes: int = 10,
-    channels: Sequence[int] = (8, 16),
+    channels: Sequence[int] = (4, 8),
     kernel_size: int = 3,
     hidden: Sequence[int] = (),
     activation: str = "gelu",

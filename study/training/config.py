@@ -90,7 +90,7 @@ class TrialConfig(BaseModel):
         "then the hidden layers and the readout; 1-D convolutions on mnist1d)",
     )
     channels: tuple[int, ...] = Field(
-        (8, 16), description="cnn: output channels of each conv-activation-pool block (e.g. 8,16)"
+        (4, 8), description="cnn: output channels of each conv-activation-pool block (e.g. 8,16)"
     )
     kernel_size: int = Field(3, ge=1, description="cnn: kernel size of every convolution ('same' padding)")
     hidden: tuple[int, ...] = Field(
