@@ -201,7 +201,11 @@ class LaplacianNoise(_Noise):
     def sample(self, x: Tensor) -> Tensor:
         # torch.distributions.Laplace(x, scale).sample(), AnalogVNN's draw, op for op: u in [eps - 1, 1)
         # keeps log1p(-|u|) finite (u = 2 * rand - 1 reaches -1 when rand returns 0: an infinite draw)
-        u = torch.empty_like(x).uniform_(torch.finfo(x.dtype).eps - 1, 1)
+        # Drawn out of place (an in-place uniform_ is refused under vmap with different randomness per
+        # seed when x is shared by the bundle, e.g. the input batch) and scaled in float64, as uniform_'s
+        # CPU kernel does: the same bits as uniform_(eps - 1, 1)
+        low = torch.finfo(x.dtype).eps - 1
+        u = torch.rand_like(x).double().mul_(1 - low).add_(low).to(x.dtype)
         return x - self.scale * u.sign() * torch.log1p(-u.abs())
 
 
