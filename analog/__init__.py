@@ -5,6 +5,7 @@ normalization is chosen by name (``exact``, ``ste``, ``zero`` or one you registe
 the weight site and the signal site.
 """
 
+from analog.advise import Rule, SiteAdvice, advise, gradient_disagreement
 from analog.diagnostics import LayerMismatch, LogitStats, ProbeResult, gradient_mismatch, probe
 from analog.layers import (
     AnalogConfig,
@@ -76,8 +77,11 @@ __all__ = [
     "PoissonNoise",
     "ProbeResult",
     "ReducePrecision",
+    "Rule",
+    "SiteAdvice",
     "StochasticReducePrecision",
     "UniformNoise",
+    "advise",
     "analog_layers",
     "available_normalizations",
     "available_policies",
@@ -87,6 +91,7 @@ __all__ = [
     "canonical_signal_policy",
     "cross_entropy_floor",
     "get_policy",
+    "gradient_disagreement",
     "gradient_mismatch",
     "logit_bounds",
     "make_activation",

@@ -66,15 +66,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from study.training.trial import run_trial
 
-    data: dict[str, Any] = {}
-    if args.config:
-        data.update(read_yaml(args.config, "fix the configuration file") or {})
-    for name in TrialConfig.model_fields:
-        text = getattr(args, name)
-        if text is not None:
-            data[name] = _parse_value(name, text)
-    config = TrialConfig.parse(data)
-    rec = run_trial(config, out_dir=args.out)
+    rec = run_trial(_trial_config(args), out_dir=args.out)
     if args.json:
         print(json.dumps(rec, indent=1, sort_keys=True, default=str))
     else:
@@ -320,11 +312,84 @@ def _cmd_readme(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_advisor(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "advisor",
+        help="fit the advisor's rule on the committed studies and validate it on held-out conditions",
+        description="Fit the advisor's rule (study/advisor/advisor.yaml) on results/<sources>/ and write "
+        "results/advisor/.",
+    )
+    p.add_argument("--results", type=Path, default=Path("results"), help="folder of the source studies")
+    p.add_argument("--spec", type=Path, help="advisor spec (default: study/advisor/advisor.yaml)")
+    p.add_argument("--out", type=Path, help="output folder (default: RESULTS/<spec name>)")
+    p.add_argument(
+        "--allow-uncommitted-spec", action="store_true", help="fit under an uncommitted spec (development)"
+    )
+    p = sub.add_parser(
+        "advise",
+        help="should I back-propagate through my normalization? probe a trial configuration",
+        description="Probe a trial configuration at each site (a short run with the straight-through "
+        "gradient there) and print the advisor's advice with the measured diagnostics.",
+    )
+    p.add_argument(
+        "--config", type=Path, help="YAML file of trial configuration fields (options override it)"
+    )
+    p.add_argument("--rule", type=Path, default=Path("results/advisor/rule.json"), help="the fitted rule")
+    p.add_argument("--seeds", default="0,1", help="probe seeds, comma separated (default 0,1)")
+    for name in TrialConfig.model_fields:
+        p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), help=train_help(name))
+
+
+def _trial_config(args: argparse.Namespace) -> TrialConfig:
+    """The configuration of `train` / `advise`: --config's fields, overridden by the options."""
+    data: dict[str, Any] = {}
+    if args.config:
+        data.update(read_yaml(args.config, "fix the configuration file") or {})
+    for name in TrialConfig.model_fields:
+        text = getattr(args, name)
+        if text is not None:
+            data[name] = _parse_value(name, text)
+    return TrialConfig.parse(data)
+
+
+def _cmd_advisor(args: argparse.Namespace) -> int:
+    from study.advisor.fit import fit_advisor
+    from study.advisor.spec import ADVISOR_SPEC
+
+    fit_advisor(args.results, args.spec or ADVISOR_SPEC, args.out, args.allow_uncommitted_spec)
+    return 0
+
+
+def _cmd_advise(args: argparse.Namespace) -> int:
+    import time
+
+    from analog.advise import Rule
+    from study.advisor.probe import format_advice, probe_config
+
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds: comma-separated integers expected, got {args.seeds!r}") from None
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) < len(seeds):
+        raise ValueError(f"--seeds: give distinct seeds >= 0, got {args.seeds!r}")
+    config = _trial_config(args)
+    rule = Rule.load(args.rule)
+    start = time.perf_counter()
+    print(
+        f"probing run {config.run_id}: {len(seeds)} seed(s) x 2 sites, {rule.probe_epoch} epoch(s) each",
+        flush=True,
+    )
+    advice = probe_config(config, rule, seeds, progress=lambda line: print(line, flush=True))
+    print(format_advice(advice, rule, time.perf_counter() - start))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m study", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_run(sub)
+    _add_advisor(sub)
     for name, helptext in (
         ("collect", "write runs.csv and curves.csv.gz from a study's trials"),
         ("stats", "statistics and report from DIR/runs.csv and DIR/spec.yaml"),
@@ -358,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": _cmd_summary,
         "readme": _cmd_readme,
         "analyze": _cmd_analyze,
+        "advisor": _cmd_advisor,
+        "advise": _cmd_advise,
     }[args.command]
     from study.sweep.runner import HypothesesChanged, SpecNotCommitted
     from study.tables import require_study_dir

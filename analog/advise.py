@@ -1,0 +1,176 @@
+""" "Can I ignore this gradient?": the advisor's probe and rule for a user's own analog network.
+
+The probe trains a copy of the network briefly with the straight-through gradient at one site (the
+other site exact) and then measures, on a probe batch, how far its parameter gradients are from the
+true-derivative ones (`gradient_disagreement`, the feature the rule was fitted on: see
+``study/advisor/advisor.yaml``). The rule (a logistic regression fitted by ``python -m study advisor``
+on the committed studies, stored as JSON) turns the disagreement into the probability that the true
+derivative ends more than ``delta`` pp better, and that into advice.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from analog.diagnostics import probe
+from analog.layers import analog_layers
+
+SITES: tuple[str, ...] = ("weight", "signal")
+DISAGREEMENT_FLOOR = 1e-6  # log10 scale: identical gradients (cosine 1) sit at -6
+ADVICE: tuple[str, ...] = ("use the true derivative", "straight-through is safe", "uncertain")
+
+
+def gradient_disagreement(cosines: Iterable[float]) -> float:
+    """1 - the smallest per-layer cosine between straight-through and true-derivative parameter
+    gradients (layers without a defined cosine are skipped; nan when none has one)."""
+    finite = [c for c in cosines if not math.isnan(c)]
+    return max(0.0, 1.0 - min(finite)) if finite else float("nan")  # rounding puts cosines a hair above 1
+
+
+def site_policies(site: str) -> tuple[str, str]:
+    """(weight_policy, signal_policy) with the straight-through gradient at `site`, the other exact."""
+    if site not in SITES:
+        raise ValueError(f"site: unknown {site!r}; allowed: {', '.join(SITES)}")
+    return ("ste", "exact") if site == "weight" else ("exact", "ste")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """P(exact ends more than `delta` pp above ste) = sigmoid(intercept + slope * log10(disagreement)
+    + signal * [site is signal]); advice by `band` around 0.5."""
+
+    intercept: float
+    slope: float
+    signal: float
+    delta: float
+    band: float
+    fitted_on: int = 0
+    probe_epoch: int = 1  # the diagnostics' epoch the rule was fitted on
+
+    def probability(self, disagreement: float, site: str) -> float:
+        site_policies(site)  # names a bad site
+        if math.isnan(disagreement):
+            return float("nan")
+        x = math.log10(max(disagreement, DISAGREEMENT_FLOOR))
+        z = self.intercept + self.slope * x + self.signal * (site == "signal")
+        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+    def advice(self, p: float) -> str:
+        """The advice for probability `p` (uncertain within `band` of 0.5, or when p is nan)."""
+        if math.isnan(p) or abs(p - 0.5) < self.band:
+            return ADVICE[2]
+        return ADVICE[0] if p > 0.5 else ADVICE[1]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Rule:
+        """The rule `python -m study advisor` wrote (results/advisor/rule.json)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no advisor rule there; fit it with `python -m study advisor`")
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(
+                f"{path}: not an advisor rule ({err}); fit it again with `python -m study advisor`"
+            ) from None
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SiteAdvice:
+    """The probe's measurement at one site and what the rule makes of it."""
+
+    site: str
+    disagreement: float  # mean over probe seeds
+    layer_cosines: list[float]  # per analog layer, mean over probe seeds (the location view)
+    saturation: float  # the site's largest per-layer saturation fraction on the probe batch
+    probability: float
+    advice: str
+    seconds: float
+
+
+def _train_briefly(
+    model: nn.Module,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    lr: float,
+) -> None:
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for x, y in batches:
+        opt.zero_grad()
+        loss_fn(model(x), y).backward()
+        opt.step()
+
+
+def advise(
+    model: nn.Module,
+    batches: Sequence[tuple[Tensor, Tensor]],
+    rule: Rule,
+    *,
+    seeds: Sequence[int] = (0, 1),
+    lr: float = 1e-3,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    progress: Callable[[str], None] | None = None,
+) -> list[SiteAdvice]:
+    """Probe `model` (built from `analog` layers; left untouched) at each site and apply `rule`.
+
+    Per site and seed, a copy of the model trains one pass over `batches` (Adam, `lr`) with the
+    straight-through gradient at that site, then its gradients on the last batch are compared with the
+    true-derivative ones. `batches` should be about one epoch of the user's training data, as the rule's
+    feature was measured after one epoch."""
+    if not batches:
+        raise ValueError("batches: empty; give (inputs, targets) batches of about one epoch")
+    if not seeds:
+        raise ValueError("seeds: empty; give at least one probe seed")
+    out = []
+    for site in SITES:
+        start = time.perf_counter()
+        policies = site_policies(site)
+        dis, cosines, sats = [], [], []
+        for seed in seeds:
+            net = copy.deepcopy(model)
+            if not analog_layers(net):
+                raise ValueError("model: has no analog layers (build it from analog.AnalogLinear/AnalogConv)")
+            for layer in analog_layers(net):
+                layer.weight_policy, layer.signal_policy = policies
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                _train_briefly(net, batches[:-1] or batches, loss_fn, lr)
+            x, y = batches[-1]
+            result = probe(net, x, y, policies, seed=seed, loss_fn=loss_fn)
+            layer_cos = [m.cosine for m in result.layers]
+            dis.append(gradient_disagreement(layer_cos))
+            cosines.append(layer_cos)
+            key = "sat_weight" if site == "weight" else "sat_signal_out"
+            finite = [getattr(m, key) for m in result.layers if not math.isnan(getattr(m, key))]
+            sats.append(max(finite, default=0.0))
+            if progress:
+                progress(f"{site} site, seed {seed}: disagreement {dis[-1]:.3g}")
+        d = sum(dis) / len(dis)
+        p = rule.probability(d, site)
+        out.append(
+            SiteAdvice(
+                site=site,
+                disagreement=d,
+                layer_cosines=[sum(c) / len(c) for c in zip(*cosines, strict=True)],
+                saturation=sum(sats) / len(sats),
+                probability=p,
+                advice=rule.advice(p),
+                seconds=time.perf_counter() - start,
+            )
+        )
+    return out
