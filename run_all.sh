@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned)
+STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned factorial)
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
 BUNDLE=${BUNDLE:-8}
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
@@ -61,7 +61,7 @@ analyze() {  # regenerate everything downstream of the tidy tables, for each stu
 
 paper() {  # study folders
   say "paper inputs -> paper/generated/, README answer block"
-  python -m study paper "$@"
+  python -m study paper "$@" results/advisor
   python -m study readme "$@"
   build_pdf
 }
@@ -104,7 +104,10 @@ case "${1:-}" in
       if [ -f "results/$s/runs.csv" ]; then present+=("results/$s"); else echo "results/$s/runs.csv missing: skipped"; fi
     done
     [ ${#present[@]} -gt 0 ] || { echo "no committed results to analyse; run ./run_all.sh first" >&2; exit 1; }
-    python -m study analyze "${present[@]}"  # one process: stats, figures, reports, paper inputs, README
+    advisor=()  # the advisor needs every study it is fitted on
+    [ ${#present[@]} -eq ${#STUDIES[@]} ] && advisor=(--advisor) || echo "a study is missing: advisor not fitted"
+    # one process: stats, figures, reports, (advisor,) paper inputs, README
+    python -m study analyze "${present[@]}" "${advisor[@]}"
     build_pdf
     ;;
   "")
@@ -116,6 +119,8 @@ case "${1:-}" in
       python -m study verify "results/$s" --sample "$VERIFY_SAMPLE"
     done
     analyze "${STUDIES[@]/#/results/}"
+    say "advisor: fit on the studies, validated on held-out conditions -> results/advisor"
+    python -m study advisor
     paper "${STUDIES[@]/#/results/}"
     python -m study summary "${STUDIES[@]/#/results/}"
     ;;

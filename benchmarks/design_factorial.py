@@ -381,6 +381,21 @@ def measure(bundle: int = MEASURE_BUNDLE, epochs: int = 1) -> dict[tuple[str, st
     return out
 
 
+def rates_from_records(study_dir: Path) -> dict[tuple[str, str], float]:
+    """Seconds per trial-epoch for each (arch, dataset), from a run of this study: the mean of each
+    record's `wall_time_s` (a bundle's wall time shared by its members) over its epochs."""
+    import json
+
+    walls: dict[tuple[str, str], list[float]] = {}
+    for path in sorted(Path(study_dir).glob("trials/*/record.json")):
+        rec = json.loads(path.read_text())
+        key = (rec["factors"]["arch"], rec["factors"]["dataset"])
+        walls.setdefault(key, []).append(rec["wall_time_s"] / max(rec["epochs_run"], 1))
+    if not walls:
+        raise SystemExit(f"{study_dir}: no trial records")
+    return {k: round(sum(v) / len(v), 2) for k, v in sorted(walls.items())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the committed spec differs")
@@ -389,7 +404,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="time one 1-epoch bundle per (arch, dataset) and print the rates",
     )
+    parser.add_argument(
+        "--rates-from",
+        type=Path,
+        metavar="DIR",
+        help="print the rates measured by a run of this study (its trials/*/record.json)",
+    )
     args = parser.parse_args(argv)
+    if args.rates_from:
+        rates = rates_from_records(args.rates_from)
+        for (arch, dataset), v in rates.items():
+            print(f"{arch} {dataset}: {v} s per trial-epoch")
+        return 0
     if args.measure:
         rates = measure()
         per_cell = [rates[(c["arch"], c["dataset"])] * spec()["base"]["epochs"] for c in spec()["include"]]

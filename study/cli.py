@@ -299,7 +299,16 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
     else:
         for sdir in args.dirs:
             print(analyze_one(sdir), end="", flush=True)
-    build_paper_inputs(args.dirs)
+    paper_dirs = list(args.dirs)
+    if args.advisor:  # after the studies' statistics, which it reads; before the paper inputs
+        from study.advisor.fit import fit_advisor
+        from study.advisor.spec import ADVISOR_SPEC
+
+        parents = {Path(d).resolve().parent for d in args.dirs}
+        if len(parents) != 1:
+            raise ValueError("--advisor: the study folders must share one parent (the results folder)")
+        paper_dirs.append(fit_advisor(parents.pop(), ADVISOR_SPEC))
+    build_paper_inputs(paper_dirs)
     readme_answer(args.dirs)
     summary(args.dirs)
     return 0
@@ -410,6 +419,13 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("dirs", type=Path, nargs="+", help="study folders")
+        if name == "analyze":
+            p.add_argument(
+                "--advisor",
+                action="store_true",
+                help="then fit the advisor (study/advisor/advisor.yaml) on the studies' parent folder "
+                "(<parent>/advisor) and add it to the paper inputs",
+            )
     args = parser.parse_args(argv)
     handler = {
         "train": _cmd_train,

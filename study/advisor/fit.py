@@ -389,13 +389,7 @@ def preregistration(spec_path: Path, record: Path, allow_uncommitted: bool) -> d
     from study.sweep.runner import _git, spec_git_state
 
     digest = hashlib.sha256(Path(spec_path).read_bytes()).hexdigest()
-    state = spec_git_state(Path(spec_path))
-    if not state["committed"] and not allow_uncommitted:
-        raise ValueError(
-            f"{spec_path}: not committed; the advisor's pre-registration must be committed before "
-            "the fit (commit it, or pass --allow-uncommitted-spec for development)"
-        )
-    if record.exists():
+    if record.exists():  # registered at the first fit: a refit anywhere must match it
         old = json.loads(record.read_text())
         if old.get("spec_sha256") != digest:
             raise ValueError(
@@ -403,6 +397,12 @@ def preregistration(spec_path: Path, record: Path, allow_uncommitted: bool) -> d
                 f"({record}); restore it, or fit into a new --out"
             )
         return old
+    state = spec_git_state(Path(spec_path))
+    if not state["committed"] and not allow_uncommitted:
+        raise ValueError(
+            f"{spec_path}: not committed; the advisor's pre-registration must be committed before "
+            "the first fit (commit it, or pass --allow-uncommitted-spec for development)"
+        )
     last = _git(["log", "-1", "--format=%H", "--", Path(spec_path).name], Path(spec_path).resolve().parent)
     entry = {
         "spec_sha256": digest,
