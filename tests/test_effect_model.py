@@ -107,6 +107,12 @@ def test_model_recovers_planted_factor_effects_and_marginal_means(modelled):
     )
     assert marg.loc["mlp", "ci_low"] < 2.25 + 1 and marg.loc["cnn", "ci_low"] > 3
     assert int(marg.loc["mlp", "conditions"]) == 4
+    # the overall mean: balanced design, so the average of the two architectures' marginal means
+    assert int(marg.loc["all", "conditions"]) == 8
+    assert marg.loc["all", "emm"] == pytest.approx(
+        (marg.loc["mlp", "emm"] + marg.loc["cnn", "emm"]) / 2, abs=2e-3
+    )
+    assert marg.loc["all", "ci_low"] < marg.loc["all", "emm"] < marg.loc["all", "ci_high"]
     text = (out / "effects_model.txt").read_text()
     assert "(1 | condition) + (1 | seed)" in text and "pairs: 48" in text and "conditions: 8" in text
 
@@ -169,3 +175,5 @@ def test_report_and_macros_carry_the_effect_model(modelled):
     assert "## Across conditions: the effect model" in report and "Estimated marginal means" in report
     macros = (out / "latex" / "macros.tex").read_text()
     assert r"\newcommand{\FxEmmSignalArchCnn}" in macros and r"\newcommand{\FxEmmSignalArchMlpHi}" in macros
+    assert r"\newcommand{\FxCoefSignalArchMlp}" in macros and r"\newcommand{\FxCoefSignalLTwoP}" in macros
+    assert r"\newcommand{\FxEmmSignalAllAll}" in macros

@@ -256,6 +256,32 @@ def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
     )
 
 
+def _advisor_line(study_dirs: list[Path]) -> str | None:
+    """The advisor's held-out validation in one line, when `<results>/advisor/` was fitted beside them."""
+    if not study_dirs:
+        return None
+    adir = study_dirs[0].resolve().parent / "advisor"
+    if not (adir / "stats" / "validation.csv").exists():
+        return None
+    from study.advisor.spec import load_advisor_spec
+
+    spec = load_advisor_spec(adir / "spec.yaml")
+    val = pd.read_csv(adir / "stats" / "validation.csv").set_index("group")
+    held, fit = val.loc["held out"], val.loc["fitted (in-sample)"]
+    unseen = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in spec.held_out.items())
+
+    def pct(x: float) -> str:
+        return f"{100 * x:.0f}%"
+
+    return (
+        f'- **advisor** ("can I ignore this gradient?"; fitted on {int(fit["units"])} study conditions x '
+        f"sites, validated on {int(held['units'])} held out, never seen in the fit: {unseen}): decided "
+        f"{int(held['decided'])} of {int(held['units'])}, **{pct(held['accuracy'])} correct [95% CI "
+        f"{pct(held['accuracy_ci_low'])}, {pct(held['accuracy_ci_high'])}]**; always using the true "
+        f"derivative would be right in {pct(held['baseline_accuracy'])} (`results/advisor/report.md`)."
+    )
+
+
 def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
     """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
     lines = [BEGIN, ""]
@@ -273,6 +299,9 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         png = (sdir / "figures" / "paired_differences_signal.png").resolve()
         if figure is None and png.exists() and png.is_relative_to(readme.resolve().parent):
             figure = png
+    advisor = _advisor_line([require_study_dir(d) for d in study_dirs])
+    if advisor:
+        lines.append(advisor)
     lines += [
         "",
         "Counts are over distinct conditions: a row whose paired runs repeat another row's (e.g. the "

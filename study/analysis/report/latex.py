@@ -571,14 +571,36 @@ def saturation_tex(study_dir: Path, unit: str) -> str | None:
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"
 
 
+def term_key(term: str) -> str:
+    """A model term as macro letters: `C(norm)[T.l2norm]` -> `NormLTwoNorm`, `leak_high` -> `LeakHigh`,
+    interactions joined by `X`: `C(arch)[T.mlp]:C(norm)[T.l2norm]` -> `ArchMlpXNormLTwoNorm`."""
+    parts = []
+    for piece in term.split(":"):
+        m = re.fullmatch(r"C\((\w+)\)\[T\.(.+)\]", piece)
+        parts.append(camel(m.group(1)) + camel(m.group(2)) if m else camel(piece))
+    return "X".join(parts)
+
+
 def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
-    """Marginal means of the effect model per comparison site, factor and level:
-    `\\<Study>Emm<Site><Factor><Level>{,Lo,Hi}`; `\\<Study>EffectsConditions` (nothing without a model)."""
+    """The effect model per comparison site: marginal means per factor and level,
+    `\\<Study>Emm<Site><Factor><Level>{,Lo,Hi}` (factor and level `all`: over every condition), and every
+    coefficient, `\\<Study>Coef<Site><Term>{,Lo,Hi,P}` (`term_key`). Nothing without a model."""
     path = Path(study_dir) / "stats" / "effects_marginal.csv"
     if hyp.effect_model is None or not path.exists():
         return []
     marg = read_csv(path, REDO_STATS)
     out = []
+    terms_path = Path(study_dir) / "stats" / "effects_terms.csv"
+    if terms_path.exists():
+        for _, r in read_csv(terms_path, REDO_STATS).iterrows():
+            site = str(r["comparison"]).split(":", 1)[0]
+            key = f"Coef{camel(site)}{term_key(str(r['term']))}"
+            out += [
+                _macro(prefix, key, tex_num(r["coef"])),
+                _macro(prefix, f"{key}Lo", tex_num(r["ci_low"])),
+                _macro(prefix, f"{key}Hi", tex_num(r["ci_high"])),
+                _macro(prefix, f"{key}P", tex_p(r["p"])),
+            ]
     for _, r in marg.iterrows():
         site = str(r["comparison"]).split(":", 1)[0]
         key = f"Emm{camel(site)}{camel(str(r['factor']))}{camel(str(r['level']))}"

@@ -34,6 +34,7 @@ from study.tables import FLOAT_FORMAT, condition_columns, format_number, tidy_fl
 TERM_COLUMNS = ["comparison", "term", "coef", "std_err", "ci_low", "ci_high", "p"]
 MARGINAL_COLUMNS = ["comparison", "factor", "level", "conditions", "emm", "std_err", "ci_low", "ci_high"]
 CONDITION = "condition"
+OVERALL = "all"  # the marginal mean over every condition of the design (factor and level both "all")
 CI = 0.95
 
 
@@ -87,7 +88,8 @@ def fit_effects(data: pd.DataFrame, model: EffectModel) -> tuple[Any, pd.DataFra
 
 def marginal_means(result: Any, data: pd.DataFrame, factor: str, formula: str) -> pd.DataFrame:
     """Estimated marginal means of d per level of `factor`: the fitted fixed part averaged over the
-    design's conditions with `factor` set to the level (derived columns are taken as observed)."""
+    design's conditions with `factor` set to the level (derived columns are taken as observed);
+    `factor` = `OVERALL`: one row, the average over the design's conditions as they are."""
     from patsy import build_design_matrices, dmatrix
 
     info = dmatrix(formula, data).design_info  # the model's columns, rebuilt by patsy from the same data
@@ -99,8 +101,9 @@ def marginal_means(result: Any, data: pd.DataFrame, factor: str, formula: str) -
     conditions = data.drop_duplicates(CONDITION)
     z = float(st.t.ppf(0.5 + CI / 2, result.df_resid))
     rows = []
-    for level in sorted(conditions[factor].astype(str).unique()):
-        grid = conditions.assign(**{factor: level})
+    levels = [OVERALL] if factor == OVERALL else sorted(conditions[factor].astype(str).unique())
+    for level in levels:
+        grid = conditions if factor == OVERALL else conditions.assign(**{factor: level})
         (x,) = build_design_matrices([info], grid, return_type="matrix")
         weights = np.asarray(x).mean(axis=0)
         emm, se = float(weights @ beta), float(np.sqrt(weights @ cov @ weights))
@@ -108,7 +111,9 @@ def marginal_means(result: Any, data: pd.DataFrame, factor: str, formula: str) -
             {
                 "factor": factor,
                 "level": level,
-                "conditions": int((conditions[factor].astype(str) == level).sum()),
+                "conditions": len(conditions)
+                if factor == OVERALL
+                else int((conditions[factor].astype(str) == level).sum()),
                 "emm": emm,
                 "std_err": se,
                 "ci_low": emm - z * se,
@@ -154,7 +159,7 @@ def effect_tables(
                 }
             )
         )
-        for factor in model.marginal:
+        for factor in (OVERALL, *model.marginal):
             marginals.append(
                 marginal_means(result, means, factor, model.formula).assign(comparison=comparison)
             )
