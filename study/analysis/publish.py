@@ -263,12 +263,12 @@ def _advisor_line(study_dirs: list[Path]) -> str | None:
     adir = study_dirs[0].resolve().parent / "advisor"
     if not (adir / "stats" / "validation.csv").exists():
         return None
-    from study.advisor.spec import load_advisor_spec
+    from study.tables import read_yaml
 
-    spec = load_advisor_spec(adir / "spec.yaml")
+    held_out = read_yaml(adir / "spec.yaml", "fit the advisor again (python -m study advisor)")["held_out"]
     val = pd.read_csv(adir / "stats" / "validation.csv").set_index("group")
     held, fit = val.loc["held out"], val.loc["fitted (in-sample)"]
-    unseen = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in spec.held_out.items())
+    unseen = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in held_out.items())
 
     def pct(x: float) -> str:
         return f"{100 * x:.0f}%"
