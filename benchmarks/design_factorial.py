@@ -74,7 +74,7 @@ def seeds_for_power(
     return math.ceil(sd_within**2 / (tau**2 * ((1 + share) ** 2 - 1)))
 
 
-BUDGET_HOURS = 2.0  # the 2-core session budget of the study run (measured rates, `--measure`)
+BUDGET_HOURS = 2.0  # the 2-core session budget of the study run
 
 
 def seeds_within_budget(rates: dict[tuple[str, str], float], cells: list[dict[str, Any]], epochs: int) -> int:
@@ -179,8 +179,13 @@ def spec(seed: int = SEED) -> dict[str, Any]:
         "epochs": 5,
     }
     n_power = seeds_for_power()
-    n_seeds = min(n_power, seeds_within_budget(MEASURED_S_PER_EPOCH, cells, base["epochs"]))
+    n_budget = seeds_within_budget(MEASURED_S_PER_EPOCH, cells, base["epochs"])
+    n_seeds = min(n_power, n_budget)
     mde = mde_two_level(n_seeds, len(conds), 0.05 / 8)
+    cost = {
+        name: sum(r[(c["arch"], c["dataset"])] for c in cells)
+        for name, r in (("measure", MEASURE_ESTIMATE), ("run", MEASURED_S_PER_EPOCH))
+    }
     factors = {
         "arch": ARCHS,
         "dataset": DATASETS,
@@ -208,10 +213,13 @@ def spec(seed: int = SEED) -> dict[str, Any]:
         tau=TAU_RESIDUAL,
         share=round(100 * SEED_NOISE_SHARE),
         n_power=n_power,
-        infl=round(100 * (mde_inflation(n_seeds) - 1)),
+        n_budget=n_budget,
+        first=FIRST_SEEDS,
+        mde_first=mde_two_level(FIRST_SEEDS, len(conds), 0.05 / 8),
+        over=cost["measure"] / cost["run"],
+        workers=WORKERS,
         budget=BUDGET_HOURS,
         mde=mde,
-        mde_power=mde_two_level(n_power, len(conds), 0.05 / 8),
         ch=" and ".join(map(str, TrialConfig.model_fields["channels"].default)),
         model=MODEL_TERMS,
     )
@@ -284,11 +292,14 @@ interactions; the listed factor-by-factor terms are the three-way interactions w
 design also estimates. Seeds: {n_seeds} per cell. Power says {n_power}: with a paired SD of {sd} pp
 within a condition (median of the Lp weight-site rows of results/generality) and an assumed residual
 between-condition SD of {tau} pp, {n_power} seeds add at most {share}% to the minimum detectable effect of
-a coefficient (more seeds buy little; more conditions buy more). The 2-core budget of {budget:g} h (rates
-measured with --measure, at the end of this file) holds {n_seeds}: they add {infl}% instead, and a
-balanced two-level factor's effect on d is detectable from {mde:.2f} pp (80% power, alpha 0.05/8;
-{mde_power:.2f} pp at {n_power} seeds). Per-condition verdicts with {n_seeds} seeds are correspondingly
-coarse; the model is the primary generality result.
+a coefficient (more seeds buy little; more conditions buy more); at {n_seeds} seeds a balanced two-level
+factor's effect on d is detectable from {mde:.2f} pp (80% power, alpha 0.05/8). Budget ({budget:g} h on
+{workers} workers): the seeds were first registered at {first}, because the rates `--measure` gave
+(one-epoch bundles at the costliest setting) held only {first} (MDE {mde_first:.2f} pp); they were {over:.1f}
+times the rates the study then ran at, and the wall times of that {first}-seed run (rates at the end of
+this file) put {n_budget} seeds within the budget, so, before any analysis, the seeds were raised to
+{n_seeds} (spec_log.jsonl records the change). Per-condition verdicts with {n_seeds} seeds are coarse; the
+model is the primary generality result.
 Order: the cells are listed in a seeded random order and the runner runs conditions in spec order,
 so the run order is randomised (the runner has no shuffle of its own). {n_trials} trials.
 """
@@ -302,8 +313,9 @@ def render(data: dict[str, Any]) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, width=110) + budget(data)
 
 
-# measured s per trial-epoch (see BUDGET), by (arch, dataset)
-MEASURED_S_PER_EPOCH = {
+# s per trial-epoch by (arch, dataset) that `--measure` gave (1-epoch bundles of 3 at the costliest
+# setting, idle machine): the rates the seeds were first registered with (FIRST_SEEDS)
+MEASURE_ESTIMATE = {
     ("cnn", "mnist5k"): 6.8,
     ("mlp", "mnist5k"): 2.37,
     ("cnn", "mnist1d"): 1.49,
@@ -311,13 +323,23 @@ MEASURED_S_PER_EPOCH = {
     ("cnn", "digits"): 0.63,
     ("mlp", "digits"): 0.41,
 }
+FIRST_SEEDS = 3
+# s per trial-epoch measured from the study's first run (FIRST_SEEDS seeds, all 1,080 trials, bundles of
+# 3 on 2 workers): `python benchmarks/design_factorial.py --rates-from <out>/factorial`
+MEASURED_S_PER_EPOCH = {
+    ("cnn", "digits"): 0.28,
+    ("cnn", "mnist1d"): 0.68,
+    ("cnn", "mnist5k"): 2.72,
+    ("mlp", "digits"): 0.17,
+    ("mlp", "mnist1d"): 0.38,
+    ("mlp", "mnist5k"): 0.75,
+}
 WORKERS = 2
 MEASURE_BUNDLE = 3  # seeds trained together in `--measure` (as the runner bundles a cell's seeds)
 
 BUDGET = """\
-# Budget (measured 2026-12-01 with `python benchmarks/design_factorial.py --measure` on the idle 2-core
-# machine; 1 torch thread, a bundle of {bundle} seeds, 1 epoch, poisson noise, stochastic rounding,
-# l2norm_m, diagnostics on), seconds per trial-epoch:
+# Budget: seconds per trial-epoch measured from the wall times of the study's first run ({first} seeds,
+# bundles of {first} on {workers} workers; `--rates-from`):
 #   {measured}
 # The design balances the six (arch, dataset) pairs: {trials:,} trials x {epochs} epochs at these rates =
 # {worker_s:,.0f} worker-s = about {hours:.1f} h on {workers} workers (run with --workers {workers});
@@ -336,7 +358,7 @@ def budget(data: dict[str, Any]) -> str:
         if (c["arch"], c["dataset"]) == ("cnn", "mnist5k")
     )
     return BUDGET.format(
-        bundle=MEASURE_BUNDLE,
+        first=FIRST_SEEDS,
         measured="   ".join(f"{a} {d} {v}" for (a, d), v in MEASURED_S_PER_EPOCH.items()),
         trials=len(data["include"]) * data["seeds"],
         epochs=epochs,

@@ -59,8 +59,10 @@ def test_design_crosses_the_structural_factors_and_balances_the_others():
     per_seed = sum(gen.MEASURED_S_PER_EPOCH[(c["arch"], c["dataset"])] * 5 for c in cells)
     n = gen.seeds_within_budget(gen.MEASURED_S_PER_EPOCH, cells, 5)
     assert n * per_seed <= gen.BUDGET_HOURS * 3600 * gen.WORKERS < (n + 1) * per_seed  # the most that fit
-    assert gen.spec()["seeds"] == min(6, n) == 3
+    assert gen.spec()["seeds"] == min(6, n) == 6
     assert gen.mde_inflation(3) > gen.mde_inflation(6) > 1
+    # the first registration: at the `--measure` rates the budget held FIRST_SEEDS
+    assert gen.seeds_within_budget(gen.MEASURE_ESTIMATE, cells, 5) == gen.FIRST_SEEDS == 3
 
 
 def test_factorial_spec_expands_to_its_trials_with_three_policy_arms():
