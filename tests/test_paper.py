@@ -15,7 +15,8 @@ from study.analysis.report.latex import _answer, macro_prefix
 ROOT = Path(__file__).resolve().parents[1]
 MAIN = ROOT / "paper" / "main.tex"
 GENERATED = ROOT / "paper" / "generated"
-STUDIES = ("core", "generality", "mechanism", "analogvnn_gelu", "weights", "weights_tuned")
+STUDIES = ("core", "generality", "mechanism", "analogvnn_gelu", "weights", "weights_tuned", "factorial")
+ADVISOR = "advisor"  # results/advisor: macros and a figure, no study setup
 
 # setup macros whose values must never be typed into main.tex (latex.py `setup_macros`)
 SETUP = (
@@ -51,7 +52,7 @@ def _macros() -> dict[str, str]:
 
 def test_every_macro_main_tex_uses_is_generated_and_has_a_fallback() -> None:
     text = MAIN.read_text()
-    prefixes = "|".join(sorted((macro_prefix(s) for s in STUDIES), key=len, reverse=True))
+    prefixes = "|".join(sorted((macro_prefix(s) for s in (*STUDIES, ADVISOR)), key=len, reverse=True))
     used = set(re.findall(rf"\\((?:{prefixes})[A-Za-z]+)", _text()))
     fallback = set(
         ",".join(re.findall(r"\\fallbacks\{([^}]*)\}", text.replace("%\n", ""))).replace("\n", "").split(",")
@@ -92,7 +93,7 @@ def test_the_check_catches_a_typed_number(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_every_figure_of_the_paper_has_its_generated_caption() -> None:
     text = _text()
-    for study in STUDIES:
+    for study in (*STUDIES, ADVISOR):
         captions = (GENERATED / study / "captions.tex").read_text()
         for figure in re.findall(rf"\\genfig(?:\[[^]]*\])?\{{{study}/figures/([a-z_0-9]+)\.pdf\}}", text):
             macro = f"\\{macro_prefix(study)}Caption{macro_prefix(figure)}"
@@ -118,6 +119,8 @@ def test_committed_captions_are_ascii_latex() -> None:
     for study in STUDIES:
         text = (GENERATED / study / "captions.tex").read_text()
         assert text.isascii() and text.count(r"\newcommand") >= 4
+    text = (GENERATED / ADVISOR / "captions.tex").read_text()
+    assert text.isascii() and r"\newcommand{\AdvisorCaptionAdvisor}" in text
 
 
 def _rows(*verdicts_better: tuple[str, str]) -> pd.DataFrame:

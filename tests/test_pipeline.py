@@ -82,6 +82,15 @@ def test_analyze_regenerates_committed_results_at_their_precision(tmp_path: Path
         assert_same_numbers(
             (ROOT / "results" / s / report).read_text(), (repo / "results" / s / report).read_text(), report
         )
+    if "results/advisor/rule.json" in tracked.split():  # refitted by --analyze from the studies' statistics
+        for sub in ("stats", "figures"):
+            _assert_same_tree(ROOT / "results" / "advisor" / sub, repo / "results" / "advisor" / sub)
+        for name in ("rule.json", "units.csv", "preregistration.json"):
+            assert_same_numbers(
+                (ROOT / "results" / "advisor" / name).read_text(),
+                (repo / "results" / "advisor" / name).read_text(),
+                name,
+            )
     _assert_same_tree(ROOT / "paper" / "generated", repo / "paper" / "generated")
 
 

@@ -46,6 +46,7 @@ from study.tables import (
 )
 
 MAX_ROWS = 48  # condition rows per panel of the paired-difference plot before it is split
+MAX_SPLIT_FIGURES = 8  # more split figures than this help no reader: the figure is skipped, with the reason
 
 
 ROLE_ORDER = {"primary": 0, "positive_control": 1, "secondary": 2}
@@ -120,7 +121,20 @@ def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
             col = candidates.pop(0)
             row_cols.remove(col)
             split_cols.append(col)
-        for split_key in _ordered_keys(ctx, sub, split_cols):
+        splits = _ordered_keys(ctx, sub, split_cols)
+        if len(splits) > MAX_SPLIT_FIGURES:
+            yield Skip(
+                base,
+                f"its {len(sub)} rows would need {len(splits)} figures of at most {MAX_ROWS} rows (more than "
+                f"{MAX_SPLIT_FIGURES}); every condition is in stats/comparisons.csv"
+                + (
+                    " and in the forest plot effects_forest"
+                    if ctx.hypotheses.effect_model is not None
+                    else ""
+                ),
+            )
+            continue
+        for split_key in splits:
             suffix = "".join(f"_{_slug(c)}-{_slug(v)}" for c, v in zip(split_cols, split_key, strict=True))
             name = base + suffix
             part = _select(sub, split_cols, split_key)
@@ -289,6 +303,13 @@ def fig_effect_heatmap(ctx: StudyContext) -> Iterator[Output]:
             continue
         if "precision" not in ctx.varying(["precision"], sub):
             yield Skip(base, "the study lacks a varying precision factor")
+            continue
+        if ctx.hypotheses.effect_model is not None:
+            yield Skip(
+                base,
+                "a designed study analysed by its effect model: a normalization x precision cell would pool "
+                "the other factors' levels; see effects_factors (the model's marginal means)",
+            )
             continue
         order = _comparison_order(sub)
         for comp, _role, a, b in order:
