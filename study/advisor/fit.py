@@ -21,7 +21,7 @@ import pandas as pd
 from analog.advise import ADVICE, DISAGREEMENT_FLOOR, Rule
 from study.advisor.spec import ADVISOR_SPEC, AdvisorSpec, load_advisor_spec
 from study.advisor.units import build_units
-from study.analysis.report.latex import tex_num
+from study.analysis.report.latex import latex_escape, tex_num
 from study.tables import format_number, tidy_number, write_table, write_text_atomic
 
 CALIBRATION_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -240,7 +240,7 @@ def validation_tex(val: pd.DataFrame) -> str:
             else "--"
         )
         lines.append(
-            f"{r['group']} & {int(r['units'])} & {int(r['positives'])} & {int(r['decided'])} & {acc} & "
+            f"{latex_escape(r['group'])} & {int(r['units'])} & {int(r['positives'])} & {int(r['decided'])} & {acc} & "
             f"{_pct(r['baseline_accuracy'])}\\,\\% \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}"]

@@ -590,6 +590,14 @@ def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
         return []
     marg = read_csv(path, REDO_STATS)
     out = []
+    model_txt = Path(study_dir) / "stats" / "effects_model.txt"
+    if model_txt.exists():  # per site: the residual SD of the condition means (the model's tau, pp)
+        fits = re.findall(
+            r"^comparison: (\w+):.*?residual SD of condition means: ([-\d.e+]+)",
+            model_txt.read_text(),
+            re.M | re.S,
+        )
+        out += [_macro(prefix, f"EffResidualSd{camel(site)}", tex_num(float(sd), 1)) for site, sd in fits]
     terms_path = Path(study_dir) / "stats" / "effects_terms.csv"
     if terms_path.exists():
         for _, r in read_csv(terms_path, REDO_STATS).iterrows():
