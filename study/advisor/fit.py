@@ -25,6 +25,7 @@ from study.analysis.report.latex import latex_escape, tex_num
 from study.tables import format_number, tidy_number, write_table, write_text_atomic
 
 CALIBRATION_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+FITTED, HELD_OUT = "#3b6ea8", "#c0392b"  # figure: units in the fit (open circles) and held out (crosses)
 FORMULA = "positive ~ log_disagreement + signal_site"
 
 
@@ -240,7 +241,8 @@ def validation_tex(val: pd.DataFrame) -> str:
             else "--"
         )
         lines.append(
-            f"{latex_escape(r['group'])} & {int(r['units'])} & {int(r['positives'])} & {int(r['decided'])} & {acc} & "
+            f"{latex_escape(r['group'])} & {int(r['units'])} & {int(r['positives'])} & {int(r['decided'])} & "
+            f"{acc} & "
             f"{_pct(r['baseline_accuracy'])}\\,\\% \\\\"
         )
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -362,11 +364,11 @@ def figure(scored: pd.DataFrame, rule: Rule, directory: Path) -> None:
                 marker="o",
                 s=14,
                 facecolors="none",
-                edgecolors="C0",
+                edgecolors=FITTED,
                 lw=0.8,
                 label="fitted",
             )
-            ax.scatter(x[held], y[held], marker="x", s=14, color="C3", lw=0.8, label="held out")
+            ax.scatter(x[held], y[held], marker="x", s=14, color=HELD_OUT, lw=0.8, label="held out")
             z = -(rule.intercept + rule.signal * (site == "signal"))
             if rule.slope != 0 and abs(z / rule.slope) < 12:
                 ax.axvline(10 ** (z / rule.slope), color="0.4", lw=0.8, ls="--", label="p = 0.5")
