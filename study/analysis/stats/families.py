@@ -183,12 +183,13 @@ def planning_alpha(hyp: Hypotheses, tests: int) -> float:
     return hyp.alpha / max(int(tests), 1) if hyp.correction != "none" else hyp.alpha
 
 
-def decide(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
+def decide(frame: pd.DataFrame, hyp: Hypotheses, planning: bool = True) -> pd.DataFrame:
     """Add `verdict`, `verdict_permutation`, `better` and `seeds_needed_equivalence` to rows that carry
     the adjusted p-values.
 
     `seeds_needed_equivalence` (inconclusive rows only): paired seeds for 80% TOST power at the row's
-    observed sd if the true mean difference were 0 (the best case), at `planning_alpha`.
+    observed sd if the true mean difference were 0 (the best case), at `planning_alpha`; left empty
+    without `planning` (the planted-effect check needs only the verdicts, and this search is its cost).
     """
     frame = frame.copy()
     higher = higher_is_better(hyp.metric)
@@ -216,7 +217,7 @@ def decide(frame: pd.DataFrame, hyp: Hypotheses) -> pd.DataFrame:
     tests = frame["_tests"] if "_tests" in frame else pd.Series(0, index=frame.index)
     frame["seeds_needed_equivalence"] = [
         seeds_needed_equivalence(sd, hyp.margin, planning_alpha(hyp, m))
-        if v == "inconclusive" and n >= 2
+        if planning and v == "inconclusive" and n >= 2
         else math.nan
         for v, sd, n, m in zip(frame["verdict"], frame["sd_diff"], frame["n_pairs"], tests, strict=True)
     ]
@@ -234,11 +235,12 @@ def preset_side(spec: dict[str, Any], row: pd.Series) -> str:
 
 
 def compare(
-    table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
+    table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses, planning: bool = True
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(comparisons, differences, missing) frames for every applicable comparison.
 
-    Comparisons are sorted (spec order), carry the verdicts and, in private columns, the posterior.
+    Comparisons are sorted (spec order), carry the verdicts and, in private columns, the posterior;
+    `planning=False` skips the seeds each inconclusive row would need (`decide`).
     """
     conds, seeds = condition_columns(spec), expected_seeds(spec, table)
     kept, _ = applicable_comparisons(hyp, table)
@@ -272,7 +274,7 @@ def compare(
     comparisons = pd.DataFrame(rows, columns=columns)
     if len(comparisons):
         comparisons = sort_rows(comparisons, ["_index"] + keys, value_orders(spec, table))
-        comparisons = decide(apply_correction(merge_duplicates(comparisons, keys), hyp), hyp)
+        comparisons = decide(apply_correction(merge_duplicates(comparisons, keys), hyp), hyp, planning)
         comparisons[PRESET_FLAG] = [preset_side(spec, r) for _, r in comparisons.iterrows()]
     return comparisons, _concat(diffs), _concat(missing)
 

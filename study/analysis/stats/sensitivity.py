@@ -94,7 +94,9 @@ def sensitivity_table(
             if not len(counted):
                 out.append(record | dict.fromkeys(SENSITIVITY_COLUMNS[7:], np.nan) | {"detected": 0})
                 continue
-            planted, _, _ = compare(plant(table, rows, spec, comp.site, comp.a, shift), spec, hyp)
+            planted, _, _ = compare(
+                plant(table, rows, spec, comp.site, comp.a, shift), spec, hyp, planning=False
+            )
             got = planted.merge(counted[["comparison", *condition_columns(spec), *SITE_COLUMN.values()]])
             got = got[got["same_data_as"].astype(str) == ""]
             significant = got["verdict"].isin(["different", "trivial"])
