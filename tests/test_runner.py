@@ -651,3 +651,32 @@ def test_registration_written_once_at_the_first_trial(tmp_path: Path) -> None:
     changed = parse_spec(yaml.safe_load(path.read_text().replace("seeds: 1", "seeds: 2")))
     prepare(changed, tmp_path / "out", spec_path=path)
     assert (sdir / PREREGISTRATION).read_text() == before  # the first registration stays
+
+
+def test_runners_starting_together_register_once_without_error(tmp_path: Path) -> None:
+    """The CI race: runner threads of one process registering at the same moment shared a temporary
+    file name, and one rename failed. Now every writer has its own, and exactly one registration lands."""
+    from study.sweep.runner import PREREGISTRATION, register
+
+    path = _git_repo(tmp_path / "repo")
+    spec = parse_spec(yaml.safe_load(path.read_text()))
+    sdir = tmp_path / "out" / "mine"
+    sdir.mkdir(parents=True)
+    barrier, results, errors = threading.Barrier(8), [], []
+
+    def go() -> None:
+        barrier.wait()
+        try:
+            results.append(register(sdir, spec, path))
+        except Exception as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=go) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert sum(r is not None for r in results) == 1 and len(results) == 8
+    assert json.loads((sdir / PREREGISTRATION).read_text())["spec_hash"] == spec.hash()
+    assert not list(sdir.glob(f".{PREREGISTRATION}*"))  # no temporary file left

@@ -126,9 +126,18 @@ def register(sdir: Path, spec: StudySpec, spec_path: Path | None) -> Path | None
         "spec_committed": state["committed"],
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    tmp = sdir / f".{PREREGISTRATION}.{os.getpid()}.tmp"
+    # a temporary file per host, process and thread, then a hard link: of runners starting together
+    # (processes or threads) exactly one registration lands, and none fails on another's temporary file
+    tmp = sdir / f".{PREREGISTRATION}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp"
     tmp.write_text(json.dumps(entry, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return None  # another runner registered the study a moment earlier
+    except OSError:  # a file system without hard links: the rename, which never fails on a unique tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
