@@ -116,6 +116,51 @@ def _train_briefly(
         opt.step()
 
 
+def advise_sites(
+    probe_site: Callable[[str, int], list[dict]],
+    rule: Rule,
+    seeds: Sequence[int],
+    progress: Callable[[str], None] | None = None,
+) -> list[SiteAdvice]:
+    """The advice per site from `probe_site(site, seed)`, which trains a copy with the straight-through
+    gradient at `site` and returns its probe's per-layer entries (`analog.diagnostics.LayerMismatch`
+    fields as a dict): disagreement, per-layer cosines and saturation averaged over `seeds`, then `rule`.
+    Shared by `advise` (a user's module) and ``python -m study advise`` (a trial configuration)."""
+    if not seeds:
+        raise ValueError("seeds: empty; give at least one probe seed")
+    out = []
+    for site in SITES:
+        start = time.perf_counter()
+        key = "sat_weight" if site == "weight" else "sat_signal_out"
+        dis, cosines, sats = [], [], []
+        for seed in seeds:
+            layers = probe_site(site, seed)
+            layer_cos = [float(m["cosine"]) for m in layers]
+            dis.append(gradient_disagreement(layer_cos))
+            cosines.append(layer_cos)
+            finite = [float(m[key]) for m in layers if m[key] is not None and not math.isnan(float(m[key]))]
+            sats.append(max(finite, default=0.0))
+            if progress:
+                progress(
+                    f"  {site} site, seed {seed}: disagreement {dis[-1]:.3g} "
+                    f"({time.perf_counter() - start:.1f} s so far)"
+                )
+        d = sum(dis) / len(dis)
+        p = rule.probability(d, site)
+        out.append(
+            SiteAdvice(
+                site=site,
+                disagreement=d,
+                layer_cosines=[sum(c) / len(c) for c in zip(*cosines, strict=True)],
+                saturation=sum(sats) / len(sats),
+                probability=p,
+                advice=rule.advice(p),
+                seconds=time.perf_counter() - start,
+            )
+        )
+    return out
+
+
 def advise(
     model: nn.Module,
     batches: Sequence[tuple[Tensor, Tensor]],
@@ -134,43 +179,18 @@ def advise(
     feature was measured after one epoch."""
     if not batches:
         raise ValueError("batches: empty; give (inputs, targets) batches of about one epoch")
-    if not seeds:
-        raise ValueError("seeds: empty; give at least one probe seed")
-    out = []
-    for site in SITES:
-        start = time.perf_counter()
+    if not analog_layers(model):
+        raise ValueError("model: has no analog layers (build it from analog.AnalogLinear/AnalogConv)")
+
+    def probe_site(site: str, seed: int) -> list[dict]:
         policies = site_policies(site)
-        dis, cosines, sats = [], [], []
-        for seed in seeds:
-            net = copy.deepcopy(model)
-            if not analog_layers(net):
-                raise ValueError("model: has no analog layers (build it from analog.AnalogLinear/AnalogConv)")
-            for layer in analog_layers(net):
-                layer.weight_policy, layer.signal_policy = policies
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                _train_briefly(net, batches[:-1] or batches, loss_fn, lr)
-            x, y = batches[-1]
-            result = probe(net, x, y, policies, seed=seed, loss_fn=loss_fn)
-            layer_cos = [m.cosine for m in result.layers]
-            dis.append(gradient_disagreement(layer_cos))
-            cosines.append(layer_cos)
-            key = "sat_weight" if site == "weight" else "sat_signal_out"
-            finite = [getattr(m, key) for m in result.layers if not math.isnan(getattr(m, key))]
-            sats.append(max(finite, default=0.0))
-            if progress:
-                progress(f"{site} site, seed {seed}: disagreement {dis[-1]:.3g}")
-        d = sum(dis) / len(dis)
-        p = rule.probability(d, site)
-        out.append(
-            SiteAdvice(
-                site=site,
-                disagreement=d,
-                layer_cosines=[sum(c) / len(c) for c in zip(*cosines, strict=True)],
-                saturation=sum(sats) / len(sats),
-                probability=p,
-                advice=rule.advice(p),
-                seconds=time.perf_counter() - start,
-            )
-        )
-    return out
+        net = copy.deepcopy(model)
+        for layer in analog_layers(net):
+            layer.weight_policy, layer.signal_policy = policies
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _train_briefly(net, batches[:-1] or batches, loss_fn, lr)
+        x, y = batches[-1]
+        return [vars(m) for m in probe(net, x, y, policies, seed=seed, loss_fn=loss_fn).layers]
+
+    return advise_sites(probe_site, rule, seeds, progress)

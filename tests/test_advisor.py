@@ -172,6 +172,9 @@ def test_fit_refuses_an_uncommitted_spec_and_bad_outputs(tmp_path, capsys):
         == 2
     )
     assert "exists and is not a folder" in capsys.readouterr().err
+    for bad in (".", ".."):  # the working folder or its parent would be filled with the advisor's files
+        assert main(["advisor", "--spec", str(spec), "--out", bad, "--allow-uncommitted-spec"]) == 2
+        assert "not an advisor's" in capsys.readouterr().err
     missing = _spec_file(tmp_path, sources=["core", "nosuchstudy"])
     assert (
         main(["advisor", "--spec", str(missing), "--out", str(tmp_path / "b"), "--allow-uncommitted-spec"])

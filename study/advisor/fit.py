@@ -226,6 +226,13 @@ def macros(val: pd.DataFrame, summary: dict[str, Any], rule: Rule, useful: bool)
     return "\n".join(lines) + "\n"
 
 
+def _accuracy_text(r: pd.Series, percent: str) -> str:
+    """`66% [56, 74]` for a validation row (`percent`: how the table writes %), `--` when none decided."""
+    if not r["decided"]:
+        return "--"
+    return f"{_pct(r['accuracy'])}{percent} [{_pct(r['accuracy_ci_low'])}, {_pct(r['accuracy_ci_high'])}]"
+
+
 def validation_tex(val: pd.DataFrame) -> str:
     """The paper's validation table (booktabs rows)."""
     lines = [
@@ -235,11 +242,7 @@ def validation_tex(val: pd.DataFrame) -> str:
         r"\midrule",
     ]
     for _, r in val.iterrows():
-        acc = (
-            f"{_pct(r['accuracy'])}\\,\\% [{_pct(r['accuracy_ci_low'])}, {_pct(r['accuracy_ci_high'])}]"
-            if r["decided"]
-            else "--"
-        )
+        acc = _accuracy_text(r, "\\,\\%")
         lines.append(
             f"{latex_escape(r['group'])} & {int(r['units'])} & {int(r['positives'])} & {int(r['decided'])} & "
             f"{acc} & "
@@ -298,11 +301,7 @@ def report(
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for _, r in val.iterrows():
-        acc = (
-            f"{_pct(r['accuracy'])}% [{_pct(r['accuracy_ci_low'])}, {_pct(r['accuracy_ci_high'])}]"
-            if r["decided"]
-            else "--"
-        )
+        acc = _accuracy_text(r, "%")
         lines.append(
             f"| {r['group']} | {int(r['units'])} | {int(r['positives'])} | {int(r['decided'])} | {acc} | "
             f"{format_number(r['brier'])} | {_pct(r['baseline_accuracy'])}% |"
@@ -429,6 +428,10 @@ def fit_advisor(
     if out.resolve() in {(Path(results) / s).resolve() for s in spec.sources} | {Path(results).resolve()}:
         raise ValueError(
             f"--out {out}: is the results folder or a source study's folder; the advisor writes its own"
+        )
+    if out.is_dir() and any(out.iterdir()) and not (out / "preregistration.json").exists():
+        raise ValueError(
+            f"--out {out}: a non-empty folder that is not an advisor's; give a new or an advisor folder"
         )
     units = build_units(Path(results), spec)
     usable = units[units["disagreement"].notna()]

@@ -4,10 +4,9 @@ committed trials measured it (the same training path, `probe_epoch` epochs with 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 
-from analog.advise import SITES, Rule, SiteAdvice, gradient_disagreement, site_policies
+from analog.advise import Rule, SiteAdvice, advise_sites, site_policies
 from study.training.config import TrialConfig
 
 
@@ -25,54 +24,24 @@ def probe_config(
         raise ValueError(
             "digital: the configuration trains a digital network; there is no normalization to advise on"
         )
-    if not seeds:
-        raise ValueError("--seeds: give at least one probe seed")
-    out = []
-    for site in SITES:
-        start = time.perf_counter()
+
+    def probe_site(site: str, seed: int) -> list[dict]:
         weight, signal = site_policies(site)
-        dis, cosines, sats = [], [], []
-        for seed in seeds:
-            cfg = TrialConfig.parse(
-                {
-                    **config.model_dump(),
-                    "weight_policy": weight,
-                    "signal_policy": signal,
-                    "seed": seed,
-                    "epochs": rule.probe_epoch,
-                    "diagnostics": True,
-                    "eval_test": False,
-                }
-            )
-            rec = run_trial(cfg)
-            entry = next(d for d in rec["diagnostics"] if d["epoch"] == rule.probe_epoch)
-            layer_cos = [float(m["cosine"]) for m in entry["layers"]]
-            dis.append(gradient_disagreement(layer_cos))
-            cosines.append(layer_cos)
-            key = "sat_weight" if site == "weight" else "sat_signal_out"
-            finite = [
-                float(m[key]) for m in entry["layers"] if m[key] is not None and not math.isnan(float(m[key]))
-            ]
-            sats.append(max(finite, default=0.0))
-            if progress:
-                progress(
-                    f"  {site} site, seed {seed}: disagreement {dis[-1]:.3g} "
-                    f"({time.perf_counter() - start:.1f} s so far)"
-                )
-        d = sum(dis) / len(dis)
-        p = rule.probability(d, site)
-        out.append(
-            SiteAdvice(
-                site=site,
-                disagreement=d,
-                layer_cosines=[sum(c) / len(c) for c in zip(*cosines, strict=True)],
-                saturation=sum(sats) / len(sats),
-                probability=p,
-                advice=rule.advice(p),
-                seconds=time.perf_counter() - start,
-            )
+        cfg = TrialConfig.parse(
+            {
+                **config.model_dump(),
+                "weight_policy": weight,
+                "signal_policy": signal,
+                "seed": seed,
+                "epochs": rule.probe_epoch,
+                "diagnostics": True,
+                "eval_test": False,
+            }
         )
-    return out
+        rec = run_trial(cfg)
+        return next(d for d in rec["diagnostics"] if d["epoch"] == rule.probe_epoch)["layers"]
+
+    return advise_sites(probe_site, rule, seeds, progress)
 
 
 def format_advice(advice: list[SiteAdvice], rule: Rule, total_s: float) -> str:
