@@ -56,3 +56,20 @@ def test_a_member_that_diverges_leaves_the_bundle_and_the_others_are_untouched(
     hit = run_bundle([{**config, "seed": s} for s in (0, 1)])
     assert hit[1]["diverged_at"] == {"epoch": 1, "step": 4} and hit[1]["epochs_run"] == 1
     assert hit[0]["diverged_at"] is None and _history(hit[0]) == _history(clean[0])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), None])
+def test_all_finite_agrees_with_isfinite_per_tensor_and_per_bundle_member(bad: float | None) -> None:
+    import torch
+
+    from study.training.module import all_finite
+
+    torch.manual_seed(0)
+    tensors = [torch.randn(3, 5, 4), torch.randn(3, 7), torch.randn(3, 0)]  # 3 bundle members
+    if bad is not None:
+        tensors[1][2, 4] = bad  # member 2 only
+    old = all(bool(torch.isfinite(t).all()) for t in tensors)  # the definition it replaces
+    assert all_finite(tensors) is old
+    per_member = torch.stack([torch.isfinite(t.reshape(3, -1)).all(1) for t in tensors]).all(0)
+    assert torch.equal(all_finite(tensors, 3), per_member)
+    assert all_finite([]) is True and torch.equal(all_finite([], 2), torch.ones(2, dtype=torch.bool))

@@ -385,3 +385,23 @@ def test_specs_take_location_policies_in_canonical_form_only():
     with pytest.raises(ValueError, match="as 'exact,hidden=ste'"):
         Comparison(site="signal", a="exact", b="readout=exact,hidden=ste")
     assert Comparison(site="signal", a="exact", b="magic").b == "magic"  # unknown names stay (skipped later)
+
+
+def test_probe_with_the_reference_policies_skips_the_second_pass_and_gives_the_same_result(monkeypatch):
+    import analog.diagnostics as diagnostics
+
+    x, y = _data()
+    net = _net("exact")
+    _scale_weights(net)
+    for policies, reference in ((("ste", "exact"), ("ste", "exact")), (("exact", "ste"), ("exact", "ste"))):
+        calls = []
+        real = diagnostics._layer_grads
+        monkeypatch.setattr(diagnostics, "_layer_grads", lambda *a: calls.append(a[3]) or real(*a))
+        shortcut = repr(analog.probe(net, x, y, policies, reference=reference))
+        assert calls == [policies]  # one pass
+        monkeypatch.setattr(diagnostics, "_same_policies", lambda a, b: False)
+        assert repr(analog.probe(net, x, y, policies, reference=reference)) == shortcut  # two passes
+        monkeypatch.undo()
+    assert not diagnostics._same_policies(("ste", "exact"), ("exact", "exact"))
+    assert diagnostics._same_policies(("ste", "exact,readout=exact"), ("ste", "exact"))
+    assert not diagnostics._same_policies(("ste", "no-such"), ("ste", "no-such"))

@@ -28,7 +28,7 @@ from analog import set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import STAGES, build_network, final_evaluation, make_optimizer, probe_record
+from study.training.module import STAGES, all_finite, build_network, final_evaluation, make_optimizer, probe_record
 from study.training.trial import eval_dataloaders, make_trainer, quiet_lightning, summarize
 
 
@@ -160,7 +160,7 @@ class BundleClassifier(L.LightningModule):
             for k, params in self._frozen.items():  # the optimizer's momentum would move a frozen member
                 for p, kept in zip(self.stacked, params, strict=True):
                     p[k] = kept
-            finite = torch.stack([torch.isfinite(p.reshape(self.k, -1)).all(1) for p in self.stacked]).all(0)
+            finite = all_finite(self.stacked, self.k)
         for k in torch.nonzero(self.alive & ~finite).flatten().tolist():
             self._diverge(k)
         if not bool(self.alive.any()):
