@@ -11,7 +11,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned factorial)
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
-BUNDLE=${BUNDLE:-8}
+BUNDLE=${BUNDLE:-8}  # for a study without a committed runs.csv; committed ones use their recorded size
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -114,7 +114,9 @@ case "${1:-}" in
     setup
     for s in "${STUDIES[@]}"; do
       say "training study '$s' (resumable: run again to continue after an interruption)"
-      run_study "$s" --out results --workers "$WORKERS" --bundle "$BUNDLE"
+      # a committed study is re-run in the bundles it was trained in (its noise draws depend on them)
+      bundle=$BUNDLE; [ -f "results/$s/runs.csv" ] && bundle=recorded
+      run_study "$s" --out results --workers "$WORKERS" --bundle "$bundle"
       python -m study collect "results/$s"
       python -m study verify "results/$s" --sample "$VERIFY_SAMPLE"
     done

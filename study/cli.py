@@ -80,7 +80,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
-    from study.sweep.runner import DEFAULT_BUNDLE
+    from study.sweep.runner import DEFAULT_BUNDLE, RECORDED
 
     p = sub.add_parser("run", help="run (or resume) every trial of a study spec")
     p.add_argument("spec", help="spec file, or the name of one in study/specs/ (e.g. smoke)")
@@ -104,9 +104,10 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--bundle",
-        type=int,
-        default=DEFAULT_BUNDLE,
-        help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential)",
+        default=str(DEFAULT_BUNDLE),
+        help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential; "
+        f"'{RECORDED}' = the size OUT/<study>/runs.csv was trained with, which re-running a committed "
+        "study needs to reproduce its numbers: a bundle's noise draws depend on its members)",
     )
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed")
     p.add_argument(
@@ -130,12 +131,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _check_run_args(args: argparse.Namespace) -> Any:
     """Refuse options that are wrong or would be ignored (ValueError naming the option and what is
     allowed); returns the Dask `Security` for a TLS scheduler, or None."""
-    from study.sweep.runner import check_scheduler_address
+    from study.sweep.runner import RECORDED, check_scheduler_address, resolve_bundle
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
-    if args.bundle < 1:
-        raise ValueError(f"--bundle: must be >= 1, got {args.bundle}")
+    if args.bundle != RECORDED:
+        resolve_bundle(args.bundle, Path(os.devnull))  # a bad number is refused before anything else
     out = Path(args.out)
     if not str(args.out).strip():
         raise ValueError("--out: empty; give a folder (e.g. runs)")
@@ -180,11 +181,12 @@ def _check_run_args(args: argparse.Namespace) -> Any:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from study.sweep.runner import dry_run, run_study
+    from study.sweep.runner import dry_run, resolve_bundle, run_study, study_dir
     from study.sweep.spec import load_spec, spec_file
 
     security = _check_run_args(args)  # bad options are refused before the spec is even read
     spec = load_spec(args.spec)  # an oversized grid is refused before anything builds it
+    args.bundle = resolve_bundle(args.bundle, study_dir(args.out, spec))
     if args.dry_run:
         dry_run(spec, out=args.out, workers=args.workers, bundle=args.bundle)
         return 0

@@ -680,3 +680,43 @@ def test_runners_starting_together_register_once_without_error(tmp_path: Path) -
     assert sum(r is not None for r in results) == 1 and len(results) == 8
     assert json.loads((sdir / PREREGISTRATION).read_text())["spec_hash"] == spec.hash()
     assert not list(sdir.glob(f".{PREREGISTRATION}*"))  # no temporary file left
+
+
+# --- bundles of committed studies -----------------------------------------------------------------
+
+_ROOT = Path(__file__).resolve().parents[1]
+_COMMITTED = sorted(p.parent.name for p in (_ROOT / "results").glob("*/runs.csv"))
+
+
+@pytest.mark.parametrize("name", _COMMITTED)
+def test_recorded_bundle_rebuilds_every_committed_study_s_bundles(name: str) -> None:
+    """`--bundle recorded` (what run_all.sh passes) chunks each condition's seeds into exactly the bundle
+    sizes the committed table records; a fixed size would not (the factorial study ran in bundles of 3,
+    so --bundle 8 would put its 6 seeds in one bundle and draw other noise)."""
+    from study.sweep.spec import parse_spec
+    from study.sweep.tuning import study_trials
+    from study.tables import RESTORE_SPEC, read_yaml
+
+    sdir = _ROOT / "results" / name
+    spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
+    size = R.resolve_bundle(R.RECORDED, sdir)
+    recorded = pd.read_csv(sdir / "runs.csv").set_index("run_id")["bundle_size"]
+    units = R.make_units(spec, study_trials(spec, sdir), size)
+    built = {run_id: len(u.trials) for u in units for run_id, _, _ in u.trials}
+    assert {r: built[r] for r in recorded.index} == recorded.to_dict()
+
+
+def test_bundle_option_takes_a_number_or_recorded_and_warns_when_it_differs(tmp_path, capsys) -> None:
+    sdir = tmp_path / "s"
+    sdir.mkdir()
+    with pytest.raises(ValueError, match="--bundle recorded: .* no bundle sizes"):
+        R.resolve_bundle(R.RECORDED, sdir)
+    for bad in ("0", "-1", "eight", "8.5", "", "recorde", "nan"):
+        with pytest.raises(ValueError, match="--bundle"):
+            R.resolve_bundle(bad, sdir)
+    assert R.resolve_bundle("8", sdir) == 8 and capsys.readouterr().err == ""
+    pd.DataFrame({"run_id": ["a", "b", "c"], "bundle_size": [3, 3, 2]}).to_csv(sdir / "runs.csv", index=False)
+    assert R.resolve_bundle(R.RECORDED, sdir) == 3
+    assert R.resolve_bundle("3", sdir) == 3 and capsys.readouterr().err == ""
+    assert R.resolve_bundle("8", sdir) == 8
+    assert "bundles of up to 3" in capsys.readouterr().err

@@ -484,6 +484,59 @@ def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
     return units
 
 
+RECORDED = "recorded"  # --bundle recorded: the bundle size the study's committed table was trained with
+
+
+def recorded_bundle(sdir: Path) -> int | None:
+    """The largest `bundle_size` in the study's committed `runs.csv`, or None without one.
+
+    A bundle's noise draws depend on its members, so re-running a committed study reproduces its
+    numbers only with the bundles it was trained in: `make_units` chunks each condition's seeds in
+    order, and at this size it rebuilds every committed study's bundles (a test checks each).
+    """
+    path = sdir / "runs.csv"
+    try:
+        with path.open(newline="") as f:
+            sizes = [int(float(r["bundle_size"])) for r in csv.DictReader(f) if r.get("bundle_size")]
+    except (OSError, KeyError, ValueError):
+        return None
+    return max(sizes) if sizes else None
+
+
+def resolve_bundle(value: int | str, sdir: Path) -> int:
+    """`--bundle`: a number >= 1, or `recorded` (:func:`recorded_bundle`); ValueError otherwise.
+
+    A number that differs from the committed table's size is allowed (a new study, a scratch run) but
+    warned about on stderr: the new trials would not reproduce the committed numbers.
+    """
+    recorded = recorded_bundle(sdir)
+    if value == RECORDED:
+        if recorded is None:
+            raise ValueError(
+                f"--bundle {RECORDED}: {sdir / 'runs.csv'} has no bundle sizes (no committed table); "
+                "give a number of seeds per bundle (e.g. 8)"
+            )
+        return recorded
+    try:
+        bundle = int(value)
+        if str(bundle) != str(value).strip():
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"--bundle: expected a number >= 1 or '{RECORDED}', got {value!r}") from None
+    if bundle < 1:
+        raise ValueError(f"--bundle: must be >= 1, got {bundle}")
+    if recorded is not None and bundle != recorded:
+        import sys
+
+        print(
+            f"warning: --bundle {bundle}: {sdir / 'runs.csv'} was trained in bundles of up to {recorded} "
+            f"seeds; a bundle's noise draws depend on its members, so new trials will not reproduce "
+            f"those numbers (--bundle {RECORDED} uses {recorded})",
+            file=sys.stderr,
+        )
+    return bundle
+
+
 def prepare(
     spec: StudySpec,
     out: str | Path,
