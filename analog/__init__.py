@@ -14,6 +14,7 @@ from analog.layers import (
     AnalogLayer,
     AnalogLinear,
     analog_layers,
+    fixed_weights,
     set_noise,
     set_policies,
 )
@@ -83,6 +84,7 @@ __all__ = [
     "UniformNoise",
     "advise",
     "analog_layers",
+    "fixed_weights",
     "available_normalizations",
     "available_policies",
     "register_normalization",

@@ -14,7 +14,8 @@ one implementation (:class:`AnalogLayer`), so every layer kind treats both sites
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from analog.locations import ROLES, canonical_signal_policy, layer_signal_policies
 from analog.noise import NOISE_CLASSES, make_noise
 from analog.normalize import check_bound, check_normalization, normalization_fn, saturation_mask
-from analog.policies import check_policy, get_policy, straight_through
+from analog.policies import check_policy, functorch_active, get_policy, straight_through
 from analog.precision import PRECISION_CLASSES, check_divide, check_precision, precision_fn
 
 Stage = tuple[str, Callable[[Tensor], Tensor], str]  # (kind: "norm"|"precision"|"noise", fn, policy)
@@ -118,6 +119,7 @@ class AnalogLayer(nn.Module):
         self.signal_tensors: dict[str, Tensor] | None = None  # pre-normalization signals while recording
         self.noise_enabled = True
         self.saturation: dict[str, Tensor] | None = None  # set to {} to record saturation fractions
+        self._fixed: dict[str, Tensor | None] | None = None  # W', b' before noise, inside fixed_weights()
 
     def _build_effects(self) -> None:
         """The precision, noise and normalization functions of the config (after the parameters exist,
@@ -188,11 +190,27 @@ class AnalogLayer(nn.Module):
         return x
 
     def transformed_parameters(self) -> tuple[Tensor, Tensor | None]:
-        """W' and b' as the hardware sees them (normalized, quantised, noisy)."""
+        """W' and b' as the hardware sees them (normalized, quantised, noisy).
+
+        Inside :func:`fixed_weights` (no autograd, no torch.func transform), the deterministic part
+        (normalization, precision) is computed once and only the noise is drawn again at each call,
+        at the same point of the random stream: the same values as computing it all again.
+        """
         c = self.config
         stages = self._stages(("norm", "precision", "noise"), self._wnorm, c.weight_norm, self.weight_policy)
-        w = self._run_stages(stages, self.weight, "weight", c.weight_norm)
-        b = None if self.bias is None else self._run_stages(stages, self.bias, "bias", c.weight_norm)
+        if self._fixed is not None and not torch.is_grad_enabled() and not functorch_active():
+            if not self._fixed:
+                fixed = [s for s in stages if s[0] != "noise"]
+                self._fixed["weight"] = self._run_stages(fixed, self.weight, "weight", c.weight_norm)
+                self._fixed["bias"] = (
+                    None if self.bias is None else self._run_stages(fixed, self.bias, "bias", c.weight_norm)
+                )
+            stages = [s for s in stages if s[0] == "noise"]
+            w0, b0 = self._fixed["weight"], self._fixed["bias"]
+        else:
+            w0, b0 = self.weight, self.bias
+        w = self._run_stages(stages, w0, "weight", c.weight_norm)
+        b = None if b0 is None else self._run_stages(stages, b0, "bias", c.weight_norm)
         return w, b
 
     def forward(self, x: Tensor) -> Tensor:
@@ -383,6 +401,24 @@ def set_policies(
             layer.weight_policy = check_policy(weight_policy, "weight_policy")
         if signal_policy is not None:
             layer.signal_policy = signal_policy
+
+
+@contextmanager
+def fixed_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Within this block the parameters of `model` do not change (evaluation over many batches): each
+    analog layer runs its weight pipeline's normalization and precision once, at its first forward
+    call without autograd, and draws only the noise again per call (as AnalogVNN draws it: the values
+    and the random stream are those of running the whole pipeline each time). Parameters changed
+    inside the block are not seen; leaving it drops the cached weights. Nested blocks share the outer one.
+    """
+    layers = [layer for layer in analog_layers(model) if layer._fixed is None]
+    for layer in layers:
+        layer._fixed = {}
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer._fixed = None
 
 
 def set_noise(model: nn.Module, enabled: bool) -> None:

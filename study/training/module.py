@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from analog import build_classifier, build_cnn, probe, set_noise
+from analog import build_classifier, build_cnn, fixed_weights, probe, set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 
@@ -113,14 +114,14 @@ def final_evaluation(net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Te
     training stream is left untouched. Nothing when the test split is not evaluated (`eval_test`)."""
     if not config.eval_test:
         return {}
-    with torch.random.fork_rng(devices=[]):
+    with fixed_weights(net), torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
         draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
-    set_noise(net, False)
-    try:
-        noise_off = _accuracy(net, x, y)
-    finally:
-        set_noise(net, True)
+        set_noise(net, False)
+        try:
+            noise_off = _accuracy(net, x, y)
+        finally:
+            set_noise(net, True)
     return {
         "test_acc_draws": draws,
         "test_acc_mean": round(sum(draws) / len(draws), 4),
@@ -189,8 +190,16 @@ class AnalogClassifier(L.LightningModule):
         self.trainer.should_stop = True
 
     def on_validation_epoch_start(self) -> None:
+        self._close_eval_scope()
+        self._eval_scope = contextlib.ExitStack()
+        self._eval_scope.enter_context(fixed_weights(self.net))  # weights do not change while evaluating
         if not self.config.noise_at_eval:
             set_noise(self.net, False)
+
+    def _close_eval_scope(self) -> None:
+        scope, self._eval_scope = getattr(self, "_eval_scope", None), None
+        if scope is not None:
+            scope.close()
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
@@ -198,6 +207,7 @@ class AnalogClassifier(L.LightningModule):
         self._accumulate("val" if dataloader_idx == 0 else "test", logits, y, F.cross_entropy(logits, y))
 
     def on_validation_epoch_end(self) -> None:
+        self._close_eval_scope()
         set_noise(self.net, True)
         if self.trainer.sanity_checking:
             return

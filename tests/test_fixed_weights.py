@@ -1,0 +1,94 @@
+"""`analog.fixed_weights`: the weight pipeline's deterministic part once per evaluation pass (#16.2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import analog
+from analog import AnalogConfig, fixed_weights
+from analog.noise import NOISE_CLASSES
+
+
+def _net(noise: str, weight_norm: str = "clamp", precision: int | None = 16, conv: bool = False):
+    config = AnalogConfig(
+        weight_norm=weight_norm,
+        precision=precision,
+        noise=noise,
+        leakage=None if noise == "none" else 0.3,
+        noise_precision=None if precision else 16,
+    )
+    torch.manual_seed(0)
+    if conv:
+        return analog.build_cnn((1, 8, 8), 3, (2, 3), 3, (5,), "gelu", config)
+    return analog.build_classifier(12, 3, (7,), "gelu", config)
+
+
+def _passes(net, x, n: int = 3) -> list[torch.Tensor]:
+    torch.manual_seed(1)
+    with torch.no_grad():
+        return [net(x) for _ in range(n)]
+
+
+@pytest.mark.parametrize("noise", NOISE_CLASSES)
+@pytest.mark.parametrize("weight_norm,precision", [("clamp", 16), ("l2norm_m", 4), ("clamp", None)])
+def test_fixed_weights_give_the_same_outputs_and_random_stream(noise, weight_norm, precision) -> None:
+    if precision is None and noise == "none":
+        precision = 16  # full precision without noise is the digital-like case, covered above
+    for conv in (False, True):
+        net = _net(noise, weight_norm, precision, conv)
+        x = torch.rand(5, 64) if conv else torch.rand(5, 12)
+        want = _passes(net, x)
+        after_want = torch.rand(3)
+        with fixed_weights(net):
+            got = _passes(net, x)
+            after_got = torch.rand(3)
+            assert all(layer._fixed for layer in analog.analog_layers(net))  # the cache was used
+        assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
+        assert torch.equal(after_want, after_got)  # the generator stands where it stood
+        assert all(layer._fixed is None for layer in analog.analog_layers(net))
+        if noise != "none":
+            assert not torch.equal(got[0], got[1])  # a fresh noise draw per call, as AnalogVNN
+
+
+def test_fixed_weights_stay_out_of_autograd_and_transforms_and_nest() -> None:
+    net = _net("gaussian")
+    x = torch.rand(4, 12)
+    layer = analog.analog_layers(net)[0]
+    with fixed_weights(net):
+        net(x).sum().backward()  # with autograd: the whole pipeline, gradients reach the weights
+        assert layer._fixed == {} and layer.weight.grad is not None
+        with torch.no_grad():
+            net(x)
+        cached = layer._fixed["weight"]
+        with fixed_weights(net):  # an inner block shares the outer one's cache
+            with torch.no_grad():
+                net(x)
+            assert layer._fixed["weight"] is cached
+        assert layer._fixed["weight"] is cached
+        with torch.no_grad():
+            layer.weight.mul_(0)  # a change inside the block is not seen (documented)
+            assert layer._fixed["weight"].abs().sum() > 0
+    with torch.no_grad():
+        net(x)
+    assert layer._fixed is None
+
+
+def test_fixed_weights_are_bypassed_under_vmap() -> None:
+    from torch.func import functional_call, stack_module_state, vmap
+
+    nets = [_net("gaussian") for _ in range(2)]
+    params, buffers = stack_module_state(nets)
+    x = torch.rand(4, 12)
+
+    def call(p, b):
+        return functional_call(nets[0], (p, b), (x,))
+
+    torch.manual_seed(3)
+    with torch.no_grad():
+        want = vmap(call, randomness="different")(params, buffers)
+    with fixed_weights(nets[0]), torch.no_grad():
+        torch.manual_seed(3)
+        got = vmap(call, randomness="different")(params, buffers)
+        assert all(not layer._fixed for layer in analog.analog_layers(nets[0]))
+    assert torch.equal(want, got)
