@@ -133,7 +133,8 @@ def compiled_chain(x: torch.Tensor, rounds: int) -> None:
                 fn(x)
             times[name].append((time.perf_counter() - t) / 50 * 1e6)
     e, c = (statistics.median(times[k]) for k in ("eager", "compiled"))
-    print(f"  bit-identical: {torch.equal(a, b)}; eager {e:.0f} us/call, compiled {c:.0f} us/call ({e / c:.2f}x)")
+    same = torch.equal(a, b)
+    print(f"  bit-identical: {same}; eager {e:.0f} us/call, compiled {c:.0f} us/call ({e / c:.2f}x)")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -396,7 +396,9 @@ def test_probe_with_the_reference_policies_skips_the_second_pass_and_gives_the_s
     for policies, reference in ((("ste", "exact"), ("ste", "exact")), (("exact", "ste"), ("exact", "ste"))):
         calls = []
         real = diagnostics._layer_grads
-        monkeypatch.setattr(diagnostics, "_layer_grads", lambda *a: calls.append(a[3]) or real(*a))
+        monkeypatch.setattr(
+            diagnostics, "_layer_grads", lambda *a, calls=calls, real=real: calls.append(a[3]) or real(*a)
+        )
         shortcut = repr(analog.probe(net, x, y, policies, reference=reference))
         assert calls == [policies]  # one pass
         monkeypatch.setattr(diagnostics, "_same_policies", lambda a, b: False)

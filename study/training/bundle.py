@@ -28,7 +28,14 @@ from analog import set_noise
 from analog.diagnostics import weight_saturation
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
-from study.training.module import STAGES, all_finite, build_network, final_evaluation, make_optimizer, probe_record
+from study.training.module import (
+    STAGES,
+    all_finite,
+    build_network,
+    final_evaluation,
+    make_optimizer,
+    probe_record,
+)
 from study.training.trial import eval_dataloaders, make_trainer, quiet_lightning, summarize
 
 
