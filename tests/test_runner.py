@@ -531,10 +531,20 @@ def test_dry_run_counts_and_estimates_without_running(finished, tmp_path, capsys
     assert "5 done, 1 failed, 4 to do" in text
     assert "estimated" in text and "min" in text and "2 workers" in text
     assert {p: _fingerprint(p) for p in sdir.rglob("*") if p.is_file()} == files_before  # nothing ran
-    info = R.dry_run(load_spec(spec_file), out=tmp_path, workers=2, bundle=8)
-    per_trial = sum(json.loads(p.read_text())["wall_time_s"] for p in _records(sdir).values()) / 5
+    records = [json.loads(p.read_text()) for p in _records(sdir).values()]
+    per_trial = sum(r["wall_time_s"] for r in records) / 5
+    info = R.dry_run(load_spec(spec_file), out=tmp_path, workers=2, bundle=2)  # the committed studies' model
+    assert "rescaled by 5 finished trials" in info["est_basis"]
+    assert info["est_total_seconds"] == pytest.approx(4 * info["est_seconds_per_trial"] / 2, abs=1)
+    # without committed evidence: the finished trials' mean; with no data at all: 10 s per trial
+    info = R.dry_run(load_spec(spec_file), out=tmp_path, workers=2, bundle=2, evidence=tmp_path / "none")
+    assert info["est_basis"] == "the mean of 5 finished trials"
     assert info["est_seconds_per_trial"] == pytest.approx(per_trial, abs=0.01)
     assert info["est_total_seconds"] == pytest.approx(4 * per_trial / 2, abs=1)
+    fresh_info = R.dry_run(
+        load_spec(spec_file), out=tmp_path / "f", workers=1, bundle=1, evidence=tmp_path / "x"
+    )
+    assert fresh_info["est_basis"] == "10 s per trial (no data)" and fresh_info["est_total_seconds"] == 100
 
     fresh = tmp_path / "fresh"
     assert main(["run", str(spec_file), "--out", str(fresh), "--dry-run"]) == 0

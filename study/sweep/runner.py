@@ -636,17 +636,6 @@ def unfinished_message(name: str, total: int, counts: dict[str, int], held: int 
     return f"{name}: {left} of {total} trials not done ({', '.join(parts)}); {hint}"
 
 
-def estimate_trial_seconds(sdir: Path, default: float = 10.0) -> float:
-    """Mean wall time of the finished trials (or `default` when none is finished)."""
-    times = []
-    for p in (sdir / "trials").glob(f"*/{RECORD}"):
-        try:
-            times.append(float(json.loads(p.read_text())["wall_time_s"]))
-        except (OSError, ValueError, KeyError):
-            continue
-    return sum(times) / len(times) if times else default
-
-
 # -- executors -------------------------------------------------------------------------------------
 
 
@@ -915,17 +904,31 @@ def write_run_summary(sdir: Path) -> Path:
     return sdir / "run_summary.json"
 
 
-def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: int) -> dict[str, Any]:
-    """Trial counts and an estimated time, without running anything (an oversized grid is refused)."""
+EVIDENCE = Path(__file__).resolve().parents[2] / "results"  # the committed studies the cost model learns from
+
+
+def dry_run(
+    spec: StudySpec, *, out: str | Path, workers: int | None, bundle: int, evidence: Path = EVIDENCE
+) -> dict[str, Any]:
+    """Trial counts and an estimated time, without running anything (an oversized grid is refused).
+
+    The time is the cost model of :mod:`study.sweep.estimate` fitted on the committed studies in
+    `evidence`, rescaled by this study's finished trials when there are any."""
+    from study.sweep.estimate import committed_cost_model, estimate_seconds, finished_rows
+
     check_grid_size(spec)
     sdir = study_dir(out, spec)
     from study.sweep.tuning import study_trials
 
     trials = study_trials(spec, sdir)
-    counts = summary_counts(sdir, trials) if sdir.exists() else {"done": 0, "failed": 0, "todo": len(trials)}
-    per_trial = estimate_trial_seconds(sdir)
+    states = {t.run_id: status(sdir, t.run_id) if sdir.exists() else "todo" for t in trials}
+    counts = {k: sum(v == k for v in states.values()) for k in ("done", "failed", "todo")}
+    finished = finished_rows(sdir, [t for t in trials if states[t.run_id] == "done"])
+    todo = [t for t in trials if states[t.run_id] == "todo"]
+    estimate = estimate_seconds(todo, bundle, committed_cost_model(evidence), finished)
     workers = workers or os.cpu_count() or 1
-    eta = counts["todo"] * per_trial / workers
+    eta = estimate["seconds"] / workers
+    per_trial = estimate["seconds"] / len(todo) if todo else 0.0
     info = {
         "study": spec.name,
         "trials": len(trials),
@@ -936,6 +939,7 @@ def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: in
         "workers": workers,
         "est_seconds_per_trial": round(per_trial, 2),
         "est_total_seconds": round(eta),
+        "est_basis": estimate["basis"],
     }
     print(
         f"{spec.name}: {len(trials)} trials ({info['cells']} cells x {info['seeds']} seeds"
@@ -944,6 +948,7 @@ def dry_run(spec: StudySpec, *, out: str | Path, workers: int | None, bundle: in
         f"{counts['done']} done, {counts['failed']} failed, {counts['todo']} to do; "
         f"estimated {eta / 60:.1f} min with {workers} workers at {per_trial:.1f} s/trial"
     )
+    print(f"  estimate from {estimate['basis']}")
     if spec.tune_lr is not None:
         n_eval = len(expand(spec))
         print(
