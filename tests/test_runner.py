@@ -544,7 +544,7 @@ def test_dry_run_counts_and_estimates_without_running(finished, tmp_path, capsys
     fresh_info = R.dry_run(
         load_spec(spec_file), out=tmp_path / "f", workers=1, bundle=1, evidence=tmp_path / "x"
     )
-    assert fresh_info["est_basis"] == "10 s per trial (no data)" and fresh_info["est_total_seconds"] == 100
+    assert fresh["est_basis"] == "10 s per trial (no data)" and fresh["est_total_seconds"] == 100
 
     fresh = tmp_path / "fresh"
     assert main(["run", str(spec_file), "--out", str(fresh), "--dry-run"]) == 0

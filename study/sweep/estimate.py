@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from study.sweep.spec import StudySpec, Trial
+from study.sweep.spec import Trial
 from study.training.config import TrialConfig
 
 FEATURES = (
