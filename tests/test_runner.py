@@ -541,10 +541,8 @@ def test_dry_run_counts_and_estimates_without_running(finished, tmp_path, capsys
     assert info["est_basis"] == "the mean of 5 finished trials"
     assert info["est_seconds_per_trial"] == pytest.approx(per_trial, abs=0.01)
     assert info["est_total_seconds"] == pytest.approx(4 * per_trial / 2, abs=1)
-    fresh_info = R.dry_run(
-        load_spec(spec_file), out=tmp_path / "f", workers=1, bundle=1, evidence=tmp_path / "x"
-    )
-    assert fresh["est_basis"] == "10 s per trial (no data)" and fresh["est_total_seconds"] == 100
+    none = R.dry_run(load_spec(spec_file), out=tmp_path / "f", workers=1, bundle=1, evidence=tmp_path / "x")
+    assert none["est_basis"] == "10 s per trial (no data)" and none["est_total_seconds"] == 100
 
     fresh = tmp_path / "fresh"
     assert main(["run", str(spec_file), "--out", str(fresh), "--dry-run"]) == 0
