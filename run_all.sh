@@ -11,7 +11,7 @@ ROOT=$(pwd)
 PY=${PYTHON:-python3}
 STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned factorial)
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
-BUNDLE=${BUNDLE:-8}  # for a study without a committed runs.csv; committed ones use their recorded size
+BUNDLE=${BUNDLE:-auto}  # for a study without a committed runs.csv; committed ones use their recorded size
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
 
 say() { printf '\n==> %s\n' "$*"; }

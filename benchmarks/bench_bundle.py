@@ -41,10 +41,16 @@ CORE = {
 SETTINGS = {
     "core": CORE,
     "small": {**CORE, "dataset": "digits", "hidden": [64, 32], "batch_size": 64},
+    "medium": {**CORE, "dataset": "digits", "hidden": [256, 128]},
+    "cnn": {**CORE, "dataset": "digits", "arch": "cnn", "channels": [4, 8], "hidden": [32]},
+    "cnn_mnist": {**CORE, "arch": "cnn", "channels": [4, 8], "hidden": [32]},
 }
 DESCRIPTION = {
     "core": "mnist5k, 784-256-128-10",
     "small": "digits, 64-64-32-10",
+    "medium": "digits, 64-256-128-10",
+    "cnn": "digits, CNN 4-8 channels, 32 hidden",
+    "cnn_mnist": "mnist5k, CNN 4-8 channels, 32 hidden",
 }
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from study.sweep import estimate as E  # noqa: E402
-from study.sweep.spec import Trial, parse_spec  # noqa: E402
+from study.sweep.spec import parse_spec  # noqa: E402
 from study.sweep.tuning import study_trials  # noqa: E402
 from study.tables import RESTORE_SPEC, read_yaml  # noqa: E402
 
@@ -53,13 +53,13 @@ def check(results: Path, name: str) -> dict:
     spec = parse_spec(read_yaml(sdir / "spec.yaml", RESTORE_SPEC))
     trials = study_trials(spec, sdir)  # with tune_lr: the selection trials too (and the own-lr ones where
     # the selection's records are here; runs.csv holds only the shared-lr trials)
-    fresh = E.estimate_seconds(trials, bundle, model, [])["seconds"] / workers
+    fresh = E.estimate_seconds([(t.config, bundle) for t in trials], model, [])["seconds"] / workers
     out = {"study": name, "trials": len(trials), "workers": workers, "measured": measured, "fresh": fresh}
     if len(log) > 1 and log[0]["done"] < len(rows):  # a later pass: the first pass finished the lowest seeds
         by_seed = sorted(rows, key=lambda r: r[0].seed)
         first, rest = by_seed[: log[0]["done"]], by_seed[log[0]["done"] :]
         if first and rest and first[-1][0].seed < rest[0][0].seed:
-            later = E.estimate_seconds([Trial({}, c) for c, _, _ in rest], bundle, model, first)
+            later = E.estimate_seconds([(c, b) for c, b, _ in rest], model, first)
             out["resumed"] = later["seconds"] / workers
             out["resumed_measured"] = sum(p["wall_time_s"] for p in log[1:])
             out["first_pass"] = len(first)

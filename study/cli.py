@@ -105,8 +105,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--bundle",
         default=str(DEFAULT_BUNDLE),
-        help=f"seeds trained together in one vectorised model (default {DEFAULT_BUNDLE}; 1 = sequential; "
-        f"'{RECORDED}' = the size OUT/<study>/runs.csv was trained with, which re-running a committed "
+        help="seeds trained together in one vectorised model: a number (1 = one by one), 'auto' (the "
+        "default: per condition, 1 for networks too large to gain from bundling, else 32) or "
+        f"'{RECORDED}' (the size OUT/<study>/runs.csv was trained with, which re-running a committed "
         "study needs to reproduce its numbers: a bundle's noise draws depend on its members)",
     )
     p.add_argument("--retry-failed", action="store_true", help="rerun trials that failed")
@@ -131,11 +132,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 def _check_run_args(args: argparse.Namespace) -> Any:
     """Refuse options that are wrong or would be ignored (ValueError naming the option and what is
     allowed); returns the Dask `Security` for a TLS scheduler, or None."""
-    from study.sweep.runner import RECORDED, check_scheduler_address, resolve_bundle
+    from study.sweep.runner import AUTO, RECORDED, check_scheduler_address, resolve_bundle
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {args.workers}")
-    if args.bundle != RECORDED:
+    if args.bundle not in (RECORDED, AUTO):
         resolve_bundle(args.bundle, Path(os.devnull))  # a bad number is refused before anything else
     out = Path(args.out)
     if not str(args.out).strip():

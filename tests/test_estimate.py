@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from study.sweep import estimate as E
-from study.sweep.spec import Trial
 from study.training.config import TrialConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +29,7 @@ def test_work_counts_follow_the_configuration() -> None:
     for f in ("train_macs", "train_values", "weight_values", "steps", "probe_work"):
         assert twice[names[f]] == pytest.approx(2 * base[names[f]])
     bundled = E.trial_features(_config(), 4)
-    assert bundled[names["steps"]] == pytest.approx(base[names["steps"]] / 4)
+    assert bundled[names["steps"]] == pytest.approx(base[names["steps"]])
     assert bundled[names["fixed"]] == pytest.approx(0.25)
     digital = E.trial_features(_config(digital=True), 1)
     assert digital[names["train_values"]] == 0 and digital[names["probe_work"]] == 0
@@ -53,11 +52,11 @@ def test_fit_recovers_planted_coefficients_and_the_estimate_rescales_by_finished
         assert model.seconds(c, b) == pytest.approx(wall, rel=0.02)
     # finished trials measured twice as slow as the model says: the rest is predicted twice as slow
     finished = [(c, b, 2 * model.seconds(c, b)) for c, b, _ in rows[:4]]
-    todo = [Trial({}, c) for c in configs[4:6]]
-    out = E.estimate_seconds(todo, 1, model, finished)
-    assert out["seconds"] == pytest.approx(2 * sum(model.seconds(t.config, 1) for t in todo))
+    todo = [(c, 1) for c in configs[4:6]]
+    out = E.estimate_seconds(todo, model, finished)
+    assert out["seconds"] == pytest.approx(2 * sum(model.seconds(c, 1) for c, _ in todo))
     assert "rescaled by 4 finished trials (x2.00)" in out["basis"]
-    assert E.estimate_seconds([], 1, model, finished)["basis"] == "nothing left to do"
+    assert E.estimate_seconds([], model, finished)["basis"] == "nothing left to do"
 
 
 def test_the_committed_studies_give_a_model_that_predicts_each_of_them_within_a_factor_of_two() -> None:
@@ -67,3 +66,32 @@ def test_the_committed_studies_give_a_model_that_predicts_each_of_them_within_a_
         rows = E.committed_rows(ROOT / "results" / name)
         ratio = sum(model.seconds(c, b) for c, b, _ in rows) / sum(w for _, _, w in rows)
         assert 0.4 < ratio < 1.5, name  # two studies ran beside other jobs (README of results/)
+
+
+def test_auto_bundle_trains_large_networks_one_by_one_and_small_ones_in_bundles() -> None:
+    small = _config(hidden=[64, 32])  # digits, 64-64-32-10, batch 64: ~17k values per step
+    core = TrialConfig.parse({"dataset": "mnist5k", "hidden": [256, 128]})  # ~200k values per step
+    cnn = TrialConfig.parse({"dataset": "mnist5k", "arch": "cnn", "channels": [4, 8], "hidden": [32]})
+    assert E.auto_bundle(small) == E.LARGE_BUNDLE
+    assert E.auto_bundle(core) == 1 and E.auto_bundle(cnn) == 1
+    assert E.auto_bundle(core.model_copy(update={"batch_size": 32})) == E.LARGE_BUNDLE  # 50k per step
+    assert E.auto_bundle(core.model_copy(update={"digital": True})) == E.LARGE_BUNDLE
+
+
+def test_auto_bundles_are_chosen_per_condition(tmp_path) -> None:
+    import study.sweep.runner as R
+    from study.sweep.spec import expand, parse_spec
+
+    spec = parse_spec(
+        {
+            "name": "mixed",
+            "base": {"epochs": 1, "hidden": [256, 128]},  # digits ~108k values per step, mnist5k ~200k
+            "factors": {"dataset": ["digits", "mnist5k"]},
+            "seeds": 3,
+            "hypotheses": {"metric": "test_acc", "margin": 0.5, "comparisons": []},
+        }
+    )
+    units = R.make_units(spec, expand(spec), R.AUTO)
+    sizes = sorted((u.trials[0][2]["dataset"], len(u.trials)) for u in units)
+    assert sizes == [("digits", 3), ("mnist5k", 1), ("mnist5k", 1), ("mnist5k", 1)]
+    assert R.resolve_bundle("auto", tmp_path) == "auto"

@@ -8,7 +8,8 @@ A trial's seconds are modelled as a non-negative combination of the work its con
     train_values   epochs x training examples x analog signal values per example (normalized,
                    quantised, noised: the element-wise pipeline; 0 for a digital network)
     weight_values  optimizer steps x weight values (the weight pipeline runs once per step)
-    steps          optimizer steps / bundle size (per-step overhead a bundle shares)
+    steps          optimizer steps (per-step overhead; the committed studies all ran in bundles, so the
+                   model cannot tell how much of it a bundle shares: it assumes none)
     eval_work      evaluated examples (validation and test each epoch, the final evaluation's
                    `test_draws` + 1 passes) x (MACs + analog values) per example
     probe_work     the per-epoch diagnostics: 2 passes over the probe batch, x (MACs + values)
@@ -31,8 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from study.sweep.spec import Trial
 from study.training.config import TrialConfig
+
+AUTO = "auto"  # --bundle auto: the bundle size from the network's size (auto_bundle)
+LARGE_BUNDLE = 32  # seeds per bundle where bundling pays (small networks: 2.8x at 32 for 64-64-32-10)
+AUTO_VALUES_LIMIT = 150_000
+"""Analog signal values per member and step (batch x values per example) from which a seed bundle
+trains slower than its members one by one on the development machine (benchmarks/README.md, bundle
+section: 108k at 1.19x for K = 8 and 1.47x for 32, 200k at 0.93x / 0.94x, 2M (a CNN on 28x28 images)
+at 0.68x): the stacked element-wise work then leaves the CPU caches."""
 
 FEATURES = (
     "train_macs",
@@ -101,22 +109,39 @@ def _network_work(key: tuple) -> tuple[float, float, float, float]:
     return counts["macs"], counts["conv"], counts["values"], counts["weights"]
 
 
+def auto_bundle(config: TrialConfig) -> int:
+    """Seeds per bundle for `config` under `--bundle auto`: 1 (one by one) for networks whose analog
+    values per step reach AUTO_VALUES_LIMIT, else LARGE_BUNDLE."""
+    work = _work(config)
+    if work is None or config.digital:
+        return LARGE_BUNDLE
+    return 1 if config.batch_size * work[2] >= AUTO_VALUES_LIMIT else LARGE_BUNDLE
+
+
+def _work(config: TrialConfig) -> tuple[float, float, float, float] | None:
+    from study.training.data import FEATURES as N_FEATURES
+
+    if config.dataset not in N_FEATURES:
+        return None
+    key = tuple(
+        (k, tuple(v) if isinstance(v, list) else v) for k, v in config.canonical().items() if k in _STRUCTURE
+    )
+    return _network_work(key)
+
+
 _STRUCTURE = ("dataset", "arch", "hidden", "channels", "kernel_size", "digital", "activation", "readout")
 
 
 def trial_features(config: TrialConfig, bundle: int) -> np.ndarray | None:
     """The work counts of one trial (see the module docstring), scaled, in FEATURES order."""
-    from study.training.data import FEATURES as N_FEATURES
     from study.training.data import split_sizes
 
     sizes = split_sizes(config.dataset, config.n_samples, config.data_dir)
-    if sizes is None or config.dataset not in N_FEATURES:
+    work = _work(config)
+    if sizes is None or work is None:
         return None
     n_train, n_val, n_test = sizes
-    key = tuple(
-        (k, tuple(v) if isinstance(v, list) else v) for k, v in config.canonical().items() if k in _STRUCTURE
-    )
-    macs, conv, values, weights = _network_work(key)
+    macs, conv, values, weights = work
     if config.digital:
         values = weights = 0.0
     epochs = config.epochs
@@ -130,7 +155,7 @@ def trial_features(config: TrialConfig, bundle: int) -> np.ndarray | None:
         "conv_macs": epochs * n_train * conv,
         "train_values": epochs * n_train * values,
         "weight_values": steps * weights,
-        "steps": steps / bundle,
+        "steps": steps,
         "eval_work": evaluated * (macs + values),
         "probe_work": probe * (macs + values),
         "fixed": 1.0 / bundle,
@@ -182,7 +207,7 @@ def fit_cost_model(studies: dict[str, list[tuple[TrialConfig, int, float]]]) -> 
     return CostModel(tuple(float(c) for c in coef), len(xs), tuple(used))
 
 
-def finished_rows(sdir: Path, trials: list[Trial]) -> list[tuple[TrialConfig, int, float]]:
+def finished_rows(sdir: Path, trials: list[Any]) -> list[tuple[TrialConfig, int, float]]:
     """(config, bundle size, wall seconds) of the trials of `trials` whose records exist in `sdir`."""
     from study.sweep.records import RECORD, InvalidRecord, load_record, trial_dir
 
@@ -225,15 +250,18 @@ def _fit_tables(tables: tuple[tuple[str, int, int], ...]) -> CostModel | None:
 
 
 def estimate_seconds(
-    trials: list[Trial], bundle: int, model: CostModel | None, finished: list[tuple[TrialConfig, int, float]]
+    trials: list[tuple[TrialConfig, int]],
+    model: CostModel | None,
+    finished: list[tuple[TrialConfig, int, float]],
 ) -> dict[str, Any]:
-    """Predicted seconds of `trials` (summed over trials, before dividing by workers).
+    """Predicted seconds of `trials`, (config, size of its bundle) pairs, summed over trials (before
+    dividing by workers).
 
     `finished` (config, bundle, wall) are trials of the same study already run here: their measured
     time over the model's prediction rescales it to this machine. Without a model, or for trials whose
     work cannot be counted, the mean wall of `finished` stands in (10 s without any).
     """
-    predicted = [None if model is None else model.seconds(t.config, bundle) for t in trials]
+    predicted = [None if model is None else model.seconds(c, k) for c, k in trials]
     scale, basis = 1.0, "the cost model alone (the speed of the machine the committed studies ran on)"
     if model is not None and finished:
         pairs = [(model.seconds(c, b), wall) for c, b, wall in finished]

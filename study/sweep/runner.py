@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from study.sweep.estimate import AUTO, auto_bundle
 from study.sweep.records import (  # noqa: F401 - re-exported: the runner's record API
     CLAIM,
     CONFIG,
@@ -46,7 +47,7 @@ from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_yaml
 
 STALE_AFTER_S = 120.0
 HEARTBEAT_S = 10.0
-DEFAULT_BUNDLE = 32
+DEFAULT_BUNDLE = AUTO  # per condition, from its network's size (study.sweep.estimate.auto_bundle)
 
 
 class HypothesesChanged(RuntimeError):
@@ -465,17 +466,19 @@ def release_dead_claims(sdir: Path) -> int:
 # -- planning --------------------------------------------------------------------------------------
 
 
-def make_units(spec: StudySpec, trials: list[Trial], bundle: int) -> list[Unit]:
-    """Group trials by condition into bundles of up to `bundle` seeds (order: conditions as in the spec)."""
-    if bundle < 1:
-        raise ValueError(f"--bundle: must be >= 1, got {bundle}")
+def make_units(spec: StudySpec, trials: list[Trial], bundle: int | str) -> list[Unit]:
+    """Group trials by condition into bundles of up to `bundle` seeds (order: conditions as in the spec);
+    `auto`: each condition's size from its network (:func:`study.sweep.estimate.auto_bundle`)."""
+    if bundle != AUTO and (not isinstance(bundle, int) or bundle < 1):
+        raise ValueError(f"--bundle: must be >= 1 or '{AUTO}', got {bundle}")
     groups: dict[str, list[Trial]] = {}
     for t in trials:
         groups.setdefault(t.condition_key, []).append(t)
     units = []
     for members in groups.values():
-        for i in range(0, len(members), bundle):
-            chunk = members[i : i + bundle]
+        size = auto_bundle(members[0].config) if bundle == AUTO else bundle
+        for i in range(0, len(members), size):
+            chunk = members[i : i + size]
             units.append(
                 Unit(
                     spec.name, spec.hash(), tuple((t.run_id, t.factors, t.config.canonical()) for t in chunk)
@@ -503,13 +506,18 @@ def recorded_bundle(sdir: Path) -> int | None:
     return max(sizes) if sizes else None
 
 
-def resolve_bundle(value: int | str, sdir: Path) -> int:
-    """`--bundle`: a number >= 1, or `recorded` (:func:`recorded_bundle`); ValueError otherwise.
+def resolve_bundle(value: int | str, sdir: Path) -> int | str:
+    """`--bundle`: a number >= 1, `auto` (each condition's size from its network, the default), or
+    `recorded` (:func:`recorded_bundle`); ValueError otherwise.
 
-    A number that differs from the committed table's size is allowed (a new study, a scratch run) but
+    A number or `auto` where a committed table records another size is allowed (a scratch run) but
     warned about on stderr: the new trials would not reproduce the committed numbers.
     """
     recorded = recorded_bundle(sdir)
+    if value == AUTO:
+        if recorded is not None:
+            _warn_bundle(AUTO, sdir, recorded)
+        return AUTO
     if value == RECORDED:
         if recorded is None:
             raise ValueError(
@@ -522,19 +530,25 @@ def resolve_bundle(value: int | str, sdir: Path) -> int:
         if str(bundle) != str(value).strip():
             raise ValueError
     except (TypeError, ValueError):
-        raise ValueError(f"--bundle: expected a number >= 1 or '{RECORDED}', got {value!r}") from None
+        raise ValueError(
+            f"--bundle: expected a number >= 1, '{AUTO}' or '{RECORDED}', got {value!r}"
+        ) from None
     if bundle < 1:
         raise ValueError(f"--bundle: must be >= 1, got {bundle}")
     if recorded is not None and bundle != recorded:
-        import sys
-
-        print(
-            f"warning: --bundle {bundle}: {sdir / 'runs.csv'} was trained in bundles of up to {recorded} "
-            f"seeds; a bundle's noise draws depend on its members, so new trials will not reproduce "
-            f"those numbers (--bundle {RECORDED} uses {recorded})",
-            file=sys.stderr,
-        )
+        _warn_bundle(str(bundle), sdir, recorded)
     return bundle
+
+
+def _warn_bundle(value: str, sdir: Path, recorded: int) -> None:
+    import sys
+
+    print(
+        f"warning: --bundle {value}: {sdir / 'runs.csv'} was trained in bundles of up to {recorded} "
+        f"seeds; a bundle's noise draws depend on its members, so new trials will not reproduce "
+        f"those numbers (--bundle {RECORDED} uses {recorded})",
+        file=sys.stderr,
+    )
 
 
 def prepare(
@@ -796,7 +810,7 @@ def run_study(
     executor: str = "local",
     scheduler: str | None = None,
     retry_failed: bool = False,
-    bundle: int = DEFAULT_BUNDLE,
+    bundle: int | str = DEFAULT_BUNDLE,
     quiet: bool = False,
     hypotheses_change_reason: str | None = None,
     security: Any = None,
@@ -908,7 +922,7 @@ EVIDENCE = Path(__file__).resolve().parents[2] / "results"  # the committed stud
 
 
 def dry_run(
-    spec: StudySpec, *, out: str | Path, workers: int | None, bundle: int, evidence: Path = EVIDENCE
+    spec: StudySpec, *, out: str | Path, workers: int | None, bundle: int | str, evidence: Path = EVIDENCE
 ) -> dict[str, Any]:
     """Trial counts and an estimated time, without running anything (an oversized grid is refused).
 
@@ -925,7 +939,9 @@ def dry_run(
     counts = {k: sum(v == k for v in states.values()) for k in ("done", "failed", "todo")}
     finished = finished_rows(sdir, [t for t in trials if states[t.run_id] == "done"])
     todo = [t for t in trials if states[t.run_id] == "todo"]
-    estimate = estimate_seconds(todo, bundle, committed_cost_model(evidence), finished)
+    configs = {t.run_id: t.config for t in todo}
+    sizes = [(configs[r], len(u.trials)) for u in make_units(spec, todo, bundle) for r, _, _ in u.trials]
+    estimate = estimate_seconds(sizes, committed_cost_model(evidence), finished)
     workers = workers or os.cpu_count() or 1
     eta = estimate["seconds"] / workers
     per_trial = estimate["seconds"] / len(todo) if todo else 0.0
