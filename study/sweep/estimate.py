@@ -39,7 +39,7 @@ LARGE_BUNDLE = 32  # seeds per bundle where bundling pays (small networks: 2.8x 
 AUTO_VALUES_LIMIT = 150_000
 """Analog signal values per member and step (batch x values per example) from which a seed bundle
 trains slower than its members one by one on the development machine (benchmarks/README.md, bundle
-section: 108k at 1.19x for K = 8 and 1.47x for 32, 200k at 0.93x / 0.94x, 2M (a CNN on 28x28 images)
+section: 108k at 1.19x for K = 8 and 1.47x for 32, 200k at 0.93x / 0.94x, 862k (a CNN on 28x28 images)
 at 0.68x): the stacked element-wise work then leaves the CPU caches."""
 
 FEATURES = (
