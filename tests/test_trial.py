@@ -312,3 +312,34 @@ def test_bad_config_reports_every_error_at_once():
 def test_run_trial_rejects_bad_dict_before_training():
     with pytest.raises(ConfigError, match="dataset"):
         run_trial({"dataset": "cifar10", "epochs": 1})
+
+
+def test_records_do_not_depend_on_filling_fresh_memory(monkeypatch) -> None:
+    """make_trainer turns off deterministic mode's NaN fill of fresh allocations (a speed-up): with the
+    fill on, the sequential and the bundled path (noise on, diagnostics on) give the same records."""
+    import study.training.bundle as bundle_mod
+    import study.training.trial as trial_mod
+    from study.training.bundle import run_bundle
+
+    cfg = {"dataset": "digits", "hidden": [16], "epochs": 2, "batch_size": 64, "leakage": 0.3}
+    kept = ("history", "diagnostics", "test_acc_draws", "test_acc_noise_off", "weight_saturation")
+
+    def records() -> list[dict]:
+        out = [run_trial(cfg), *run_bundle([{**cfg, "seed": s} for s in (0, 1)])]
+        return [{k: r[k] for k in kept} for r in out]
+
+    fast = records()
+    assert torch.utils.deterministic.fill_uninitialized_memory is False
+    real = trial_mod.make_trainer
+
+    def filling(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        torch.utils.deterministic.fill_uninitialized_memory = True
+        return trainer
+
+    monkeypatch.setattr(trial_mod, "make_trainer", filling)
+    monkeypatch.setattr(bundle_mod, "make_trainer", filling)
+    try:
+        assert json.dumps(records()) == json.dumps(fast)
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = False
