@@ -189,23 +189,30 @@ class AnalogLayer(nn.Module):
             i += 1
         return x
 
+    def _draws(self, kind: str) -> bool:
+        """Whether the stage `kind` draws random numbers (noise; stochastic rounding)."""
+        return kind == "noise" or (kind == "precision" and self.config.precision_class == "stochastic")
+
     def transformed_parameters(self) -> tuple[Tensor, Tensor | None]:
         """W' and b' as the hardware sees them (normalized, quantised, noisy).
 
-        Inside :func:`fixed_weights` (no autograd, no torch.func transform), the deterministic part
-        (normalization, precision) is computed once and only the noise is drawn again at each call,
-        at the same point of the random stream: the same values as computing it all again.
+        Inside :func:`fixed_weights` (no autograd, no torch.func transform), the stages before the first
+        random one (normalization, and deterministic rounding) are computed once; the random ones
+        (stochastic rounding, noise) run again at each call, at the same point of the random stream:
+        the same values as computing it all again.
         """
         c = self.config
         stages = self._stages(("norm", "precision", "noise"), self._wnorm, c.weight_norm, self.weight_policy)
         if self._fixed is not None and not torch.is_grad_enabled() and not functorch_active():
+            # the stages before the first one that draws random numbers (noise, stochastic rounding)
+            n = next((i for i, s in enumerate(stages) if self._draws(s[0])), len(stages))
             if not self._fixed:
-                fixed = [s for s in stages if s[0] != "noise"]
+                fixed = stages[:n]
                 self._fixed["weight"] = self._run_stages(fixed, self.weight, "weight", c.weight_norm)
                 self._fixed["bias"] = (
                     None if self.bias is None else self._run_stages(fixed, self.bias, "bias", c.weight_norm)
                 )
-            stages = [s for s in stages if s[0] == "noise"]
+            stages = stages[n:]
             w0, b0 = self._fixed["weight"], self._fixed["bias"]
         else:
             w0, b0 = self.weight, self.bias
@@ -406,9 +413,10 @@ def set_policies(
 @contextmanager
 def fixed_weights(model: nn.Module) -> Iterator[nn.Module]:
     """Within this block the parameters of `model` do not change (evaluation over many batches): each
-    analog layer runs its weight pipeline's normalization and precision once, at its first forward
-    call without autograd, and draws only the noise again per call (as AnalogVNN draws it: the values
-    and the random stream are those of running the whole pipeline each time). Parameters changed
+    analog layer runs its weight pipeline's deterministic stages (normalization, and rounding unless it
+    is stochastic) once, at its first forward call without autograd, and the random ones again per
+    call (as AnalogVNN draws them: the values and the random stream are those of running the whole
+    pipeline each time). Parameters changed
     inside the block are not seen; leaving it drops the cached weights. Nested blocks share the outer one.
     """
     layers = [layer for layer in analog_layers(model) if layer._fixed is None]

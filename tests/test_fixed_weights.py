@@ -10,8 +10,15 @@ from analog import AnalogConfig, fixed_weights
 from analog.noise import NOISE_CLASSES
 
 
-def _net(noise: str, weight_norm: str = "clamp", precision: int | None = 16, conv: bool = False):
+def _net(
+    noise: str,
+    weight_norm: str = "clamp",
+    precision: int | None = 16,
+    conv: bool = False,
+    precision_class: str = "reduce",
+):
     config = AnalogConfig(
+        precision_class=precision_class,
         weight_norm=weight_norm,
         precision=precision,
         noise=noise,
@@ -31,12 +38,22 @@ def _passes(net, x, n: int = 3) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("noise", NOISE_CLASSES)
-@pytest.mark.parametrize("weight_norm,precision", [("clamp", 16), ("l2norm_m", 4), ("clamp", None)])
-def test_fixed_weights_give_the_same_outputs_and_random_stream(noise, weight_norm, precision) -> None:
+@pytest.mark.parametrize(
+    "weight_norm,precision,rounding",
+    [
+        ("clamp", 16, "reduce"),
+        ("l2norm_m", 4, "reduce"),
+        ("clamp", None, "reduce"),
+        ("clamp", 4, "stochastic"),
+    ],
+)
+def test_fixed_weights_give_the_same_outputs_and_random_stream(
+    noise, weight_norm, precision, rounding
+) -> None:
     if precision is None and noise == "none":
         precision = 16  # full precision without noise is the digital-like case, covered above
     for conv in (False, True):
-        net = _net(noise, weight_norm, precision, conv)
+        net = _net(noise, weight_norm, precision, conv, rounding)
         x = torch.rand(5, 64) if conv else torch.rand(5, 12)
         want = _passes(net, x)
         after_want = torch.rand(3)
@@ -47,8 +64,8 @@ def test_fixed_weights_give_the_same_outputs_and_random_stream(noise, weight_nor
         assert all(torch.equal(a, b) for a, b in zip(want, got, strict=True))
         assert torch.equal(after_want, after_got)  # the generator stands where it stood
         assert all(layer._fixed is None for layer in analog.analog_layers(net))
-        if noise != "none":
-            assert not torch.equal(got[0], got[1])  # a fresh noise draw per call, as AnalogVNN
+        if noise != "none" or rounding == "stochastic":
+            assert not torch.equal(got[0], got[1])  # fresh random draws per call, as AnalogVNN
 
 
 def test_fixed_weights_stay_out_of_autograd_and_transforms_and_nest() -> None:
