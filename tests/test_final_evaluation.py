@@ -56,6 +56,29 @@ def test_noise_off_accuracy_is_the_accuracy_with_the_noise_switched_off(tiny):
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's stream is untouched
 
 
+def test_final_evaluation_draws_as_the_committed_records_did_with_stochastic_rounding(tiny):
+    """The K draws come from the seeded evaluation stream; the noise-off pass (which still rounds
+    stochastically) from the caller's stream as it stands: the committed records were made this way."""
+    from analog import set_noise
+    from study.training.module import EVAL_SEED_OFFSET, _accuracy
+
+    config = TrialConfig.parse(_cfg(tiny, leakage=0.5, precision_class="stochastic", precision=4, seed=3))
+    data = load_split(config.dataset, config.split_seed)
+    torch.manual_seed(0)
+    net = build_network(config, data.n_features, data.n_classes)
+    x, y = data.test_x, data.test_y
+    torch.manual_seed(42)
+    out = final_evaluation(net, config, x, y)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
+        draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
+    torch.manual_seed(42)
+    set_noise(net, False)
+    noise_off = _accuracy(net, x, y)
+    set_noise(net, True)
+    assert out["test_acc_draws"] == draws and out["test_acc_noise_off"] == noise_off
+
+
 def test_no_test_evaluation_no_draws(tiny):
     rec = run_trial(_cfg(tiny, eval_test=False))
     assert "test_acc_mean" not in rec and "test_acc_draws" not in rec and math.isnan(rec["test_acc"])

@@ -118,11 +118,12 @@ def final_evaluation(net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Te
     training stream is left untouched. Nothing when the test split is not evaluated (`eval_test`)."""
     if not config.eval_test:
         return {}
-    with fixed_weights(net), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
-        draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
-        set_noise(net, False)
-        try:
+    with fixed_weights(net):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
+            draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
+        set_noise(net, False)  # outside the forked stream, as the records have it (stochastic rounding
+        try:  # still draws, from the trial's own stream after training)
             noise_off = _accuracy(net, x, y)
         finally:
             set_noise(net, True)
