@@ -109,3 +109,27 @@ def test_fixed_weights_are_bypassed_under_vmap() -> None:
         got = vmap(call, randomness="different")(params, buffers)
         assert all(not layer._fixed for layer in analog.analog_layers(nets[0]))
     assert torch.equal(want, got)
+
+
+@pytest.mark.parametrize("rounding,noise", [("reduce", "gaussian"), ("stochastic", "poisson")])
+def test_trial_records_equal_those_of_the_reference_path_without_fixed_weights(monkeypatch, rounding, noise):
+    """End to end: a trial (and a bundle) with fixed_weights in its evaluation gives the record the
+    reference path (the whole weight pipeline at every call) gives."""
+    import contextlib
+    import json
+
+    import study.training.module as module
+    from study.training.bundle import run_bundle
+    from study.training.trial import run_trial
+
+    cfg = {"dataset": "digits", "hidden": [16], "epochs": 1, "batch_size": 64, "precision": 4}
+    cfg |= {"precision_class": rounding, "noise": noise, "leakage": 0.3, "diagnostics": False}
+    kept = ("history", "test_acc_draws", "test_acc_mean", "test_acc_noise_off")
+
+    def records() -> str:
+        out = [run_trial(cfg), *run_bundle([{**cfg, "seed": s} for s in (0, 1)])]
+        return json.dumps([{k: r[k] for k in kept} for r in out])
+
+    fast = records()
+    monkeypatch.setattr(module, "fixed_weights", lambda net: contextlib.nullcontext(net))
+    assert records() == fast
