@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from analog.locations import ROLES, canonical_signal_policy, layer_signal_policies
 from analog.noise import NOISE_CLASSES, make_noise
-from analog.normalize import check_bound, check_normalization, normalization_fn, saturation_mask
+from analog.normalize import CLAMPS, check_bound, check_normalization, normalization_fn, saturation_mask
 from analog.policies import check_policy, functorch_active, get_policy, straight_through
 from analog.precision import PRECISION_CLASSES, check_divide, check_precision, precision_fn
 
@@ -179,15 +179,21 @@ class AnalogLayer(nn.Module):
                 if self.signal_tensors is not None and site.startswith("signal"):
                     self.signal_tensors[site] = x
             if policy == "ste" and not tracking:
-                fns = [fn]
+                fns, elementwise = [fn], self._elementwise(kind, norm_kind)
                 while i + 1 < len(stages) and stages[i + 1][2] == "ste":
                     i += 1
                     fns.append(stages[i][1])
-                x = straight_through(_compose(fns), x)
+                    elementwise = elementwise and self._elementwise(stages[i][0], norm_kind)
+                x = straight_through(_compose(fns), x, elementwise)
             else:
                 x = get_policy(policy)(fn, x)
             i += 1
         return x
+
+    @staticmethod
+    def _elementwise(kind: str, norm_kind: str) -> bool:
+        """Whether a stage acts element by element: precision, noise, and the clamps (not Lp norms)."""
+        return kind != "norm" or norm_kind in CLAMPS
 
     def _draws(self, kind: str) -> bool:
         """Whether the stage `kind` draws random numbers (noise; stochastic rounding)."""

@@ -125,8 +125,51 @@ def _fast_apply(function: type[torch.autograd.Function], x: Tensor, fn: ForwardF
     return super(torch.autograd.Function, function).apply(*unwrap_dead_wrappers((x, fn)))
 
 
-def straight_through(fn: ForwardFn, x: Tensor) -> Tensor:
-    """Apply `fn` forward and pass the gradient straight through (used by precision and noise too)."""
+class _StraightThroughElementwise(torch.autograd.Function):
+    """`_StraightThrough` for an element-wise `fn` inside a seed bundle's vmap: `fn` runs once on the
+    stacked (physical) tensor instead of through the generated vmap rule (~12 % of a bundle's time).
+    The same values: an element-wise function of the stacked tensor is the stack of its values, and
+    vmap's "different" randomness draws exactly what a random op draws on the stacked tensor (when the
+    batch dimension is first and the tensor contiguous; otherwise the generic rule runs)."""
+
+    @staticmethod
+    def forward(x: Tensor, fn: ForwardFn) -> Tensor:
+        return fn(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # noqa: ANN001
+        pass
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: ANN001
+        return grad, None
+
+    @staticmethod
+    def vmap(info, in_dims, x: Tensor, fn: ForwardFn):  # noqa: ANN001, ANN205
+        if in_dims[0] == 0 and x.is_contiguous() and info.randomness == "different":
+            return _StraightThroughElementwise.apply(x, fn), 0
+        generic = torch.vmap(
+            lambda t: _StraightThrough.apply(t, fn), in_dims=in_dims[0], randomness=info.randomness
+        )
+        return generic(x), 0
+
+
+def _batched_here(x: Tensor) -> bool:
+    """Whether `x` is batched by the innermost active vmap (a seed bundle's stacked member tensor)."""
+    from torch._C import _functorch
+
+    level = _functorch.current_level()
+    return bool(_functorch.is_batchedtensor(x)) and _functorch.maybe_get_level(x) == level
+
+
+def straight_through(fn: ForwardFn, x: Tensor, elementwise: bool = False) -> Tensor:
+    """Apply `fn` forward and pass the gradient straight through (used by precision and noise too).
+
+    `elementwise=True` promises that `fn` acts element by element (and draws its random numbers, if
+    any, one per element as torch's random ops do); inside a seed bundle's vmap it then runs once on the
+    stacked tensor."""
+    if elementwise and functorch_active() and _batched_here(x):
+        return _StraightThroughElementwise.apply(x, fn)
     return _fast_apply(_StraightThrough, x, fn)
 
 

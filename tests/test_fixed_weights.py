@@ -133,3 +133,52 @@ def test_trial_records_equal_those_of_the_reference_path_without_fixed_weights(m
     fast = records()
     monkeypatch.setattr(module, "fixed_weights", lambda net: contextlib.nullcontext(net))
     assert records() == fast
+
+
+CHANGES = [  # (config change, whether an element-wise straight-through chain exists)
+    ({"noise": "gaussian"}, True),
+    ({"noise": "poisson", "precision_class": "stochastic", "precision": 4}, True),
+    (
+        {"noise": "laplacian", "weight_norm": "l2norm", "signal_norm": "l2norm_m", "signal_policy": "ste"},
+        False,
+    ),
+    (
+        {
+            "noise": "uniform",
+            "weight_policy": "exact",
+            "signal_policy": "ste",
+            "arch": "cnn",
+            "channels": [2],
+        },
+        True,
+    ),
+    ({"noise": "none", "precision_class": "stochastic", "precision": 4, "weight_clamp": 0.3}, True),
+]
+
+
+@pytest.mark.parametrize("change,uses_rule", CHANGES)
+def test_bundles_give_the_same_records_with_the_element_wise_straight_through_rule(
+    monkeypatch, change, uses_rule
+):
+    """Inside a bundle's vmap, element-wise straight-through stages run once on the stacked tensor
+    (analog.policies._StraightThroughElementwise; never a chain holding an Lp norm); records equal
+    those of the generic vmap rule."""
+    import json
+
+    import analog.policies as policies
+    from study.training.bundle import run_bundle
+
+    cfg = {"dataset": "digits", "hidden": [16], "epochs": 1, "batch_size": 64, "leakage": 0.3, **change}
+    kept = ("history", "diagnostics", "test_acc_draws", "test_acc_noise_off", "weight_saturation")
+
+    def records() -> str:
+        out = run_bundle([{**cfg, "seed": s} for s in (0, 1, 2)])
+        return json.dumps([{k: r[k] for k in kept} for r in out])
+
+    fast = records()
+    used = []
+    real = policies._StraightThroughElementwise.apply
+    monkeypatch.setattr(policies._StraightThroughElementwise, "apply", lambda *a: used.append(1) or real(*a))
+    assert records() == fast and bool(used) == uses_rule
+    monkeypatch.setattr(policies, "_batched_here", lambda x: False)  # the generic rule everywhere
+    assert records() == fast
