@@ -1,6 +1,6 @@
 """A whole trial (`run_trial`) against the bare training loop of the same steps: what the trial adds.
 
-    python benchmarks/bench_trial.py [--setting core|cnn|small] [--epochs 10] [--repeats 5]
+    python benchmarks/bench_trial.py [--setting core|small|medium|cnn|cnn_mnist] [--epochs 10] [--repeats 5]
 
 The bare loop trains the same network (same seed, init, data order, optimizer, steps) with nothing
 else: no Lightning, no per-epoch evaluation, no diagnostics, no final evaluation, no record. Between
@@ -32,30 +32,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_bundle import SETTINGS  # noqa: E402 - the same settings (core = the core study's ste/exact cell)
+
 from study.training.config import TrialConfig  # noqa: E402
 from study.training.data import AnalogDataModule  # noqa: E402
 from study.training.module import build_network, make_optimizer  # noqa: E402
 from study.training.trial import run_trial, seed_all  # noqa: E402
 
-CORE = {
-    "dataset": "mnist5k",
-    "hidden": [256, 128],
-    "activation": "gelu",
-    "weight_norm": "clamp",
-    "signal_norm": "clamp",
-    "precision": 16,
-    "noise": "gaussian",
-    "leakage": 0.5,
-    "weight_policy": "ste",
-    "signal_policy": "exact",
-    "lr": 0.001,
-    "batch_size": 128,
-}
-SETTINGS = {
-    "core": CORE,  # the core study's cell ste/exact (AnalogVNN's own choice)
-    "cnn": {**CORE, "arch": "cnn", "channels": [4, 8], "hidden": [32]},
-    "small": {**CORE, "dataset": "digits", "hidden": [64, 32], "batch_size": 64},
-}
 VARIANTS = {
     "+lightning+val": {"diagnostics": False, "eval_test": False},
     "+test": {"diagnostics": False},
