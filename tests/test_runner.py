@@ -169,6 +169,25 @@ def test_sigkill_resume_with_two_concurrent_runners(tmp_path):
     assert len(summaries) == 2 and max(s["done"] for s in summaries) == 10
 
 
+def _in_threads(fn: Any, n: int, timeout: float) -> tuple[list[Any], list[str]]:
+    """Run `fn` in `n` threads at once; (its results, the tracebacks of those that raised)."""
+    results: list[Any] = []
+    errors: list[str] = []
+
+    def go() -> None:
+        try:
+            results.append(fn())
+        except Exception:  # noqa: BLE001 - returned to the test, which asserts there are none
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=go) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results, errors
+
+
 def _fake_run_trial(calls: list[str], workers: set[int], lock: threading.Lock):
     def run_trial(config, out_dir=None):
         with lock:
@@ -191,19 +210,9 @@ def test_two_runners_in_threads_run_each_trial_once(tmp_path, monkeypatch):
             tmp_path / "threads.yaml", _spec("threads", 10, {"weight_policy": ["ste", "exact", "zero"]})
         )
     )
-    results, errors = [], []
-
-    def runner() -> None:
-        try:
-            results.append(R.run_study(spec, out=tmp_path / "out", workers=1, bundle=1, quiet=True))
-        except Exception:  # noqa: BLE001 - reported by the assertion below
-            errors.append(traceback.format_exc())
-
-    threads = [threading.Thread(target=runner) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results, errors = _in_threads(
+        lambda: R.run_study(spec, out=tmp_path / "out", workers=1, bundle=1, quiet=True), 3, 120
+    )
     assert not errors, errors
     run_ids = [t.run_id for t in expand(spec)]
     assert sorted(calls) == sorted(run_ids)
@@ -670,20 +679,13 @@ def test_runners_starting_together_register_once_without_error(tmp_path: Path) -
     spec = parse_spec(yaml.safe_load(path.read_text()))
     sdir = tmp_path / "out" / "mine"
     sdir.mkdir(parents=True)
-    barrier, results, errors = threading.Barrier(8), [], []
+    barrier = threading.Barrier(8)
 
-    def go() -> None:
-        barrier.wait()
-        try:
-            results.append(register(sdir, spec, path))
-        except Exception as err:  # noqa: BLE001 - reported by the assertion below
-            errors.append(repr(err))
+    def go() -> Path | None:
+        barrier.wait()  # all at the same moment
+        return register(sdir, spec, path)
 
-    threads = [threading.Thread(target=go) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results, errors = _in_threads(go, 8, 60)
     assert not errors, errors
     assert sum(r is not None for r in results) == 1 and len(results) == 8
     assert json.loads((sdir / PREREGISTRATION).read_text())["spec_hash"] == spec.hash()
