@@ -422,8 +422,8 @@ def fixed_weights(model: nn.Module) -> Iterator[nn.Module]:
     analog layer runs its weight pipeline's deterministic stages (normalization, and rounding unless it
     is stochastic) once, at its first forward call without autograd, and the random ones again per
     call (as AnalogVNN draws them: the values and the random stream are those of running the whole
-    pipeline each time). Parameters changed
-    inside the block are not seen; leaving it drops the cached weights. Nested blocks share the outer one.
+    pipeline each time). Parameters changed inside the block are not seen; leaving it drops the cached
+    weights. Nested blocks share the outer one.
     """
     layers = [layer for layer in analog_layers(model) if layer._fixed is None]
     for layer in layers:
