@@ -55,6 +55,25 @@ RESTORE_SPEC = "restore it from the spec file the study was run with"
 STUDY_NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]*$"
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy")
+# identifiers: always text, whatever they look like (a hash such as `419e918184895191` or `0123456789012345`
+# would otherwise be read as a number and no longer match the record it names)
+ID_COLUMNS = (
+    "study",
+    "run_id",
+    "spec_hash",
+    "git_commit",
+    "params_sha256",
+    "logits_sha256",
+    "torch_version",
+    "lightning_version",
+    "normgrad_version",
+)
+
+
+def id_dtypes(columns: Any = None) -> dict[str, type]:
+    """`dtype=` for `pd.read_csv` that reads every identifier column (of `columns`, if given) as text."""
+    names = ID_COLUMNS if columns is None else [c for c in ID_COLUMNS if c in set(columns)]
+    return {c: str for c in names}
 
 # human names of the factor columns: figure axes, table headers, captions
 FACTOR_LABELS = {
@@ -168,8 +187,14 @@ def read_yaml(path: str | Path, what_to_do: str = "fix it") -> Any:
 
 
 def read_csv(path: str | Path, what_to_do: str, **kwargs: Any) -> pd.DataFrame:
-    """`pd.read_csv` of a table a stage wrote; a damaged file (bad gzip, truncated) names the file."""
+    """`pd.read_csv` of a table a stage wrote, identifier columns (`ID_COLUMNS`) as text; a damaged file
+    (bad gzip, truncated) names the file."""
     path = Path(path)
+    dtype = kwargs.pop("dtype", None)
+    if not isinstance(dtype, dict) and dtype is not None:  # one dtype for every column (e.g. str)
+        kwargs["dtype"] = dtype
+    else:  # identifiers stay text in every table a stage reads
+        kwargs["dtype"] = {**id_dtypes(), **(dtype or {})}
     try:
         return pd.read_csv(path, **kwargs)
     except FileNotFoundError:
@@ -202,7 +227,7 @@ def load_runs(study_dir: Path, name: str = "runs.csv") -> pd.DataFrame:
         raise FileNotFoundError(f"{path} not found: run `python -m study collect DIR` first")
     spec = load_spec_dict(study_dir)
     factors = condition_columns(spec) + list(POLICY_COLUMNS) + [PRESET_COLUMN]
-    dtypes = {c: str for c in factors}
+    dtypes = {**id_dtypes(), **{c: str for c in factors}}
     redo = f"run `python -m study collect {Path(study_dir)}` again"
     return read_csv(path, redo, dtype=dtypes, keep_default_na=False, na_values=[""])
 

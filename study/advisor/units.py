@@ -15,6 +15,7 @@ import pandas as pd
 from analog.advise import gradient_disagreement, site_policies
 from study.advisor.spec import AdvisorSpec, is_held_out
 from study.sweep.spec import expand, load_spec
+from study.tables import REDO_COLLECT, read_csv
 
 POLICY_COLUMNS = ("weight_policy", "signal_policy", "policies")
 CONFIG_COLUMNS = ("arch", "dataset", "weight_norm", "signal_norm", "noise", "optimizer")
@@ -52,7 +53,9 @@ def study_units(results: Path, study: str, spec: AdvisorSpec) -> pd.DataFrame:
     comparisons = _read(sdir / "stats" / "comparisons.csv")
     runs = _read(sdir / "runs.csv")
     runs = runs[runs["status"] == "done"]
-    curves = pd.read_csv(sdir / "curves.csv.gz", usecols=["run_id", "epoch", "metric", "layer", "value"])
+    curves = read_csv(
+        sdir / "curves.csv.gz", REDO_COLLECT, usecols=["run_id", "epoch", "metric", "layer", "value"]
+    )
     cos = curves[(curves["metric"] == "grad_cosine") & (curves["epoch"] == spec.probe_epoch)]
     per_run = cos.groupby("run_id")["value"].apply(lambda v: gradient_disagreement(v.tolist()))
     configs = {t.run_id: t.config.model_dump() for t in expand(study_spec)}
