@@ -6,6 +6,7 @@ the weight site and the signal site.
 """
 
 from analog.advise import Rule, SiteAdvice, advise, gradient_disagreement
+from analog.convert import CONVERTIBLE, DIGITAL_CONFIG, convert, convertible_layers
 from analog.diagnostics import LayerMismatch, LogitStats, ProbeResult, gradient_mismatch, probe
 from analog.layers import (
     AnalogConfig,
@@ -58,6 +59,8 @@ from analog.precision import (
 
 __all__ = [
     "ACTIVATIONS",
+    "CONVERTIBLE",
+    "DIGITAL_CONFIG",
     "NOISE_CLASSES",
     "NORMALIZATIONS",
     "PAPER_HIDDEN",
@@ -91,6 +94,8 @@ __all__ = [
     "build_classifier",
     "build_cnn",
     "canonical_signal_policy",
+    "convert",
+    "convertible_layers",
     "cross_entropy_floor",
     "get_policy",
     "gradient_disagreement",
