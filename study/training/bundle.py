@@ -101,6 +101,7 @@ class BundleClassifier(L.LightningModule):
         self.alive = torch.ones(self.k, dtype=torch.bool)
         self.diverged_at: list[dict[str, int] | None] = [None] * self.k
         self._frozen: dict[int, list[Tensor]] = {}  # a diverged member's parameters, kept as they were
+        self._frozen_buffers: dict[int, dict[str, Tensor]] = {}  # and its buffers (BatchNorm statistics)
         self.histories: list[list[dict[str, Any]]] = [[] for _ in configs]
         self.diagnostics: list[list[dict[str, Any]]] = [[] for _ in configs]
         self.saturation: list[list[dict[str, Any]]] = [[] for _ in configs]
@@ -111,13 +112,14 @@ class BundleClassifier(L.LightningModule):
     def _params(self) -> dict[str, Tensor]:
         return dict(zip(self.names, self.stacked, strict=True))
 
-    def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.base, (params, self.buffers_), (x,))
+    def _call(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.base, (params, buffers), (x,))
 
     def forward(self, x: Tensor, shared_input: bool = False) -> Tensor:
-        """Logits (K, B, C); `x` is (K, B, F), or (B, F) shared by all members."""
-        return vmap(self._call, in_dims=(0, None if shared_input else 0), randomness="different")(
-            self._params(), x
+        """Logits (K, B, C); `x` is (K, B, F), or (B, F) shared by all members. Buffers (a user
+        architecture's BatchNorm statistics) are stacked per member too, and updated in place."""
+        return vmap(self._call, in_dims=(0, 0, None if shared_input else 0), randomness="different")(
+            self._params(), self.buffers_, x
         )
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -177,8 +179,13 @@ class BundleClassifier(L.LightningModule):
         self.alive[k] = False
         self.diverged_at[k] = {"epoch": self.current_epoch + 1, "step": self.global_step}
         self._frozen[k] = [p[k].detach().clone() for p in self.stacked]
+        self._frozen_buffers[k] = {n: b[k].clone() for n, b in self.buffers_.items()}
 
     def on_validation_epoch_start(self) -> None:
+        with torch.no_grad():  # a diverged member is evaluated with the buffers it had when it stopped
+            for k, kept in self._frozen_buffers.items():
+                for n, b in self.buffers_.items():
+                    b[k] = kept[n]
         if not self.config.noise_at_eval:
             set_noise(self.base, False)
 
@@ -208,8 +215,9 @@ class BundleClassifier(L.LightningModule):
         self._reset_sums()
 
     def member_state(self, k: int) -> dict[str, Tensor]:
-        """Member `k`'s parameters, as a state dict of the plain (unstacked) network."""
-        return {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
+        """Member `k`'s parameters and buffers, as a state dict of the plain (unstacked) network."""
+        state = {n: p[k].detach().clone() for n, p in zip(self.names, self.stacked, strict=True)}
+        return {**state, **{n: b[k].clone() for n, b in self.buffers_.items()}}
 
     def member_net(self, k: int) -> nn.Module:
         """A plain network holding member `k`'s parameters."""
