@@ -50,6 +50,12 @@ def _parse_value(field: str, text: str) -> Any:
     return yaml.safe_load(text)
 
 
+PLUGINS_HELP = (
+    "modules to import first, comma separated (as a spec's plugins: they register policies, "
+    "normalizations, datasets, architectures); a --config file may list them under plugins:"
+)
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -59,6 +65,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML file of configuration fields (options override it)")
     p.add_argument("--out", type=Path, help="folder for the Lightning CSV log (<out>/<run_id>/metrics.csv)")
     p.add_argument("--json", action="store_true", help="print the full record as JSON")
+    p.add_argument("--plugins", help=PLUGINS_HELP)
     for name in TrialConfig.model_fields:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), help=train_help(name))
 
@@ -348,15 +355,22 @@ def _add_advisor(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rule", type=Path, default=Path("results/advisor/rule.json"), help="the fitted rule")
     p.add_argument("--seeds", default="0,1", help="probe seeds, comma separated (default 0,1)")
+    p.add_argument("--plugins", help=PLUGINS_HELP)
     for name in TrialConfig.model_fields:
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar=name.upper(), help=train_help(name))
 
 
 def _trial_config(args: argparse.Namespace) -> TrialConfig:
     """The configuration of `train` / `advise`: --config's fields, overridden by the options."""
+    from study.sweep.spec import import_plugins
+
     data: dict[str, Any] = {}
     if args.config:
         data.update(read_yaml(args.config, "fix the configuration file") or {})
+    plugins = data.pop("plugins", None) or []
+    if not isinstance(plugins, list) or not all(isinstance(m, str) for m in plugins):
+        raise ConfigError(f"plugins: a list of module names expected, got {plugins!r}")
+    import_plugins([*plugins, *(m.strip() for m in (args.plugins or "").split(",") if m.strip())])
     for name in TrialConfig.model_fields:
         text = getattr(args, name)
         if text is not None:

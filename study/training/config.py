@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,11 +23,11 @@ from analog.noise import NOISE_CLASSES
 from analog.normalize import check_normalization
 from analog.policies import check_policy
 from analog.precision import PRECISION_CLASSES, check_precision
+from study.training.archs import BUILTIN_ARCHS, available_archs
 from study.training.data import available_datasets, dataset_input_shape
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
-Arch = Literal["mlp", "cnn"]
-ARCHS: tuple[str, ...] = get_args(Arch)  # mlp: analog.models.build_classifier; cnn: analog.models.build_cnn
+ARCHS: tuple[str, ...] = BUILTIN_ARCHS  # mlp: build_classifier; cnn: build_cnn; more: register_architecture
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -35,12 +35,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "precision_class": PRECISION_CLASSES,
     "noise": NOISE_CLASSES,
     "readout": READOUTS,
-    "arch": ARCHS,
 }
 
 
 def field_choices(name: str) -> list[str]:
     """The allowed values of a `TrialConfig` field with a fixed set of names (empty for other fields)."""
+    if name == "arch":
+        return available_archs()
     return available_datasets() if name == "dataset" else list(CHOICES.get(name, ()))
 
 
@@ -84,10 +85,11 @@ class TrialConfig(BaseModel):
         0, ge=0, le=MAX_SEED, description="seed of the stratified train/val/test split (independent of seed)"
     )
     # network
-    arch: Arch = Field(
+    arch: str = Field(
         "mlp",
-        description="architecture: mlp (AnalogVNN's linear model) or cnn (conv-activation-pool blocks, "
-        "then the hidden layers and the readout; 1-D convolutions on mnist1d)",
+        description="architecture: mlp (AnalogVNN's linear model), cnn (conv-activation-pool blocks, "
+        "then the hidden layers and the readout; 1-D convolutions on mnist1d), or a registered one "
+        "(`study.training.archs.register_architecture`: a torch.nn network converted by analog.convert)",
     )
     channels: tuple[int, ...] = Field(
         (4, 8), description="cnn: output channels of each conv-activation-pool block (e.g. 8,16)"
@@ -185,7 +187,7 @@ class TrialConfig(BaseModel):
             data = {**data, "final_activation": False}
         return data
 
-    @field_validator("dataset", "activation", "precision_class", "noise", "readout")
+    @field_validator("dataset", "activation", "precision_class", "noise", "readout", "arch")
     @classmethod
     def _choice(cls, v: str, info: ValidationInfo) -> str:
         allowed = field_choices(info.field_name)
@@ -229,7 +231,8 @@ class TrialConfig(BaseModel):
 
     @property
     def n_hidden_layers(self) -> int:
-        """Layers a location spec calls hidden: the convolutions (cnn), then the `hidden` dense layers."""
+        """Layers a location spec calls hidden: the convolutions (cnn), then the `hidden` dense layers
+        (a registered arch's count is known once it is built: :func:`analog.convert` checks it then)."""
         return len(self.hidden) + (len(self.channels) if self.arch == "cnn" else 0)
 
     def input_shape(self) -> tuple[int, ...]:
@@ -246,6 +249,8 @@ class TrialConfig(BaseModel):
         if self.arch == "cnn":
             cnn_feature_shape(self.input_shape(), self.channels, self.kernel_size)  # names the field
             return
+        if self.arch not in BUILTIN_ARCHS:
+            return  # a registered arch's builder reads the fields it wants
         for name in ("channels", "kernel_size"):
             if getattr(self, name) != TrialConfig.model_fields[name].default:
                 raise ValueError(f"{name}: applies to arch 'cnn' only (arch is 'mlp')")
@@ -257,7 +262,8 @@ class TrialConfig(BaseModel):
         self._check_arch()
         if not self.digital:
             self.analog_config()  # raises ValueError naming the field
-            check_hidden_count(self.signal_policy, self.n_hidden_layers, "signal_policy")
+            if self.arch in BUILTIN_ARCHS:
+                check_hidden_count(self.signal_policy, self.n_hidden_layers, "signal_policy")
             if self.readout == "scaled":
                 logit_bounds(self.signal_norm, self.activation, self.final_activation)  # bounded?
         elif self.readout != "analog":

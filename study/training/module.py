@@ -14,14 +14,18 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from analog import build_classifier, build_cnn, fixed_weights, probe, set_noise
 from analog.diagnostics import weight_saturation
+from study.training.archs import BUILTIN_ARCHS, build_registered
 from study.training.config import TrialConfig
 
 STAGES = ("train", "val", "test")
 
 
 def build_network(config: TrialConfig, n_features: int, n_classes: int) -> torch.nn.Module:
-    """The analog (or digital) MLP or CNN `config` describes; the one place a trial's network is built,
-    so the sequential and the bundled paths draw the same initial weights from the same seed."""
+    """The analog (or digital) MLP, CNN or registered architecture `config` describes; the one place a
+    trial's network is built, so the sequential and the bundled paths draw the same initial weights from
+    the same seed."""
+    if config.arch not in BUILTIN_ARCHS:
+        return build_registered(config, n_features, n_classes)
     if config.arch == "cnn":
         shape = config.input_shape()
         if math.prod(shape) != n_features:
