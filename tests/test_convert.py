@@ -225,3 +225,12 @@ def test_converted_models_stack_and_vmap_like_seed_bundles():
     for k, m in enumerate(members):
         assert torch.allclose(out[k], m(x), atol=1e-6)
         assert torch.allclose(buffers["stem.1.running_mean"][k], m.stem[1].running_mean, atol=1e-6)
+
+
+def test_advise_probes_a_converted_model():
+    g = torch.Generator().manual_seed(4)
+    batches = [(_inputs(n=8, seed=s), torch.randint(0, 3, (8,), generator=g)) for s in range(3)]
+    rule = analog.Rule(intercept=0.0, slope=1.0, signal=0.0, delta=1.0, band=0.2)
+    advice = analog.advise(convert(_resnet(), QUIET), batches, rule, seeds=(0,))
+    assert [a.site for a in advice] == ["weight", "signal"]
+    assert all(len(a.layer_cosines) == len(LAYERS) for a in advice)
