@@ -16,6 +16,7 @@ from analog.layers import (
     AnalogLinear,
     analog_layers,
     fixed_weights,
+    project_weights,
     set_noise,
     set_policies,
 )
@@ -107,6 +108,7 @@ __all__ = [
     "normalize",
     "parse_signal_policy",
     "probe",
+    "project_weights",
     "readout_scale",
     "reduce_precision",
     "register_policy",

@@ -30,6 +30,37 @@ from analog.precision import PRECISION_CLASSES, check_divide, check_precision, p
 
 Stage = tuple[str, Callable[[Tensor], Tensor], str]  # (kind: "norm"|"precision"|"noise", fn, policy)
 
+WEIGHT_RANGE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "weight_levels": ("absolute", "range"),
+    "weight_init": ("default", "in_range"),
+    "weight_bound": ("forward", "project"),
+}
+"""How the weight site uses its range `weight_clamp`; each option's first value is its default
+(AnalogVNN's behaviour): see :class:`AnalogConfig`."""
+
+
+def check_weight_range_options(
+    weight_norm: str, weight_policy: str, weight_levels: str, weight_init: str, weight_bound: str
+) -> None:
+    """ValueError naming the field for an unknown value of a weight-range option, or a non-default one
+    that the weight normalization (a clamp needed) or the weight policy (``project``: ``ste``) rules out."""
+    given = {"weight_levels": weight_levels, "weight_init": weight_init, "weight_bound": weight_bound}
+    for name, value in given.items():
+        allowed = WEIGHT_RANGE_OPTIONS[name]
+        if not isinstance(value, str) or value not in allowed:
+            raise ValueError(f"{name}: unknown {value!r}; allowed: {', '.join(allowed)}")
+        needs = ("clamp",) if name == "weight_init" else CLAMPS
+        if value != allowed[0] and weight_norm not in needs:
+            raise ValueError(
+                f"{name}: {value!r} needs a weight range, i.e. weight_norm {' or '.join(needs)} "
+                f"(weight_norm is {weight_norm!r}); leave it at {allowed[0]!r}"
+            )
+    if weight_bound == "project" and weight_policy != "ste":
+        raise ValueError(
+            f"weight_policy: moot with weight_bound 'project' (no clamp in the weight site's forward, so "
+            f"the gradient passes unchanged); leave it at its default 'ste' (got {weight_policy!r})"
+        )
+
 
 @dataclass(frozen=True)
 class AnalogConfig:
@@ -38,6 +69,15 @@ class AnalogConfig:
     Noise strength follows AnalogVNN: `leakage` at `noise_precision` levels (default: `precision`).
     `weight_clamp` is the hardware weight range: a weight clamp clips weights and biases to
     [-weight_clamp, weight_clamp] (``clamp01``: [0, weight_clamp]); 1 is AnalogVNN's range.
+    `weight_levels` says what the weight site's precision levels and noise refer to: ``absolute``
+    (AnalogVNN's: steps of 1/precision whatever the range) or ``range`` (they act on w / weight_clamp,
+    so the levels span the range, as a DAC or a conductance range would, and the noise's leakage is
+    defined on those levels). `weight_init` ``in_range`` rescales each weight-site tensor into the range
+    at initialisation (:func:`analog.models.init_in_range_`). `weight_bound` ``project`` drops the clamp
+    from the weight site's forward; the trainer clips the parameters into the range after every
+    optimizer step instead (:func:`project_weights`), so the weight gradient policy has nothing to act
+    on and must stay at its default ``ste``. The three need a clamp (``clamp``; ``in_range``: ``clamp``
+    only, whose range is symmetric) and leave AnalogVNN's behaviour at their defaults.
     `signal_policy` is a policy name or a location spec (:mod:`analog.locations`), kept in its
     canonical string form.
     """
@@ -53,12 +93,16 @@ class AnalogConfig:
     leakage: float | None = 0.5
     noise_precision: int | None = None
     weight_clamp: float = 1.0
+    weight_levels: str = "absolute"
+    weight_init: str = "default"
+    weight_bound: str = "forward"
 
     def __post_init__(self) -> None:
         check_normalization(self.weight_norm, "weight_norm")
         check_normalization(self.signal_norm, "signal_norm")
         check_bound(self.weight_norm, self.weight_clamp, "weight_clamp")
         check_policy(self.weight_policy, "weight_policy")
+        check_weight_range_options(self.weight_norm, self.weight_policy, **self.weight_range_options)
         canonical = canonical_signal_policy(self.signal_policy, "signal_policy")
         object.__setattr__(self, "signal_policy", canonical)
         if self.precision_class not in PRECISION_CLASSES:
@@ -82,6 +126,11 @@ class AnalogConfig:
     @property
     def effective_noise_precision(self) -> int | None:
         return self.noise_precision if self.noise_precision is not None else self.precision
+
+    @property
+    def weight_range_options(self) -> dict[str, str]:
+        """`weight_levels`, `weight_init` and `weight_bound` by name."""
+        return {n: getattr(self, n) for n in WEIGHT_RANGE_OPTIONS}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -133,6 +182,8 @@ class AnalogLayer(nn.Module):
         )
         self._wnorm = normalization_fn(c.weight_norm, c.weight_clamp)
         self._snorm = normalization_fn(c.signal_norm)
+        # range mode: the weight site's precision and noise act on w / c (at c = 1 nothing changes)
+        self._wscale = c.weight_clamp if c.weight_levels == "range" and c.weight_clamp != 1 else None
 
     @property
     def signal_policy(self) -> str:
@@ -156,16 +207,26 @@ class AnalogLayer(nn.Module):
     # -- pipelines -----------------------------------------------------------------------------------
 
     def _stages(
-        self, order: tuple[str, ...], norm: Callable[[Tensor], Tensor], norm_kind: str, policy: str
+        self,
+        order: tuple[str, ...],
+        norm: Callable[[Tensor], Tensor],
+        norm_kind: str,
+        policy: str,
+        weight_site: bool = False,
     ) -> list[Stage]:
         stages: list[Stage] = []
+        precision = self._precision
+        noise = None if self._noise is None else self._noise.sample
+        if weight_site and self._wscale is not None:
+            precision = None if precision is None else _relative(precision, self._wscale)
+            noise = None if noise is None else _relative(noise, self._wscale)
         for step in order:
             if step == "norm" and norm_kind != "none":
                 stages.append(("norm", norm, policy))
-            elif step == "precision" and self._precision is not None:
-                stages.append(("precision", self._precision, "ste"))
-            elif step == "noise" and self._noise is not None and self.noise_enabled:
-                stages.append(("noise", self._noise.sample, "ste"))
+            elif step == "precision" and precision is not None:
+                stages.append(("precision", precision, "ste"))
+            elif step == "noise" and noise is not None and self.noise_enabled:
+                stages.append(("noise", noise, "ste"))
         return stages
 
     def _run_stages(self, stages: list[Stage], x: Tensor, site: str, norm_kind: str) -> Tensor:
@@ -208,22 +269,23 @@ class AnalogLayer(nn.Module):
         the same values as computing it all again.
         """
         c = self.config
-        stages = self._stages(("norm", "precision", "noise"), self._wnorm, c.weight_norm, self.weight_policy)
+        kind = "none" if c.weight_bound == "project" else c.weight_norm  # project: no clamp in the forward
+        stages = self._stages(("norm", "precision", "noise"), self._wnorm, kind, self.weight_policy, True)
         if self._fixed is not None and not torch.is_grad_enabled() and not functorch_active():
             # the stages before the first one that draws random numbers (noise, stochastic rounding)
             n = next((i for i, s in enumerate(stages) if self._draws(s[0])), len(stages))
             if not self._fixed:
                 fixed = stages[:n]
-                self._fixed["weight"] = self._run_stages(fixed, self.weight, "weight", c.weight_norm)
+                self._fixed["weight"] = self._run_stages(fixed, self.weight, "weight", kind)
                 self._fixed["bias"] = (
-                    None if self.bias is None else self._run_stages(fixed, self.bias, "bias", c.weight_norm)
+                    None if self.bias is None else self._run_stages(fixed, self.bias, "bias", kind)
                 )
             stages = stages[n:]
             w0, b0 = self._fixed["weight"], self._fixed["bias"]
         else:
             w0, b0 = self.weight, self.bias
-        w = self._run_stages(stages, w0, "weight", c.weight_norm)
-        b = None if b0 is None else self._run_stages(stages, b0, "bias", c.weight_norm)
+        w = self._run_stages(stages, w0, "weight", kind)
+        b = None if b0 is None else self._run_stages(stages, b0, "bias", kind)
         return w, b
 
     def forward(self, x: Tensor) -> Tensor:
@@ -382,6 +444,15 @@ class AnalogConv2d(_AnalogConvNd):
     _conv = staticmethod(F.conv2d)
 
 
+def _relative(fn: Callable[[Tensor], Tensor], scale: float) -> Callable[[Tensor], Tensor]:
+    """`fn` acting on x / scale, its result scaled back: scale * fn(x / scale) (range-relative levels)."""
+
+    def relative(x: Tensor) -> Tensor:
+        return fn(x / scale) * scale
+
+    return relative
+
+
 def _compose(fns: list[Callable[[Tensor], Tensor]]) -> Callable[[Tensor], Tensor]:
     if len(fns) == 1:
         return fns[0]
@@ -433,6 +504,31 @@ def fixed_weights(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for layer in layers:
             layer._fixed = None
+
+
+def weight_bounds(model: nn.Module) -> dict[str, tuple[float, float]]:
+    """The interval each weight-site parameter of `model` is projected into, by its name in
+    ``model.named_parameters()``: the range of every analog layer whose `weight_bound` is ``project``
+    ([-c, c]; ``clamp01``: [0, c])."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    out: dict[str, tuple[float, float]] = {}
+    for layer in analog_layers(model):
+        c = layer.config
+        if c.weight_bound == "project":
+            lo = 0.0 if c.weight_norm == "clamp01" else -c.weight_clamp
+            for p in (layer.weight, layer.bias):
+                if p is not None and id(p) in names:
+                    out[names[id(p)]] = (lo, c.weight_clamp)
+    return out
+
+
+@torch.no_grad()
+def project_weights(model: nn.Module) -> None:
+    """Clip, in place, the weight-site parameters of every analog layer in ``project`` mode into its
+    range (:func:`weight_bounds`); called after each optimizer step, and on the initial weights."""
+    params = dict(model.named_parameters())
+    for name, (lo, hi) in weight_bounds(model).items():
+        params[name].clamp_(lo, hi)
 
 
 def set_noise(model: nn.Module, enabled: bool) -> None:

@@ -86,6 +86,22 @@ def init_weight_for(weight: torch.Tensor, activation: str) -> None:
         nn.init.xavier_uniform_(weight)
 
 
+def init_in_range_(layer: nn.Module) -> None:
+    """``weight_init: in_range``: rescale an analog layer's initial weight and bias, each tensor on its
+    own, by c / max|p| where its largest magnitude exceeds the range c (`weight_clamp`), so that every
+    initial weight-site parameter lies in [-c, c] (the distribution's shape is kept; the largest lands
+    on the edge, where the clamp's derivative is still 1). Other layers, and the ``default`` init, are
+    left as they are; no random number is drawn. Idempotent (compared in the tensor's dtype)."""
+    config = getattr(layer, "config", None)
+    if not isinstance(config, AnalogConfig) or config.weight_init != "in_range":
+        return
+    c = config.weight_clamp
+    with torch.no_grad():
+        for p in (layer.weight, layer.bias):
+            if p is not None and bool((p.abs() > c).any()):
+                p.mul_(c / float(p.abs().max())).clamp_(-c, c)  # the clamp only undoes a last-bit rounding
+
+
 @functools.lru_cache(maxsize=256)
 def logit_bounds(signal_norm: str, activation: str, final_activation: bool = True) -> tuple[float, float]:
     """(lowest, highest) logit an analog readout can emit: the activation over the normalization's range.
@@ -197,6 +213,7 @@ def _dense_layers(
             )
         with torch.no_grad():
             init_weight_for(layer.weight, activation)
+        init_in_range_(layer)
         layers.append(layer)
         if not last or (final_activation and readout != "digital"):
             layers.append(make_activation(activation))
@@ -325,6 +342,7 @@ def build_cnn(
             conv = analog_conv(c_in, c_out, kernel_size, padding=pad, config=config, role="hidden", index=i)
         with torch.no_grad():
             init_weight_for(conv.weight, activation)
+        init_in_range_(conv)
         layers += [conv, make_activation(activation), pool(CNN_POOL)]
         c_in = c_out
     layers.append(nn.Flatten(start_dim=1))
