@@ -48,6 +48,9 @@ METRICS = (
 # runs.csv only where the study's records have them (the studies committed before them do not)
 DRAW_METRICS = ("test_acc_mean", "test_acc_noise_off")
 ALL_METRICS = (*METRICS, *DRAW_METRICS)
+# sha256 of the final parameters and of every final test logit (`study.training.module.final_evaluation`):
+# columns of runs.csv where the records have them; `identical` runs need equal checksums
+CHECKSUM_COLUMNS = ("params_sha256", "logits_sha256")
 # what to do when a stage's input is damaged (the messages of read_yaml / read_csv)
 REDO_STATS = "run `python -m study stats` on the study again"
 REDO_COLLECT = "run `python -m study collect` on the study again"

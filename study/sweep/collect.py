@@ -12,6 +12,7 @@ from study.sweep.records import FAILED, RECORD, InvalidRecord, load_record, tria
 from study.sweep.spec import expand, parse_spec
 from study.tables import (
     ALL_METRICS,
+    CHECKSUM_COLUMNS,
     DRAW_METRICS,
     METRICS,
     RESTORE_SPEC,
@@ -47,6 +48,7 @@ def _row(
     rec: dict[str, Any] | None,
     fail: dict[str, Any] | None,
     metrics: tuple[str, ...] = METRICS,
+    checksums: bool = False,
 ) -> dict:
     cfg = trial.config
     row: dict[str, Any] = {"study": study, "run_id": trial.run_id, "spec_hash": spec_hash}
@@ -71,6 +73,8 @@ def _row(
         }
     )
     row.update(_saturation_summary(rec))
+    if checksums:
+        row.update({c: (rec or {}).get(c, "") for c in CHECKSUM_COLUMNS})
     return row
 
 
@@ -128,6 +132,11 @@ def recorded_metrics(records: Any) -> tuple[str, ...]:
     return METRICS
 
 
+def has_checksums(records: Any) -> bool:
+    """Whether any record has the final checksums (records written before them collect as they did)."""
+    return any(rec and all(c in rec for c in CHECKSUM_COLUMNS) for rec in records)
+
+
 def collect(sdir: str | Path) -> tuple[Path, Path]:
     """Write `runs.csv` (one row per expected trial: done, failed or missing) and `curves.csv.gz`.
 
@@ -157,11 +166,13 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     check_spec_hashes(sdir, spec_hash, {rid: r.get("spec_hash", "") for rid, r in records.items() if r})
     rows, curves = [], []
     metrics = recorded_metrics(records.values())
+    checksums = has_checksums(records.values())
 
     def row_of(trial: Any) -> dict[str, Any]:
         rec, fail = records[trial.run_id], _read_failed(trial_dir(sdir, trial.run_id) / FAILED)
         return _row(
-            spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail, metrics
+            spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail, metrics,
+            checksums,
         )
 
     for trial in trials:

@@ -65,10 +65,12 @@ def _verdict_symbol(verdict: Any) -> str:
 
 
 def _ci_method_text(comps: pd.DataFrame) -> str:
-    """How the stats stage computed the CIs ("BCa bootstrap", with fallbacks named)."""
+    """How the stats stage computed the CIs (the paired t interval; older tables: BCa bootstrap)."""
     if "ci_method" not in comps:
-        return "BCa bootstrap"
-    methods = set(comps["ci_method"].dropna().astype(str)) - {"none", "degenerate"}
+        return "paired t"
+    methods = {m for m in comps["ci_method"].dropna().astype(str) if m in ("t", "bca", "percentile")}
+    if methods <= {"t"}:
+        return "paired t"
     if methods <= {"bca"}:
         return "BCa bootstrap"
     return "BCa bootstrap (percentile where BCa is undefined)"

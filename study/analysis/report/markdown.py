@@ -126,7 +126,7 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
         sentences.append(_family_sentence(informative, spec).strip())
         lines += [f"**{site.capitalize()} site.** " + " ".join(x for x in sentences if x), ""]
     lines += [
-        "`identical`: every pair of runs is equal in every recorded metric, so no test is run; the "
+        f"`identical`: every pair of runs is {_identity_text(comp)}, so no test is run; the "
         "other verdicts are statistical (Methods).",
         "",
     ]
@@ -486,6 +486,14 @@ def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], 
     return lines
 
 
+def _identity_text(comp: pd.DataFrame) -> str:
+    """What `identical` rests on in this study: checksums (bit-identical) or the recorded metrics."""
+    methods = set(comp["ci_method"].astype(str)) if len(comp) and "ci_method" in comp else set()
+    if "identical (recorded metrics)" in methods:
+        return "equal in every recorded metric (the study predates the checksums)"
+    return "bit-identical (equal checksums of the final parameters and test logits)"
+
+
 def _tally(counts: dict[str, int]) -> str:
     return ", ".join(f"{k or 'none (n < 2)'} {v}" for k, v in sorted(counts.items())) or "none"
 
@@ -505,8 +513,11 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "- Pairing: within each condition (every combination of the condition factors plus the other "
         "site's policy), trials of policy a and b are paired by seed; incomplete pairs are excluded "
         "(Missing data).",
-        "- `identical`: a row whose every pair of runs is equal in every metric runs.csv records (test, "
-        "validation and training accuracy and loss) is not tested: no p-value, no TOST, no posterior.",
+        f"- `identical`: a row whose every pair of runs is {_identity_text(comp)} is not tested: no "
+        "p-value, no TOST, no posterior. Bit-identical means equal sha256 checksums of the final parameters "
+        "and of every final test logit (records since issue #28); a study recorded before them can show "
+        "only equal values of every metric runs.csv records (test, validation and training accuracy and "
+        "loss, at 6 significant digits), which two runs that computed different gradients can share.",
         "- Same data, counted once: a row whose paired runs (seeds and every recorded metric) are those "
         "of an earlier row of the same comparison (`same_data_as`) is neither tested nor counted again; "
         "it repeats that row's numbers.",
@@ -524,10 +535,11 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "`equivalent` if the adjusted TOST p < α (and the difference test does not reject); "
         "`inconclusive` otherwise (also below 2 pairs). `better` names the side a `different` or "
         "`trivial` row favours.",
-        f"- Intervals: 95% BCa paired bootstrap of the mean difference ({hyp.bootstrap_resamples} "
-        f"resamples, seed {hyp.bootstrap_seed}); fallback to the percentile bootstrap when BCa is "
-        "undefined, [d, d] (`degenerate`) when all differences are equal, [0, 0] for identical rows. "
-        f"Interval methods used: {ci_methods}.",
+        "- Intervals: the 95% paired t interval of the mean difference, the interval of the "
+        "pre-specified t-test (it excludes 0 exactly when the unadjusted test rejects); the BCa bootstrap "
+        "the studies reported before issue #28 covers the mean in only ~88-91% of samples at 6-8 pairs "
+        "(`benchmarks/coverage.py`). [d, d] (`degenerate`) when all differences are equal, [0, 0] for "
+        f"identical rows. Interval methods used: {ci_methods}.",
         "- Effect sizes: d_z = mean/sd of the differences, Hodges–Lehmann (median of Walsh averages), "
         "share of seeds where a beats b.",
         "- Power: `mde` = smallest difference a two-sided paired t-test detects with 80% power at this n "

@@ -245,6 +245,7 @@ def compare(
     conds, seeds = condition_columns(spec), expected_seeds(spec, table)
     kept, _ = applicable_comparisons(hyp, table)
     keys = key_columns(spec)
+    checksums = bool(table.attrs.get("checksums", False))
     rows, diffs, missing = [], [], []
     for index, comp in enumerate(kept):
         pairs, miss, _ = pair_trials(table, comp, conds, seeds, index)
@@ -255,7 +256,7 @@ def compare(
             group = group.sort_values("seed", kind="mergesort")
             same = (group["_fp_a"] == group["_fp_b"]).to_numpy()
             a, b = group["value_a"].to_numpy(), group["value_b"].to_numpy()
-            stats = row_statistics(a, b, hyp, identical=bool(same.all()))
+            stats = row_statistics(a, b, hyp, identical=bool(same.all()), checksums=checksums)
             stats["n_diverged"] = int(group["_diverged"].sum())
             stats["n_identical"] = int(same.sum())
             stats["_signature"] = tuple(zip(group["seed"], group["_fp_a"], group["_fp_b"], strict=True))

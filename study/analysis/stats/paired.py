@@ -225,6 +225,22 @@ def bootstrap_ci(
     return math.nan, math.nan, "none"
 
 
+def t_interval(a: np.ndarray, b: np.ndarray, level: float = CI_LEVEL) -> tuple[float, float, str]:
+    """The paired t interval of mean(a - b): the interval of the pre-specified paired t-test (it excludes
+    0 exactly when that test rejects at 1 - level), with nominal coverage at every n for normal
+    differences (benchmarks/coverage.py measures it against BCa, which undercovers at small n).
+
+    `degenerate` ([d, d]) when all differences are equal, `none` (NaN) with fewer than two pairs.
+    """
+    d = a - b
+    if len(d) < 2:
+        return math.nan, math.nan, "none"
+    if np.all(d == d[0]):
+        return float(d[0]), float(d[0]), "degenerate"
+    low, high = sst.ttest_rel(a, b).confidence_interval(confidence_level=level)
+    return float(low), float(high), "t"
+
+
 def ttest_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided paired t-test p of mean(a - b) = 0.
 
@@ -405,11 +421,18 @@ def sd_limit_equivalence(n: int, margin: float, alpha: float) -> float:
     return margin * math.sqrt(n) / float(sst.t.ppf(1 - alpha, n - 1))
 
 
-def row_statistics(a: np.ndarray, b: np.ndarray, hyp: Hypotheses, identical: bool = False) -> dict[str, Any]:
+IDENTICAL_BY = {True: "identical (checksums)", False: "identical (recorded metrics)"}
+
+
+def row_statistics(
+    a: np.ndarray, b: np.ndarray, hyp: Hypotheses, identical: bool = False, checksums: bool = False
+) -> dict[str, Any]:
     """Every per-row statistic of comparisons.csv except the multiplicity-dependent ones and the verdicts.
 
-    `identical` rows (every pair of runs equal in every recorded metric) get no test: their p-values,
-    TOST, standardized effect, power and posterior are empty, their interval is [0, 0] (`identical`).
+    `identical` rows get no test: their p-values, TOST, standardized effect, power and posterior are
+    empty, their interval is [0, 0]; `ci_method` says what the identity rests on: equal checksums of the
+    final parameters and test logits (`checksums`: bit-identical runs), or, for studies recorded before
+    the checksums, equal values of every recorded metric.
     """
     d = a - b
     out: dict[str, Any] = {"metric": hyp.metric, "margin": hyp.margin} | describe_differences(d)
@@ -420,7 +443,7 @@ def row_statistics(a: np.ndarray, b: np.ndarray, hyp: Hypotheses, identical: boo
         return out | {
             "ci_low": 0.0,
             "ci_high": 0.0,
-            "ci_method": "identical",
+            "ci_method": IDENTICAL_BY[checksums],
             "p_ttest": nan,
             "p_permutation": nan,
             "p_wilcoxon": nan,
@@ -436,9 +459,7 @@ def row_statistics(a: np.ndarray, b: np.ndarray, hyp: Hypotheses, identical: boo
             "p_equiv": nan,
             "p_a_better": nan,
         }
-    out["ci_low"], out["ci_high"], out["ci_method"] = bootstrap_ci(
-        a, b, hyp.bootstrap_resamples, hyp.bootstrap_seed
-    )
+    out["ci_low"], out["ci_high"], out["ci_method"] = t_interval(a, b)
     out["p_ttest"] = ttest_p(a, b)
     out["p_permutation"] = permutation_p(d, PERMUTATION_RESAMPLES, hyp.bootstrap_seed)
     out["p_wilcoxon"] = wilcoxon_p(d)

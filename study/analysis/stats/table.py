@@ -18,6 +18,7 @@ from study.sweep.hypotheses import Hypotheses
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
     ALL_METRICS,
+    CHECKSUM_COLUMNS,
     POLICY_COLUMNS,
     REDO_COLLECT,
     condition_columns,
@@ -97,6 +98,12 @@ def trial_status(runs: pd.DataFrame, hyp: Hypotheses) -> pd.Series:
     return pd.Series(status, index=runs.index, name="status")
 
 
+def has_checksums(runs: pd.DataFrame) -> bool:
+    """Whether runs.csv holds the final checksums (studies committed before them do not): then `identical`
+    means bit-identical parameters and test logits, else equal in every recorded metric."""
+    return all(c in runs for c in CHECKSUM_COLUMNS)
+
+
 def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd.DataFrame:
     """One row per (condition, weight_policy, signal_policy, seed): `value`, `status`, `diverged`.
 
@@ -113,10 +120,19 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["value"] = pd.to_numeric(runs[hyp.metric], errors="coerce")
     table["status"] = trial_status(runs, hyp)
     table["diverged"] = truthy(runs, "diverged")
-    # every metric runs.csv records, as written: two trials with equal fingerprints are identical runs
+    # two trials with equal fingerprints are identical runs: equal checksums of the final parameters and
+    # test logits where runs.csv has them (bit for bit), else every recorded metric as written
     recorded = [m for m in ALL_METRICS if m in runs]
     values = runs[recorded].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-    table["fingerprint"] = ["|".join(repr(float(v)) for v in row) for row in values]
+    prints = ["|".join(repr(float(v)) for v in row) for row in values]
+    if has_checksums(runs):
+        sums = runs[list(CHECKSUM_COLUMNS)].astype(object).where(runs[list(CHECKSUM_COLUMNS)].notna(), "")
+        # a trial without its checksums can be identical to no other
+        prints = [
+            p + "|" + "|".join(map(str, c)) if all(c) else f"{p}|unchecked {i}"
+            for i, (p, c) in enumerate(zip(prints, sums.itertuples(index=False), strict=True))
+        ]
+    table["fingerprint"] = prints
     table["_order"] = runs["run_id"].astype(str) if "run_id" in runs else ""
     clash = table.groupby(keys + ["seed"], sort=False)["_order"].nunique()
     clash = clash[clash > 1]
@@ -132,7 +148,9 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     table["_bad"] = table["status"] != "ok"
     table = table.sort_values(keys + ["seed", "_bad", "_order"], kind="mergesort")
     table = table.drop_duplicates(keys + ["seed"], keep="first")
-    return table.drop(columns=["_order", "_bad"]).reset_index(drop=True)
+    out = table.drop(columns=["_order", "_bad"]).reset_index(drop=True)
+    out.attrs["checksums"] = has_checksums(runs)  # what `identical` rests on (stats.families.compare)
+    return out
 
 
 def _cell_text(value: Any) -> str:
