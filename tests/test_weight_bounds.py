@@ -102,6 +102,9 @@ def test_new_fields_keep_earlier_run_ids() -> None:
         "channels",
         "kernel_size",
         "test_draws",
+        "weight_levels",
+        "weight_init",
+        "weight_bound",
     }
     changed = [
         TrialConfig(weight_clamp=0.1),

@@ -26,6 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from analog import set_noise
 from analog.diagnostics import weight_saturation
+from analog.layers import weight_bounds
 from study.training.config import TrialConfig
 from study.training.data import load_split, train_batches
 from study.training.module import (
@@ -33,6 +34,7 @@ from study.training.module import (
     all_finite,
     build_network,
     final_evaluation,
+    initial_weights,
     make_optimizer,
     probe_record,
 )
@@ -90,8 +92,11 @@ class BundleClassifier(L.LightningModule):
         self.configs = configs
         self.config = configs[0]
         models = [member_model(c, n_features, n_classes) for c in configs]
+        self.saturation_init = [initial_weights(m, c) for m, c in zip(models, configs, strict=True)]
         params, buffers = stack_module_state(models)
         self.names = list(params)
+        bounds = weight_bounds(models[0])  # weight_bound 'project': (index in stacked, low, high)
+        self._projected = [(i, *bounds[n]) for i, n in enumerate(self.names) if n in bounds]
         self.stacked = nn.ParameterList([nn.Parameter(params[n].detach().clone()) for n in self.names])
         self.buffers_ = buffers
         self.base = copy.deepcopy(models[0])  # the template called functionally (its own tensors unused)
@@ -166,6 +171,8 @@ class BundleClassifier(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         with torch.no_grad():
+            for i, low, high in self._projected:  # every member back into the range after the step
+                self.stacked[i].clamp_(low, high)
             for k, params in self._frozen.items():  # the optimizer's momentum would move a frozen member
                 for p, kept in zip(self.stacked, params, strict=True):
                     p[k] = kept
@@ -264,6 +271,7 @@ def run_bundle(configs: list[TrialConfig | dict[str, Any]]) -> list[dict[str, An
             wall / len(configs),
             module.saturation[k],
             evaluations[k],
+            module.saturation_init[k],
         )
         rec["bundle_size"] = len(configs)
         rec["bundle_seeds"] = [c.seed for c in configs]

@@ -57,6 +57,15 @@ class TrialConfig(BaseModel):
     128, 10 epochs, and AnalogVNN 1.0.8's gradient policies (weights `ste`, signals `exact`).
     ``precision: null`` is full precision; ``leakage: null`` (or ``noise: none``) turns the noise off.
     ``weight_clamp`` is the hardware weight range of a weight clamp ([-c, c]; 1 = AnalogVNN's).
+    Three options say how the weight site uses that range (defaults: AnalogVNN's behaviour, left out
+    of the run_id): ``weight_levels: range`` puts the precision levels (and the noise defined on them)
+    on w / c, so 16 levels span [-c, c] (``absolute``: steps of 1/16 whatever c); ``weight_init:
+    in_range`` rescales each layer's initial weight and bias into [-c, c] (by c / max|p| where max|p|
+    exceeds c; the record's ``weight_saturation_init`` gives the share beyond c at initialisation);
+    ``weight_bound: project`` removes the clamp from the weight site's forward and clips the weights
+    into the range after every optimizer step (and at initialisation) - the weight gradient is then
+    the identity, so ``weight_policy`` is moot and must stay at its default ``ste`` (one trial, one
+    run_id). All three need a weight clamp (``in_range``: ``clamp``) and an analog network.
     ``optimizer: sgd`` takes ``momentum``; ``schedule: cosine`` anneals the learning rate per epoch
     (``CosineAnnealingLR(T_max=epochs)``: epoch e trains at lr (1 + cos(pi e / epochs)) / 2).
     ``eval_test: false`` never evaluates the test split (learning-rate selection trials).
@@ -121,6 +130,22 @@ class TrialConfig(BaseModel):
         1.0,
         gt=0,
         description="hardware weight range c: clamp weights to [-c, c] (clamp01: [0, c]); 1 with Lp norms",
+    )
+    weight_levels: Literal["absolute", "range"] = Field(
+        "absolute",
+        description="weight precision levels and noise: absolute (steps of 1/precision, AnalogVNN's) or "
+        "range (on w / weight_clamp: the levels span [-c, c])",
+    )
+    weight_init: Literal["default", "in_range"] = Field(
+        "default",
+        description="initial weights: default (the layer's) or in_range (each weight and bias tensor "
+        "scaled by c / its largest magnitude where that exceeds c, so all lie in [-c, c]; weight_norm clamp)",
+    )
+    weight_bound: Literal["forward", "project"] = Field(
+        "forward",
+        description="how weights are bounded: forward (clamp in the forward pass, its backward the "
+        "weight_policy) or project (no clamp; weights clipped into the range after every optimizer "
+        "step; weight_policy must stay ste)",
     )
     weight_policy: str = Field(
         "ste",
@@ -272,6 +297,10 @@ class TrialConfig(BaseModel):
             raise ValueError(
                 "signal_policy: a digital network has no signal normalization to set by location"
             )
+        else:
+            for name in ("weight_levels", "weight_init", "weight_bound"):
+                if getattr(self, name) != TrialConfig.model_fields[name].default:
+                    raise ValueError(f"{name}: applies to analog networks only (digital is true)")
         return self
 
     def analog_config(self) -> AnalogConfig:
@@ -288,6 +317,9 @@ class TrialConfig(BaseModel):
             leakage=self.leakage,
             noise_precision=self.noise_precision,
             weight_clamp=self.weight_clamp,
+            weight_levels=self.weight_levels,
+            weight_init=self.weight_init,
+            weight_bound=self.weight_bound,
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -326,6 +358,9 @@ OMITTED_AT_DEFAULT: tuple[str, ...] = (
     "channels",
     "kernel_size",
     "test_draws",
+    "weight_levels",
+    "weight_init",
+    "weight_bound",
 )
 
 

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from analog import build_classifier, build_cnn, fixed_weights, probe, set_noise
+from analog import build_classifier, build_cnn, fixed_weights, probe, project_weights, set_noise
 from analog.diagnostics import weight_saturation
+from analog.layers import analog_layers
+from analog.models import init_in_range_
 from study.training.archs import BUILTIN_ARCHS, build_registered
 from study.training.config import TrialConfig
 
@@ -69,6 +71,20 @@ def make_optimizer(config: TrialConfig, params: Any) -> dict[str, Any]:
     if config.schedule == "cosine":  # stepped once per epoch (Lightning's default interval)
         out["lr_scheduler"] = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
     return out
+
+
+def initial_weights(net: torch.nn.Module, config: TrialConfig) -> dict[str, Any] | None:
+    """The share of weight-site parameters beyond their range at initialisation (the record's
+    `weight_saturation_init`, as `analog.diagnostics.weight_saturation` counts it; None for a digital
+    network); then, for ``weight_bound: project``, the initial weights clipped into the range (the first
+    forward pass sees bounded weights). Shared by the sequential and the bundled paths."""
+    if config.digital:
+        return None
+    for layer in analog_layers(net):  # built-in archs have done it (idempotent); a registered one may not
+        init_in_range_(layer)
+    saturation = weight_saturation(net)
+    project_weights(net)
+    return saturation
 
 
 def probe_record(
@@ -156,6 +172,7 @@ class AnalogClassifier(L.LightningModule):
         super().__init__()
         self.config = config
         self.net = build_network(config, n_features, n_classes)
+        self.saturation_init = initial_weights(self.net, config)
         self.acc = torch.nn.ModuleDict(
             {f"{s}_acc": MulticlassAccuracy(n_classes, average="micro") for s in STAGES}
         )
@@ -190,6 +207,7 @@ class AnalogClassifier(L.LightningModule):
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        project_weights(self.net)  # weight_bound 'project': back into the range after the step
         if not self.diverged and not all_finite(list(self.parameters())):
             self._diverge()
 

@@ -90,10 +90,12 @@ def summarize(
     wall: float,
     saturation: list[dict[str, Any]] | None = None,
     evaluation: dict[str, Any] | None = None,
+    saturation_init: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The record: configuration, final and best-validation metrics, per-epoch history, provenance;
-    `weight_saturation` per epoch (see `analog.diagnostics.weight_saturation`); the final evaluation
-    over noise draws (`study.training.module.final_evaluation`)."""
+    `weight_saturation` per epoch (see `analog.diagnostics.weight_saturation`) and at initialisation
+    (`weight_saturation_init`, None for a digital network); the final evaluation over noise draws
+    (`study.training.module.final_evaluation`)."""
     last = history[-1] if history else {}
     nan = math.nan
     best = max(history, key=lambda r: (r["val_acc"], -r["epoch"])) if history else {}
@@ -117,6 +119,7 @@ def summarize(
         "history": history,
         "diagnostics": diagnostics,
         "weight_saturation": saturation or [],
+        "weight_saturation_init": saturation_init,
         "versions": library_versions(),
     }
 
@@ -151,7 +154,14 @@ def run_trial(config: TrialConfig | dict[str, Any], out_dir: str | Path | None =
     evaluation = final_evaluation(module.net, config, data.data.test_x, data.data.test_y)
     wall = time.perf_counter() - start
     return summarize(
-        config, module.history, module.diagnostics, module.diverged_at, wall, module.saturation, evaluation
+        config,
+        module.history,
+        module.diagnostics,
+        module.diverged_at,
+        wall,
+        module.saturation,
+        evaluation,
+        module.saturation_init,
     )
 
 
