@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from typing import Any
 
@@ -122,12 +123,26 @@ EVAL_BATCH = 1000
 
 
 @torch.no_grad()
-def _accuracy(net: torch.nn.Module, x: Tensor, y: Tensor) -> float:
-    correct = sum(
-        int((net(x[i : i + EVAL_BATCH]).argmax(-1) == y[i : i + EVAL_BATCH]).sum())
-        for i in range(0, len(y), EVAL_BATCH)
-    )
+def _accuracy(net: torch.nn.Module, x: Tensor, y: Tensor, digest: Any = None) -> float:
+    """Test accuracy in percent; every logit computed is fed to `digest` (a hashlib object) if given."""
+    correct = 0
+    for i in range(0, len(y), EVAL_BATCH):
+        logits = net(x[i : i + EVAL_BATCH])
+        if digest is not None:
+            digest.update(logits.detach().contiguous().numpy().tobytes())
+        correct += int((logits.argmax(-1) == y[i : i + EVAL_BATCH]).sum())
     return round(100.0 * correct / len(y), 4)
+
+
+def params_checksum(net: torch.nn.Module) -> str:
+    """sha256 of every tensor of the network's state (names, dtypes, shapes and bytes, in state order):
+    two trials with equal checksums ended with bit-identical parameters and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in net.state_dict().items():
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def final_evaluation(net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Tensor) -> dict[str, Any]:
@@ -135,22 +150,28 @@ def final_evaluation(net: torch.nn.Module, config: TrialConfig, x: Tensor, y: Te
     noise (their mean is `test_acc_mean`; one draw is as noisy as the per-epoch `test_acc`), and with
     the noise off (`test_acc_noise_off`). The draws come from a generator state seeded from the trial
     seed alone, so they do not depend on how the network was trained (alone or in a bundle), and the
-    training stream is left untouched. Nothing when the test split is not evaluated (`eval_test`)."""
+    training stream is left untouched. `params_sha256` and `logits_sha256` (of every logit of the draws
+    and the noise-off pass) make "identical runs" checkable bit for bit; without `eval_test` only the
+    parameters' checksum (the test split is never evaluated)."""
+    params = params_checksum(net)
     if not config.eval_test:
-        return {}
+        return {"params_sha256": params}
+    logits = hashlib.sha256()
     with fixed_weights(net):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed + EVAL_SEED_OFFSET)
-            draws = [_accuracy(net, x, y) for _ in range(config.test_draws)]
+            draws = [_accuracy(net, x, y, logits) for _ in range(config.test_draws)]
         set_noise(net, False)  # outside the forked stream, as the records have it (stochastic rounding
         try:  # still draws, from the trial's own stream after training)
-            noise_off = _accuracy(net, x, y)
+            noise_off = _accuracy(net, x, y, logits)
         finally:
             set_noise(net, True)
     return {
         "test_acc_draws": draws,
         "test_acc_mean": round(sum(draws) / len(draws), 4),
         "test_acc_noise_off": noise_off,
+        "params_sha256": params,
+        "logits_sha256": logits.hexdigest(),
     }
 
 
