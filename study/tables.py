@@ -78,6 +78,7 @@ def id_dtypes(columns: Any = None) -> dict[str, type]:
     names = ID_COLUMNS if columns is None else [c for c in ID_COLUMNS if c in set(columns)]
     return {c: str for c in names}
 
+
 # human names of the factor columns: figure axes, table headers, captions
 FACTOR_LABELS = {
     "dataset": "Dataset",

@@ -22,6 +22,7 @@ from study.analysis.report.common import (
 from study.analysis.report.latex import camel, latex_escape, macro_prefix, write_latex
 from study.analysis.report.markdown import write_report as write_stats_report
 from study.analysis.stats import compute_stats
+from study.sweep.screen import ALL_STATS, SCREEN_TABLE
 from study.tables import (
     TUNED_RUNS,
     TUNED_STATS,
@@ -41,6 +42,8 @@ def stats_stage(sdir: str | Path) -> Path:
     out = compute_stats(Path(sdir))
     if (Path(sdir) / TUNED_RUNS).exists():  # tune_lr: the same comparisons at each policy's own lr
         compute_stats(Path(sdir), TUNED_RUNS, TUNED_STATS)
+    if (Path(sdir) / SCREEN_TABLE).exists():  # the sensitivity analysis: every condition, screened out too
+        compute_stats(Path(sdir), out_name=ALL_STATS, screened=False)
     write_latex(Path(sdir))
     write_stats_report(Path(sdir))
     return out

@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from study.sweep.records import FAILED, RECORD, InvalidRecord, load_record, trial_dir
+from study.sweep.screen import SCREEN_TABLE, screen_table
 from study.sweep.spec import expand, parse_spec
 from study.tables import (
     ALL_METRICS,
@@ -171,7 +172,12 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     def row_of(trial: Any) -> dict[str, Any]:
         rec, fail = records[trial.run_id], _read_failed(trial_dir(sdir, trial.run_id) / FAILED)
         return _row(
-            spec.name, rec.get("spec_hash", spec_hash) if rec else spec_hash, trial, rec, fail, metrics,
+            spec.name,
+            rec.get("spec_hash", spec_hash) if rec else spec_hash,
+            trial,
+            rec,
+            fail,
+            metrics,
             checksums,
         )
 
@@ -197,4 +203,12 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
         print(f"  {r['status']}: {r['run_id']} seed={r['seed']} {r['error']}")
     for path in write_tables(spec, sdir, row_of):
         print(f"  tune_lr -> {path}")
+    if spec.screen is not None:
+        screen = pd.DataFrame(screen_table(spec, sdir))
+        write_table(screen, sdir / SCREEN_TABLE, raw=True)
+        passed = screen["passed"]
+        print(
+            f"  screen -> {sdir / SCREEN_TABLE}: {int((passed == True).sum())} of {len(screen)} conditions "  # noqa: E712
+            f"pass, {int((passed == False).sum())} screened out, {int(passed.isna().sum())} not yet screened"  # noqa: E712
+        )
     return runs_path, curves_path

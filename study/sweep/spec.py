@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from analog.locations import canonical_signal_policy, is_uniform
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.sweep.hypotheses import Hypotheses
+from study.sweep.screen import Screen, check_screen, screen_trials
 from study.tables import STUDY_NAME_PATTERN, read_yaml
 from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 
@@ -94,6 +95,8 @@ class StudySpec(BaseModel):
         return v
 
     tune_lr: TuneLR | None = None
+    # the pre-registered trainability screen (study.sweep.screen); absent = every condition is analysed
+    screen: Screen | None = None
 
     @field_validator("seeds")
     @classmethod
@@ -112,13 +115,15 @@ class StudySpec(BaseModel):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def dump(self) -> dict[str, Any]:
-        """The canonical spec as plain data; `plugins` and `tune_lr` only when set (so older specs' hashes
-        and stored spec.yaml files are unchanged)."""
+        """The canonical spec as plain data; `plugins`, `tune_lr` and `screen` only when set (so older
+        specs' hashes and stored spec.yaml files are unchanged)."""
         data = self.model_dump(mode="json")
         if not data["plugins"]:
             del data["plugins"]
         if data.get("tune_lr") is None:
             data.pop("tune_lr", None)
+        if data.get("screen") is None:
+            data.pop("screen", None)
         data["hypotheses"] = self.hypotheses.dump()
         return data
 
@@ -269,6 +274,7 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
                 resolved.setdefault(rid, value)
     errors += _check_rules(spec_dict, factors)
     errors += _check_tune_lr(spec_dict, factors)
+    errors += check_screen(spec_dict, factors)
     errors += _check_effect_model(spec_dict, factors)
     return errors
 
@@ -450,6 +456,11 @@ def parse_spec(data: dict[str, Any]) -> StudySpec:
         try:
             check_grid_size(spec)  # before expand: a grid of millions of cells is refused by its count
             expand(spec)
+            if spec.screen is not None and not screen_trials(spec):
+                errors.append(
+                    f"screen.arm: no cell of the study runs {spec.screen.arm} (cells resolve policies from "
+                    "base, factors and presets; the default weight policy is ste)"
+                )
         except (ConfigError, ValueError) as err:
             errors.append(f"cells: {err}")
     if errors:

@@ -105,12 +105,19 @@ def tuned_trials(spec: StudySpec, sdir: Path) -> list[Trial]:
 
 
 def study_trials(spec: StudySpec, sdir: Path) -> list[Trial]:
-    """What the runner runs now: the spec's trials, the selection trials, and the own-lr trials whose
-    selection is complete (each run_id once, in that order)."""
+    """What the runner runs now: the screen trials (`study.sweep.screen`), the spec's trials, the
+    selection trials, and the own-lr trials whose selection is complete (each run_id once, in that order)."""
+    from study.sweep.screen import screen_trials
+
     trials = expand(spec)
+    if spec.tune_lr is None and spec.screen is None:
+        return trials
+    screen = screen_trials(spec)  # first: every condition's screen is known early
+    seen = {t.run_id for t in screen}
+    trials = [*screen, *(t for t in trials if t.run_id not in seen)]
+    seen |= {t.run_id for t in trials}
     if spec.tune_lr is None:
         return trials
-    seen = {t.run_id for t in trials}
     for t in [*selection_trials(spec), *tuned_trials(spec, sdir)]:
         if t.run_id not in seen:
             seen.add(t.run_id)

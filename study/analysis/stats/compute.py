@@ -15,6 +15,7 @@ and every resampling (bootstrap, permutation, posterior) is seeded by
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -30,6 +31,7 @@ from study.analysis.stats.sensitivity import sensitivity_table
 from study.analysis.stats.table import (
     MISSING_STATUS,
     ROW_KEYS,
+    cell_text,
     check_coverage,
     key_columns,
     load_hypotheses,
@@ -37,12 +39,16 @@ from study.analysis.stats.table import (
     trial_table,
     value_orders,
 )
+from study.sweep.screen import SCREEN_TABLE
 from study.sweep.spec import stored_spec_hash
 from study.tables import (
+    REDO_COLLECT,
     check_spec_hashes,
     condition_columns,
     load_runs,
     load_spec_dict,
+    parse_bool,
+    read_csv,
     write_table,
     write_text_atomic,
 )
@@ -59,10 +65,29 @@ def _finish(frame: pd.DataFrame, columns: list[str], by: list[str], orders: dict
     return sort_rows(frame, by, orders)[columns]
 
 
-def compute_stats(study_dir: Path, runs_name: str = "runs.csv", out_name: str = "stats") -> Path:
+def screened_runs(runs: pd.DataFrame, spec: dict[str, Any], study_dir: Path) -> pd.DataFrame:
+    """The trials of the conditions that pass the study's trainability screen (`screen.csv`, written by
+    collect; `study.sweep.screen`); a condition not yet screened counts as not passing."""
+    path = study_dir / SCREEN_TABLE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: the spec has a screen; {REDO_COLLECT}")
+    screen = read_csv(path, REDO_COLLECT, dtype=str, keep_default_na=False)
+    conds = [c for c in condition_columns(spec) if c in screen]
+
+    def key(frame: pd.DataFrame) -> pd.Series:
+        return frame[conds].apply(lambda r: tuple(cell_text(v) for v in r), axis=1)
+
+    passed = set(key(screen[screen["passed"].map(lambda v: parse_bool(v) is True)]))
+    return runs[key(runs).isin(passed)].reset_index(drop=True) if len(runs) else runs
+
+
+def compute_stats(
+    study_dir: Path, runs_name: str = "runs.csv", out_name: str = "stats", screened: bool = True
+) -> Path:
     """The statistics tables of `study_dir` (needs spec.yaml and runs.csv) in `study_dir/stats`; returns it.
     `runs_name`/`out_name` analyse another table of the study's trials the same way (TUNED_RUNS ->
-    TUNED_STATS: each cell at its own selected learning rate).
+    TUNED_STATS: each cell at its own selected learning rate). With a trainability screen in the spec,
+    only the conditions that pass it are analysed unless `screened` is false (the sensitivity analysis).
 
     Writes tables only; the statistics report and LaTeX are written from them by
     `study.analysis.report` (`python -m study stats` runs both: `study.analysis.publish.stats_stage`).
@@ -77,6 +102,8 @@ def compute_stats(study_dir: Path, runs_name: str = "runs.csv", out_name: str = 
             study_dir, current, dict(zip(runs["run_id"], runs["spec_hash"].fillna(""), strict=True))
         )
     check_coverage(runs, spec, study_dir)
+    if screened and spec.get("screen"):  # the primary analysis: conditions that pass the screen
+        runs = screened_runs(runs, spec, study_dir)
     table = trial_table(runs, spec, hyp)
     orders = value_orders(spec, table)
     out = study_dir / out_name

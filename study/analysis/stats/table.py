@@ -153,7 +153,7 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     return out
 
 
-def _cell_text(value: Any) -> str:
+def cell_text(value: Any) -> str:
     """A factor value as runs.csv spells it, numbers normalised (16, 16.0 and '16' alike)."""
     if value is None:
         return "none"
@@ -177,11 +177,11 @@ def check_coverage(runs: pd.DataFrame, spec: dict[str, Any], study_dir: Path | s
     if absent:
         raise ValueError(f"{study_dir}: runs.csv lacks the factor columns {absent}; {REDO_COLLECT}")
     want = {
-        (*(_cell_text(cell.get(n)) for n in names), str(seed))
+        (*(cell_text(cell.get(n)) for n in names), str(seed))
         for cell in cells(spec_model)
         for seed in spec_model.seed_list
     }
-    rows = runs[names].astype(object).where(runs[names].notna(), None).map(_cell_text)
+    rows = runs[names].astype(object).where(runs[names].notna(), None).map(cell_text)
     have = list(zip(*(rows[n] for n in names), runs["seed"].astype(int).astype(str), strict=True))
     missing, extra = sorted(want - set(have)), sorted(set(have) - want)
     if missing or extra:
