@@ -37,6 +37,7 @@ from analog.noise import NOISE_CLASSES, GaussianNoise, LaplacianNoise, PoissonNo
 from analog.normalize import (
     NORMALIZATIONS,
     available_normalizations,
+    learned_clamp,
     normalization_fn,
     normalize,
     register_normalization,
@@ -101,6 +102,7 @@ __all__ = [
     "get_policy",
     "gradient_disagreement",
     "gradient_mismatch",
+    "learned_clamp",
     "logit_bounds",
     "make_activation",
     "make_noise",

@@ -24,7 +24,16 @@ from torch import Tensor, nn
 
 from analog.locations import ROLES, canonical_signal_policy, layer_signal_policies
 from analog.noise import NOISE_CLASSES, make_noise
-from analog.normalize import CLAMPS, check_bound, check_normalization, normalization_fn, saturation_mask
+from analog.normalize import (
+    CLAMPS,
+    LEARNED,
+    check_bound,
+    check_learned_range,
+    check_normalization,
+    learned_clamp,
+    normalization_fn,
+    saturation_mask,
+)
 from analog.policies import check_policy, functorch_active, get_policy, straight_through
 from analog.precision import PRECISION_CLASSES, check_divide, check_precision, precision_fn
 
@@ -78,6 +87,11 @@ class AnalogConfig:
     optimizer step instead (:func:`project_weights`), so the weight gradient policy has nothing to act
     on and must stay at its default ``ste``. The three need a clamp (``clamp``; ``in_range``: ``clamp``
     only, whose range is symmetric) and leave AnalogVNN's behaviour at their defaults.
+    ``signal_norm="learned_clamp"`` learns the signal range: each layer owns a bound per position
+    (parameters ``signal_range_in``, and ``signal_range_out`` when its output is normalized), one per
+    layer or, with `signal_range_per` ``channel``, one per channel, all starting at
+    `signal_range_init` (:func:`analog.normalize.learned_clamp`: the signal policy acts on the gradient
+    to the signals, the bound gets its true derivative).
     `signal_policy` is a policy name or a location spec (:mod:`analog.locations`), kept in its
     canonical string form.
     """
@@ -96,10 +110,13 @@ class AnalogConfig:
     weight_levels: str = "absolute"
     weight_init: str = "default"
     weight_bound: str = "forward"
+    signal_range_init: float = 1.0
+    signal_range_per: str = "layer"
 
     def __post_init__(self) -> None:
         check_normalization(self.weight_norm, "weight_norm")
         check_normalization(self.signal_norm, "signal_norm")
+        check_learned_range(self.signal_norm, self.signal_range_init, self.signal_range_per, self.weight_norm)
         check_bound(self.weight_norm, self.weight_clamp, "weight_clamp")
         check_policy(self.weight_policy, "weight_policy")
         check_weight_range_options(self.weight_norm, self.weight_policy, **self.weight_range_options)
@@ -184,6 +201,29 @@ class AnalogLayer(nn.Module):
         self._snorm = normalization_fn(c.signal_norm)
         # range mode: the weight site's precision and noise act on w / c (at c = 1 nothing changes)
         self._wscale = c.weight_clamp if c.weight_levels == "range" and c.weight_clamp != 1 else None
+        if c.signal_norm in LEARNED:  # the learned signal ranges, after weight and bias
+            positions = ("in", "out") if self.normalize_output else ("in",)
+            for position in positions:
+                init = torch.full(self._range_shape(position), float(c.signal_range_init))
+                setattr(self, f"signal_range_{position}", nn.Parameter(init))
+
+    def _range_shape(self, position: str) -> tuple[int, ...]:
+        """Shape of the learned bound at `position` (``in``/``out``): () per layer; per channel, one per
+        input/output feature (linear) or channel (convolutions, broadcast over the spatial dims)."""
+        if self.config.signal_range_per == "layer":
+            return ()
+        n = getattr(self, f"{position}_features", None) or getattr(self, f"{position}_channels")
+        return (n,) + (1,) * getattr(self, "dims", 0)
+
+    def _learned_norm(self, site: str, policy: str) -> Callable[[Tensor], Tensor]:
+        """The learned clamp of signal `site` (``signal_in``/``signal_out``), its bound read at call
+        time (a seed bundle's functional call swaps the parameters in)."""
+        alpha = getattr(self, "signal_range_" + site.removeprefix("signal_"))
+
+        def norm(x: Tensor) -> Tensor:
+            return learned_clamp(x, alpha, policy)
+
+        return norm
 
     @property
     def signal_policy(self) -> str:
@@ -236,7 +276,12 @@ class AnalogLayer(nn.Module):
             kind, fn, policy = stages[i]
             if tracking and kind == "norm":
                 bound = self.config.weight_clamp if site in ("weight", "bias") else 1.0
-                self.saturation[site] = saturation_mask(x.detach(), norm_kind, bound).float().mean()
+                if norm_kind in LEARNED:
+                    alpha = getattr(self, "signal_range_" + site.removeprefix("signal_")).detach()
+                    mask = x.detach().abs() > alpha
+                else:
+                    mask = saturation_mask(x.detach(), norm_kind, bound)
+                self.saturation[site] = mask.float().mean()
                 if self.signal_tensors is not None and site.startswith("signal"):
                     self.signal_tensors[site] = x
             if policy == "ste" and not tracking:
@@ -291,7 +336,13 @@ class AnalogLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         c = self.config
         order = ("norm", "precision", "noise")
-        in_stages = self._stages(order, self._snorm, c.signal_norm, self.signal_policy_input)
+        snorm_in, policy_in = self._snorm, self.signal_policy_input
+        snorm_out, policy_out = self._snorm, self.signal_policy_output
+        if c.signal_norm in LEARNED:  # the policy acts inside learned_clamp; autograd through it
+            snorm_in, policy_in = self._learned_norm("signal_in", policy_in), "exact"
+            if self.normalize_output:
+                snorm_out, policy_out = self._learned_norm("signal_out", policy_out), "exact"
+        in_stages = self._stages(order, snorm_in, c.signal_norm, policy_in)
         x = self._run_stages(
             in_stages,
             x,
@@ -302,7 +353,7 @@ class AnalogLayer(nn.Module):
         y = self._operation(x, w, b)
         out_norm = c.signal_norm if self.normalize_output else "none"
         return self._run_stages(
-            self._stages(("noise", "norm", "precision"), self._snorm, out_norm, self.signal_policy_output),
+            self._stages(("noise", "norm", "precision"), snorm_out, out_norm, policy_out),
             y,
             "signal_out",
             out_norm,

@@ -187,3 +187,72 @@ def saturation_mask(x: Tensor, kind: str, bound: float = 1.0) -> Tensor:
         return _SATURATION[kind](x)
     with torch.no_grad():
         return _FORWARD[kind](x) != x
+
+
+# --- learned signal ranges (PACT-style clamps whose bound is a parameter) -------------------------
+
+LEARNED_CLAMP = "learned_clamp"
+LEARNED: tuple[str, ...] = (LEARNED_CLAMP,)
+"""Normalizations whose range is a parameter of the layer (signal site only): ``y = clamp(x, -a, a)``."""
+
+RANGE_PER: tuple[str, ...] = ("layer", "channel")
+"""How many learned bounds a layer position has: one (``layer``) or one per channel (``channel``)."""
+
+
+def _needs_alpha(x: Tensor) -> Tensor:
+    raise ValueError(
+        f"{LEARNED_CLAMP}: its bound is a parameter of the layer; call "
+        "analog.normalize.learned_clamp(x, alpha, policy) or use it as an AnalogConfig signal_norm"
+    )
+
+
+register_normalization(LEARNED_CLAMP, saturation=_needs_alpha)(_needs_alpha)
+
+
+def learned_clamp(x: Tensor, alpha: Tensor, policy: str = "exact") -> Tensor:
+    """``clamp(x, -alpha, alpha)`` with a learned bound `alpha` (PACT, Choi et al. 2018, made symmetric).
+
+    Gradient to `x`: the registered gradient `policy` of the clamp at the current bound (``exact``: 1
+    inside [-alpha, alpha], bounds included, 0 outside; ``ste``: 1 everywhere; ``zero``: none). Gradient
+    to `alpha`: the true derivative, whatever the policy: dy/dalpha = sign(x) where |x| > alpha, 0
+    inside, summed over the elements `alpha` broadcasts to (one bound per layer, or per channel).
+
+    This is PACT's gradient, not aihwkit-lightning 2.1.0's (``InputRangeForward.backward``): that one
+    keeps only the saturated gradients that push the range outwards, scales them by the range, and adds
+    a decay towards smaller ranges when few inputs clip - an estimator, while normgrad compares
+    estimators for `x` against the true derivative and so keeps the bound's own gradient exact. Its
+    initialisation from data (a running mean of k * std(x) over the first training batches, written
+    into the parameter inside the forward) is not adopted either: it mutates a parameter in the forward,
+    which the seed bundles' vmap cannot do, and the initial bound is a fixed number instead
+    (``signal_range_init``). The forward value is exactly ``torch.clamp(x, -alpha, alpha)``.
+    """
+    a = alpha.detach()
+    y = get_policy(policy)(lambda t: torch.clamp(t, -a, a), x)
+    if torch.is_grad_enabled():  # (not alpha.requires_grad: under a bundle's vmap it reads False)
+        with torch.no_grad():
+            side = (x > a).to(x.dtype) - (x < -a).to(x.dtype)  # sign(x) where saturated, else 0
+        y = y + (alpha - a) * side  # adds exactly 0; carries d y / d alpha = side
+    return y
+
+
+def check_learned_range(signal_norm: str, init: float, per: str, weight_norm: str = "clamp") -> None:
+    """ValueError naming the field: a learned range's initial bound (finite, > 0) and granularity
+    (`RANGE_PER`), set away from their defaults only with a learned signal normalization; a learned
+    normalization at the weight site (its bound lives with the signals)."""
+    if weight_norm in LEARNED:
+        raise ValueError(
+            f"weight_norm: {weight_norm!r} is a signal normalization (a learned signal range); "
+            f"at the weight site use a fixed one, e.g. clamp with weight_clamp"
+        )
+    number = isinstance(init, (int, float)) and not isinstance(init, bool)
+    if not number or not math.isfinite(init) or init <= 0:
+        raise ValueError(f"signal_range_init: must be a finite number > 0, got {init!r}")
+    if not isinstance(per, str) or per not in RANGE_PER:
+        raise ValueError(f"signal_range_per: unknown {per!r}; allowed: {', '.join(RANGE_PER)}")
+    if signal_norm not in LEARNED:
+        for name, value, default in (("signal_range_init", init, 1), ("signal_range_per", per, "layer")):
+            if value != default:
+                raise ValueError(
+                    f"{name}: applies to a learned signal range, signal_norm {' or '.join(LEARNED)} "
+                    f"(signal_norm is {signal_norm!r}); leave it at {default!r}"
+                )

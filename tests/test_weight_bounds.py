@@ -105,6 +105,8 @@ def test_new_fields_keep_earlier_run_ids() -> None:
         "weight_levels",
         "weight_init",
         "weight_bound",
+        "signal_range_init",
+        "signal_range_per",
     }
     changed = [
         TrialConfig(weight_clamp=0.1),

@@ -69,6 +69,9 @@ class TrialConfig(BaseModel):
     ``optimizer: sgd`` takes ``momentum``; ``schedule: cosine`` anneals the learning rate per epoch
     (``CosineAnnealingLR(T_max=epochs)``: epoch e trains at lr (1 + cos(pi e / epochs)) / 2).
     ``eval_test: false`` never evaluates the test split (learning-rate selection trials).
+    ``signal_norm: learned_clamp`` learns the signal ranges (PACT-style, :func:`analog.normalize.
+    learned_clamp`): ``signal_range_init`` (initial bound) and ``signal_range_per`` (layer or channel)
+    apply to it only and are left out of the run_id at their defaults.
     `signal_policy` may set policies by location (``{default: exact, readout_output: ste}`` or
     ``"exact,readout_output=ste"``, :mod:`analog.locations`); it is kept in its canonical string form.
     `readout` (``analog``, ``digital``, ``scaled``; :data:`analog.models.READOUTS`) says how the last
@@ -155,6 +158,17 @@ class TrialConfig(BaseModel):
         "clamp", description="normalization of signals (the same choices as weight_norm)"
     )
     signal_policy: str = Field("exact", description="gradient policy of the signal normalization")
+    signal_range_init: float = Field(
+        1.0,
+        gt=0,
+        description="signal_norm learned_clamp: initial learned signal range a (signals clamped to "
+        "[-a, a], a trained with the network; a finite number > 0)",
+    )
+    signal_range_per: Literal["layer", "channel"] = Field(
+        "layer",
+        description="signal_norm learned_clamp: one learned range per layer position (layer) or per "
+        "feature/channel (channel)",
+    )
     precision_class: str = Field(
         "reduce", description="reduced precision: reduce (deterministic) or stochastic"
     )
@@ -298,7 +312,7 @@ class TrialConfig(BaseModel):
                 "signal_policy: a digital network has no signal normalization to set by location"
             )
         else:
-            for name in ("weight_levels", "weight_init", "weight_bound"):
+            for name in ("weight_levels", "weight_init", "weight_bound", *LEARNED_RANGE_FIELDS):
                 if getattr(self, name) != TrialConfig.model_fields[name].default:
                     raise ValueError(f"{name}: applies to analog networks only (digital is true)")
         return self
@@ -320,6 +334,8 @@ class TrialConfig(BaseModel):
             weight_levels=self.weight_levels,
             weight_init=self.weight_init,
             weight_bound=self.weight_bound,
+            signal_range_init=self.signal_range_init,
+            signal_range_per=self.signal_range_per,
         )
 
     def canonical(self) -> dict[str, Any]:
@@ -361,7 +377,10 @@ OMITTED_AT_DEFAULT: tuple[str, ...] = (
     "weight_levels",
     "weight_init",
     "weight_bound",
+    "signal_range_init",
+    "signal_range_per",
 )
+LEARNED_RANGE_FIELDS: tuple[str, ...] = ("signal_range_init", "signal_range_per")
 
 
 def format_validation_error(err: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
