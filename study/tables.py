@@ -237,8 +237,9 @@ def load_runs(study_dir: Path, name: str = "runs.csv") -> pd.DataFrame:
 
 
 def condition_columns(spec: dict[str, Any]) -> list[str]:
-    """Factor columns that define a condition: every spec factor except the gradient policies."""
-    skip = set(POLICY_COLUMNS) | {PRESET_COLUMN, "seed"}
+    """Factor columns that define a condition: every spec factor except the gradient policies and the
+    spec's `arm_factors` (settings chosen per policy arm, such as each arm's own learning rate)."""
+    skip = set(POLICY_COLUMNS) | {PRESET_COLUMN, "seed"} | set(spec.get("arm_factors") or [])
     return [name for name in (spec.get("factors") or {}) if name not in skip]
 
 

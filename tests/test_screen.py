@@ -95,3 +95,48 @@ def test_screen_decides_the_primary_analysis_and_the_sensitivity_keeps_all(tmp_p
     primary = pd.read_csv(sdir / "stats" / "comparisons.csv")
     everything = pd.read_csv(sdir / "stats_all" / "comparisons.csv")
     assert primary["lr"].tolist() == [0.01] and sorted(everything["lr"].tolist()) == [1e-7, 0.01]
+
+
+def _arm_spec(**over: Any) -> dict[str, Any]:
+    cells = [{"lr": 0.01, "signal_policy": "exact"}, {"lr": 0.02, "signal_policy": "ste"}]
+    spec = {
+        "name": "arms",
+        "base": {**TINY, "noise": "none"},
+        "factors": {"lr": [0.01, 0.02], "signal_policy": ["exact", "ste"]},
+        "exclude": [{"lr": [0.01, 0.02]}],
+        "include": cells,
+        "arm_factors": ["lr"],
+        "seeds": [0, 1],
+    }
+    spec.update(over)
+    return spec
+
+
+def test_arm_factors_pair_arms_at_their_own_learning_rates(tmp_path: Path) -> None:
+    from study.tables import condition_columns
+
+    spec = parse_spec(_arm_spec())
+    assert condition_columns(spec.dump()) == [] and spec.dump()["arm_factors"] == ["lr"]
+    assert "arm_factors" not in load_spec("core").dump()  # absent: older specs keep their hashes
+    spec_path = write_spec(tmp_path / "arms.yaml", _arm_spec())
+    out = tmp_path / "out"
+    assert main(["run", str(spec_path), "--out", str(out), "--workers", "1", "--quiet"]) == 0
+    collect(out / "arms")
+    stats_stage(out / "arms")
+    comp = pd.read_csv(out / "arms" / "stats" / "comparisons.csv")
+    row = comp[comp["comparison"] == "signal: exact vs ste"]
+    assert len(row) == 1 and row["n_pairs"].iloc[0] == 2  # exact at lr 0.01 paired with ste at lr 0.02
+
+
+@pytest.mark.parametrize(
+    ("arm", "needle"),
+    [
+        (["lrr"], "arm_factors: 'lrr' is not a condition factor"),
+        (["signal_policy"], "arm_factors: 'signal_policy' is not a condition factor"),
+        (["lr", "lr"], "arm_factors: listed twice"),
+        ("lr", "arm_factors: Input should be a valid list"),
+    ],
+)
+def test_bad_arm_factors_are_refused(arm: Any, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        parse_spec(_arm_spec(arm_factors=arm))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from analog.locations import canonical_signal_policy, is_uniform
-from study.tables import ALL_METRICS, DRAW_METRICS
+from study.tables import ALL_METRICS, DRAW_METRICS, is_percent
 
 SITES = ("weight", "signal")
 
@@ -58,6 +58,8 @@ class EffectModel(BaseModel):
     text (e.g. ``leak_high: "leakage == '0.5'"``).
     `marginal`: factors whose levels get estimated marginal means of d (averaged over the design's
     conditions), with 95% CIs.
+    `scale`: `pp` (the metric's units) or `logit` (accuracies only: d = logit(a/100) - logit(b/100), each
+    accuracy clipped to [0.1%, 99.9%]).
     """
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -65,6 +67,9 @@ class EffectModel(BaseModel):
     formula: str = Field(min_length=1)
     derived: dict[str, str] = Field(default_factory=dict)
     marginal: list[str] = Field(default_factory=list)
+    # `pp`: d in the metric's units; `logit`: d = logit(a) - logit(b) of accuracies (log odds ratio of a
+    # correct prediction), a scale on which floor and ceiling do not compress the effect
+    scale: Literal["pp", "logit"] = "pp"
 
     @field_validator("formula")
     @classmethod
@@ -116,11 +121,26 @@ class Hypotheses(BaseModel):
     bootstrap_seed: int = Field(0, ge=0, le=2**32 - 1)
     effect_model: EffectModel | None = None
 
+    @model_validator(mode="after")
+    def _logit_needs_accuracy(self) -> Hypotheses:
+        if (
+            self.effect_model is not None
+            and self.effect_model.scale == "logit"
+            and not is_percent(self.metric)
+        ):
+            raise ValueError(
+                "effect_model.scale: 'logit' needs an accuracy metric (in percent); metric is "
+                f"{self.metric!r}"
+            )
+        return self
+
     def dump(self) -> dict[str, Any]:
         """As plain data; `effect_model` only when set (so older specs keep their hashes)."""
         data = self.model_dump(mode="json")
         if data.get("effect_model") is None:
             data.pop("effect_model", None)
+        elif data["effect_model"].get("scale") == "pp":  # the default: older specs keep their hashes
+            del data["effect_model"]["scale"]
         return data
 
     @field_validator("metric")

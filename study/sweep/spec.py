@@ -97,6 +97,9 @@ class StudySpec(BaseModel):
     tune_lr: TuneLR | None = None
     # the pre-registered trainability screen (study.sweep.screen); absent = every condition is analysed
     screen: Screen | None = None
+    # factors that belong to a policy arm, not to the condition (e.g. `lr` when each arm trains at its own
+    # selected learning rate): the arms of a condition are paired across their values
+    arm_factors: list[str] = Field(default_factory=list)
 
     @field_validator("seeds")
     @classmethod
@@ -124,6 +127,8 @@ class StudySpec(BaseModel):
             data.pop("tune_lr", None)
         if data.get("screen") is None:
             data.pop("screen", None)
+        if not data.get("arm_factors"):
+            data.pop("arm_factors", None)
         data["hypotheses"] = self.hypotheses.dump()
         return data
 
@@ -275,6 +280,7 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
     errors += _check_rules(spec_dict, factors)
     errors += _check_tune_lr(spec_dict, factors)
     errors += check_screen(spec_dict, factors)
+    errors += _check_arm_factors(spec_dict, factors)
     errors += _check_effect_model(spec_dict, factors)
     return errors
 
@@ -310,6 +316,24 @@ def _check_effect_model(spec_dict: dict[str, Any], factors: dict[str, Any]) -> l
             f"hypotheses.effect_model.marginal: {bad} are not condition factors; allowed: "
             f"{', '.join(conditions)}"
         )
+    return errors
+
+
+def _check_arm_factors(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """`arm_factors` name factors of the study (not the policies themselves), each once."""
+    arm = spec_dict.get("arm_factors")
+    if not isinstance(arm, list):
+        return []  # absent, or reported by the StudySpec validation
+    errors = []
+    policies = {"weight_policy", "signal_policy", "policies"}
+    for name in arm:
+        if name not in factors or name in policies:
+            allowed = ", ".join(f for f in factors if f not in policies) or "(none)"
+            errors.append(
+                f"arm_factors: {name!r} is not a condition factor of this study; allowed: {allowed}"
+            )
+    if len(set(map(str, arm))) != len(arm):
+        errors.append(f"arm_factors: listed twice: {sorted({a for a in arm if arm.count(a) > 1})}")
     return errors
 
 

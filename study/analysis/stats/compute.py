@@ -145,9 +145,10 @@ def compute_stats(
 
     effects = effect_tables(table, spec, hyp)
     if effects is not None:  # the pre-registered across-condition model (effects.py)
-        terms, marginal, text = effects
+        terms, marginal, text, pooled = effects
         write_csv(terms, out / "effects_terms.csv")
         write_csv(marginal, out / "effects_marginal.csv")
+        write_csv(pooled, out / "effects_conditions.csv")
         write_text_atomic(out / "effects_model.txt", text)
 
     write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")

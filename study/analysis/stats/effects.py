@@ -54,7 +54,11 @@ def effect_data(
         if pairs.empty:
             continue
         other = "signal_policy" if comp.site == "weight" else "weight_policy"
-        data = pairs[[*conds, other, "seed", "diff"]].copy().reset_index(drop=True)
+        data = pairs[[*conds, other, "seed", "diff", "value_a", "value_b"]].copy().reset_index(drop=True)
+        data["diff_pp"] = data["diff"]
+        if model.scale == "logit":
+            data["diff"] = logit_percent(data["value_a"]) - logit_percent(data["value_b"])
+        data = data.drop(columns=["value_a", "value_b"])
         data[CONDITION] = data[[*conds, other]].astype(str).agg("|".join, axis=1)
         for name, expression in model.derived.items():
             try:
@@ -68,12 +72,69 @@ def effect_data(
     return out
 
 
+LOGIT_CLIP = (0.001, 0.999)  # an accuracy of 0% or 100% has no finite log odds
+
+
+def logit_percent(values: pd.Series) -> pd.Series:
+    """log(p / (1 - p)) of accuracies in percent, p clipped to `LOGIT_CLIP`."""
+    p = (pd.to_numeric(values, errors="coerce") / 100.0).clip(*LOGIT_CLIP)
+    return np.log(p / (1.0 - p))
+
+
 def condition_means(data: pd.DataFrame) -> pd.DataFrame:
-    """One row per condition: its columns, the mean paired difference `diff` and the pair count `pairs`."""
-    keep = [c for c in data.columns if c not in ("seed", "diff")]
+    """One row per condition: its columns, the mean paired difference `diff` (the model's scale), its
+    within-condition variance `var`, the mean in the metric's units `diff_pp` and the pair count `pairs`."""
+    keep = [c for c in data.columns if c not in ("seed", "diff", "diff_pp")]
     grouped = data.groupby(CONDITION, sort=True)
-    means = grouped["diff"].agg(["mean", "size"]).rename(columns={"mean": "diff", "size": "pairs"})
+    means = grouped["diff"].agg(["mean", "size", "var"]).rename(columns={"mean": "diff", "size": "pairs"})
+    means["diff_pp"] = grouped["diff_pp"].mean()
     return data[keep].drop_duplicates(CONDITION).set_index(CONDITION).join(means).reset_index()
+
+
+SHRINK_COLUMNS = [
+    "comparison",
+    "pairs",
+    "diff_pp",
+    "diff",
+    "fitted",
+    "shrinkage",
+    "eb_diff",
+    "eb_low",
+    "eb_high",
+]
+
+
+def shrunken_effects(result: Any, means: pd.DataFrame, conds: list[str]) -> pd.DataFrame:
+    """Empirical-Bayes (partially pooled) per-condition effects: each condition's mean difference pulled
+    towards the model's fitted value by B = tau^2 / (tau^2 + sigma^2 / n), the normal-normal posterior
+    mean; tau^2 (between-condition variance left by the factors) = the residual variance of the condition
+    means less the mean sampling variance sigma^2 / n (pooled within-condition variance), at least 0; a
+    condition whose pairs are all equal (identical runs) is known without sampling error and kept as is.
+    `eb_low`/`eb_high`: the posterior mean -/+ 1.96 posterior SDs (sqrt(B sigma^2 / n); the uncertainty of
+    the fitted value itself is left out, so these are a little narrow where a condition is pulled far)."""
+    n = means["pairs"].to_numpy(dtype=float)
+    exact = (means["var"] == 0).to_numpy()  # every pair equal (identical runs): known without error
+    spread = means.loc[~exact, "var"]
+    sigma2 = float(np.nanmean(spread)) if spread.notna().any() else 0.0
+    sampling = np.where(exact, 0.0, sigma2 / n)
+    tau2 = max(float(result.scale) - float(np.mean(sampling)), 0.0)
+    fitted = np.asarray(result.fittedvalues, dtype=float)
+    weight = np.where(exact, 1.0, tau2 / (tau2 + sampling) if tau2 > 0 else 0.0)
+    diff = means["diff"].to_numpy(dtype=float)
+    post = fitted + weight * (diff - fitted)
+    sd = np.sqrt(weight * sampling)
+    out = means[[c for c in conds if c in means]].copy()
+    out = out.assign(
+        pairs=means["pairs"].to_numpy(),
+        diff_pp=means["diff_pp"].to_numpy(),
+        diff=diff,
+        fitted=fitted,
+        shrinkage=1.0 - weight,
+        eb_diff=post,
+        eb_low=post - 1.959964 * sd,
+        eb_high=post + 1.959964 * sd,
+    )
+    return out
 
 
 def fit_effects(data: pd.DataFrame, model: EffectModel) -> tuple[Any, pd.DataFrame]:
@@ -125,16 +186,18 @@ def marginal_means(result: Any, data: pd.DataFrame, factor: str, formula: str) -
 
 def effect_tables(
     table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
-) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
-    """(terms, marginal means, model text) for the spec's `effect_model`; None when it has none."""
+) -> tuple[pd.DataFrame, pd.DataFrame, str, pd.DataFrame] | None:
+    """(terms, marginal means, model text, partially pooled per-condition effects) for the spec's
+    `effect_model`; None when it has none."""
     model = hyp.effect_model
     if model is None:
         return None
-    terms, marginals, text = [], [], []
+    terms, marginals, shrunk, text = [], [], [], []
+    unit = "logit(a) - logit(b)" if model.scale == "logit" else "a - b"
     for comparison, data in effect_data(table, spec, hyp, model).items():
         head = (
             f"comparison: {comparison}: diff ~ {model.formula} + (1 | condition) + (1 | seed), "
-            "fitted as least squares on the condition means of diff"
+            f"fitted as least squares on the condition means of diff = {unit} per seed"
         )
         if data[CONDITION].nunique() < 2 or data["seed"].nunique() < 2:
             text.append(f"{head}\n  not fitted: needs at least two conditions and two seeds")
@@ -163,6 +226,9 @@ def effect_tables(
             marginals.append(
                 marginal_means(result, means, factor, model.formula).assign(comparison=comparison)
             )
+        other = "signal_policy" if comparison.startswith("weight") else "weight_policy"
+        conds = [*condition_columns(spec), other]
+        shrunk.append(shrunken_effects(result, means, conds).assign(comparison=comparison))
         fit = {
             "pairs": len(data),
             "conditions": len(means),
@@ -187,4 +253,7 @@ def effect_tables(
     if len(term_frame):
         body = tidy_floats(term_frame).to_string(index=False, float_format=lambda x: FLOAT_FORMAT % x)
         text += ["", "fixed effects (95% CI):", body]
-    return term_frame[TERM_COLUMNS], marg, "\n".join(text) + "\n"
+    pooled = pd.concat(shrunk, ignore_index=True) if shrunk else pd.DataFrame(columns=SHRINK_COLUMNS)
+    first = [c for c in pooled.columns if c not in SHRINK_COLUMNS]
+    pooled = pooled[["comparison", *first, *SHRINK_COLUMNS[1:]]]
+    return term_frame[TERM_COLUMNS], marg, "\n".join(text) + "\n", pooled
