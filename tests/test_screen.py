@@ -17,7 +17,7 @@ import study.sweep.runner as R
 from study.analysis.publish import stats_stage
 from study.cli import main
 from study.sweep.collect import collect
-from study.sweep.screen import screen_trials
+from study.sweep.screening import screen_trials
 from study.sweep.spec import load_spec, parse_spec
 from study.training.config import ConfigError
 

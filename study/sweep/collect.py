@@ -9,7 +9,8 @@ from typing import Any
 import pandas as pd
 
 from study.sweep.records import FAILED, RECORD, InvalidRecord, load_record, trial_dir
-from study.sweep.screen import SCREEN_TABLE, screen_table
+from study.sweep.screen import SCREEN_TABLE
+from study.sweep.screening import screen_table
 from study.sweep.spec import expand, parse_spec
 from study.tables import (
     ALL_METRICS,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from analog.locations import canonical_signal_policy, is_uniform
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.sweep.hypotheses import Hypotheses
-from study.sweep.screen import Screen, check_screen, screen_trials
+from study.sweep.screen import Screen, check_screen
 from study.tables import STUDY_NAME_PATTERN, read_yaml
 from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
 
@@ -480,7 +480,13 @@ def parse_spec(data: dict[str, Any]) -> StudySpec:
         try:
             check_grid_size(spec)  # before expand: a grid of millions of cells is refused by its count
             expand(spec)
-            if spec.screen is not None and not screen_trials(spec):
+            if spec.screen is not None and not any(
+                all(
+                    str(getattr(resolve_config(spec.base, c, 0), k)) == str(v)
+                    for k, v in spec.screen.arm.items()
+                )
+                for c in cells(spec)
+            ):
                 errors.append(
                     f"screen.arm: no cell of the study runs {spec.screen.arm} (cells resolve policies from "
                     "base, factors and presets; the default weight policy is ste)"

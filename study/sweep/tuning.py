@@ -107,7 +107,7 @@ def tuned_trials(spec: StudySpec, sdir: Path) -> list[Trial]:
 def study_trials(spec: StudySpec, sdir: Path) -> list[Trial]:
     """What the runner runs now: the screen trials (`study.sweep.screen`), the spec's trials, the
     selection trials, and the own-lr trials whose selection is complete (each run_id once, in that order)."""
-    from study.sweep.screen import screen_trials
+    from study.sweep.screening import screen_trials
 
     trials = expand(spec)
     if spec.tune_lr is None and spec.screen is None:

@@ -51,11 +51,13 @@ from study.analysis.stats import (
     sd_limit_equivalence,
 )
 from study.sweep.hypotheses import Hypotheses
+from study.sweep.screen import ALL_STATS, SCREEN_TABLE
 from study.tables import (
     DRAW_METRICS,
     HYPOTHESES_LOG,
     POLICY_COLUMNS,
     PRESET_FLAG,
+    REDO_COLLECT,
     REDO_STATS,
     SITE_COLUMN,
     TUNED_STATS,
@@ -64,6 +66,7 @@ from study.tables import (
     load_runs,
     load_spec_dict,
     other_site_informative,
+    parse_bool,
     read_csv,
     read_jsonl,
     truthy,
@@ -714,13 +717,21 @@ def effects_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
     terms = read_csv(stats / "effects_terms.csv", REDO_STATS)
     marg = read_csv(stats / "effects_marginal.csv", REDO_STATS)
     text = (stats / "effects_model.txt").read_text()
-    u = diff_unit(hyp.metric)
+    logit = hyp.effect_model.scale == "logit"
+    u = " logit" if logit else diff_unit(hyp.metric)
+    scale = (
+        " On the logit scale: d = logit(a) - logit(b) of the accuracies, the log odds ratio of a correct "
+        "prediction (+0.3 is, e.g., 70 % -> 76 % or 90 % -> 92.4 %); floor and ceiling do not compress it "
+        "as they compress percentage points."
+        if logit
+        else ""
+    )
     lines = [
         "## Across conditions: the effect model",
         "",
         f"Pre-registered: per primary comparison, d ~ {hyp.effect_model.formula} with random intercepts "
         "per condition and per seed, fitted as least squares on the condition means of d (the same fixed "
-        "effects when the seeds are balanced; `stats.effects`).",
+        f"effects when the seeds are balanced; `stats.effects`).{scale}",
         "",
     ]
     lines += [f"    {ln}" for ln in text.split("\nfixed effects", 1)[0].strip().splitlines()]
@@ -755,7 +766,91 @@ def effects_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
             for _, r in main.iterrows()
         ],
     )
+    return lines + [""] + pooled_section(stats, u)
+
+
+def pooled_section(stats: Path, u: str) -> list[str]:
+    """Partially pooled per-condition effects (stats/effects_conditions.csv): how far the empirical-Bayes
+    estimates move from the raw condition means, and the conditions whose pooled interval excludes 0."""
+    path = stats / "effects_conditions.csv"
+    if not path.exists():
+        return []
+    pooled = read_csv(path, REDO_STATS)
+    if pooled.empty:
+        return []
+    lines = [
+        "### Per condition, partially pooled",
+        "",
+        "Each condition's mean difference pulled towards the model's fitted value by its share of sampling "
+        "noise (empirical Bayes: weight tau^2 / (tau^2 + sigma^2 / n); `stats/effects_conditions.csv`, "
+        "beside the raw per-condition verdicts of `comparisons.csv`).",
+        "",
+    ]
+    rows = []
+    for comparison, g in pooled.groupby("comparison", sort=False):
+        above, below = int((g["eb_low"] > 0).sum()), int((g["eb_high"] < 0).sum())
+        low, high = fmt(float(g["eb_diff"].min()), signed=True), fmt(float(g["eb_diff"].max()), signed=True)
+        rows.append(
+            [
+                comparison,
+                str(len(g)),
+                fmt(float(g["shrinkage"].median())),
+                str(above),
+                str(below),
+                str(len(g) - above - below),
+                f"{low}{u} to {high}{u}",
+            ]
+        )
+    header = ["comparison", "conditions", "median shrinkage", "interval > 0", "interval < 0", "holds 0"]
+    lines += md_table([*header, "range of pooled d"], rows)
     return lines + [""]
+
+
+def screen_section(study_dir: Path) -> list[str]:
+    """The trainability screen (screen.csv): the criterion, and every screened-out condition with its
+    screen accuracy; the sensitivity analysis over all conditions (stats_all/) beside the primary one."""
+    path = Path(study_dir) / SCREEN_TABLE
+    if not path.exists():
+        return []
+    screen = read_csv(path, REDO_COLLECT, keep_default_na=False)
+    passed = screen["passed"].map(lambda v: parse_bool(v) is True)
+    out = screen[~passed]
+    metric = next(c for c in screen.columns if c.startswith("reference_"))
+    digital = next((c for c in screen.columns if c.startswith("digital_")), None)
+    thr = float(screen["threshold"].iloc[0]) if len(screen) else math.nan
+    lines = [
+        "## Trainability screen",
+        "",
+        "Pre-registered (`screen` in the spec): a condition can test the question when its reference arm's "
+        f"mean {metric.removeprefix('reference_')} on the screen seeds (never evaluated on the test split) "
+        f"is at least {thr:g} %. **{int(passed.sum())} of {len(screen)} conditions pass**; the statistics "
+        "above cover them. Every condition's evaluation trials ran, so the same analysis over all "
+        f"{len(screen)} conditions is in `stats_all/` (sensitivity analysis).",
+        "",
+    ]
+    if len(out):
+        cols = [c for c in screen.columns if c not in (metric, digital, "threshold", "passed")]
+        keep = [c for c in cols if screen[c].astype(str).nunique() > 1]
+        lines += [f"Screened out ({len(out)}):", ""]
+        lines += md_table(
+            [*keep, "reference arm", *(["digital twin"] if digital else [])],
+            [
+                [*(str(r[c]) for c in keep), _pct(r[metric]), *([_pct(r[digital])] if digital else [])]
+                for _, r in out.iterrows()
+            ],
+        )
+        lines += [""]
+    all_comp = Path(study_dir) / ALL_STATS / "comparisons.csv"
+    if all_comp.exists():
+        comp = read_csv(all_comp, REDO_STATS, keep_default_na=False)
+        counts = [
+            f"{label}: {count_text(verdict_counts(g))}" for label, g in comp.groupby("comparison", sort=False)
+        ]
+        lines += [
+            "Sensitivity (every condition, `stats_all/comparisons.csv`): " + "; ".join(counts) + ".",
+            "",
+        ]
+    return lines
 
 
 def tuned_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
@@ -967,6 +1062,7 @@ def write_report(study_dir: Path) -> Path:
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
     lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
+    lines += screen_section(study_dir)
     lines += saturation_section(study_dir, hyp) + effects_section(study_dir, hyp)
     lines += tuned_section(study_dir, spec, hyp)
     lines += evaluation_section(runs, spec, hyp)
