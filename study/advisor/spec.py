@@ -10,7 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from study.tables import read_yaml
 
-ADVISOR_SPEC = Path(__file__).resolve().parent / "advisor.yaml"
+ADVISOR_SPEC = Path(__file__).resolve().parent / "advisor_v2.yaml"  # the pre-registration in force
+ADVISOR_SPEC_V1 = Path(__file__).resolve().parent / "advisor.yaml"  # issue 20's, superseded
+# the rule's terms (study/advisor/fit.py: design); v1 used the first two
+FEATURES: tuple[str, ...] = ("log_disagreement", "signal_site", "site_saturation", "readout_saturation")
+V1_FORMULA = "positive ~ log_disagreement + signal_site"
 # held_out keys: trial configuration fields, plus `norm` (the normalization at either site)
 HELD_OUT_KEYS: tuple[str, ...] = (
     "arch",
@@ -23,12 +27,26 @@ HELD_OUT_KEYS: tuple[str, ...] = (
 )
 
 
+class Trainable(BaseModel):
+    """A unit has a label only when the better of its two arms reaches chance + min_above_chance (%)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    chance: float = Field(ge=0, lt=100)
+    min_above_chance: float = Field(gt=0, lt=100)
+
+    @property
+    def threshold(self) -> float:
+        return self.chance + self.min_above_chance
+
+
 class AdvisorSpec(BaseModel):
     """What the rule is fitted on and validated against (see advisor.yaml's description)."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
+    version: int = Field(default=1, ge=1, le=2)
     description: str = ""
     sources: list[str] = Field(
         min_length=1, description="committed studies (results/<name>) the units come from"
@@ -37,6 +55,28 @@ class AdvisorSpec(BaseModel):
     band: float = Field(ge=0, lt=0.5, description="uncertain when |p - 0.5| < band")
     probe_epoch: int = Field(ge=1, description="the epoch whose diagnostics are the feature")
     held_out: dict[str, list[Any]] = Field(min_length=1)
+    formula: str = Field(default=V1_FORMULA, description="the GLM: 'positive ~ ' + terms from FEATURES")
+    trainable: Trainable | None = Field(default=None, description="label only units that train (v2)")
+    drop_identical: bool = Field(default=False, description="no label for units whose arms are identical")
+
+    @property
+    def terms(self) -> list[str]:
+        """The formula's terms, in order."""
+        return [t.strip() for t in self.formula.split("~", 1)[1].split("+")]
+
+    @field_validator("formula")
+    @classmethod
+    def _formula(cls, v: str) -> str:
+        lhs, _, rhs = v.partition("~")
+        terms = [t.strip() for t in rhs.split("+")]
+        if lhs.strip() != "positive" or not all(terms):
+            raise ValueError(f"formula: 'positive ~ term + term ...' expected, got {v!r}")
+        unknown = [t for t in terms if t not in FEATURES]
+        if unknown:
+            raise ValueError(f"formula: unknown terms {unknown}; allowed: {', '.join(FEATURES)}")
+        if len(set(terms)) < len(terms):
+            raise ValueError(f"formula: a term is listed twice in {v!r}")
+        return v
 
     @field_validator("sources")
     @classmethod
