@@ -368,12 +368,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lr-spec", action="store_true")
     ap.add_argument("--power", action="store_true", help="print the power table and exit")
     ap.add_argument("--spec", action="store_true", help="write factorial_v2.yaml from the lr study")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a committed spec is not what it writes")
     ap.add_argument("--seeds", type=int, default=None, help="seeds per cell (default: by power)")
     args = ap.parse_args(argv)
     if args.power:
         print(f"power to detect a {EFFECT} logit difference of the policy effect between SGD and Adam:")
         print(power_table().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         return 0
+    if args.check:  # the committed specs are what this script writes from the committed selection
+        lr_text = yaml.safe_dump(lr_spec(), sort_keys=False, width=110)
+        stale = [] if (SPECS / f"{LR_STUDY}.yaml").read_text().endswith(lr_text) else [LR_STUDY]
+        committed = yaml.safe_load((SPECS / f"{STUDY}.yaml").read_text())
+        power = power_table()
+        fresh = study_spec(lr_choice(ROOT / "results" / LR_STUDY / "runs.csv"), committed["seeds"], power)
+        stale += [] if fresh == committed else [STUDY]
+        print("specs up to date" if not stale else f"stale: {', '.join(stale)} (regenerate them)")
+        return 1 if stale else 0
     if args.spec:
         power = power_table()
         seeds = args.seeds or seeds_by_power(power)
