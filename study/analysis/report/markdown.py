@@ -92,7 +92,9 @@ def _family_sentence(rows: pd.DataFrame, spec: dict[str, Any]) -> str:
     return " By normalization family — " + "; ".join(parts) + "."
 
 
-def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
+def answer_section(
+    comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses, runs: pd.DataFrame | None = None
+) -> list[str]:
     """One paragraph per site: verdict counts over distinct rows and the largest effects."""
     u = diff_unit(hyp.metric)
     lines = ["## Answer", ""]
@@ -133,7 +135,42 @@ def answer_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) ->
         "other verdicts are statistical (Methods).",
         "",
     ]
-    return lines
+    return lines + (identity_caveat(comp, runs, spec) if runs is not None else [])
+
+
+def identity_caveat(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any]) -> list[str]:
+    """Rows `identical` by their recorded metrics only (no checksums) whose trials had weights beyond
+    the bound: the policies computed different gradients there, so the runs are equal in what was
+    recorded, not shown bit-identical."""
+    if "weight_saturation_max" not in runs or not len(comp):
+        return []
+    rows = comp[
+        (comp["ci_method"].astype(str) == "identical (recorded metrics)") & (comp["site"] == "weight")
+    ]
+    conds = [c for c in condition_columns(spec) if c in runs]
+    sat = pd.to_numeric(runs["weight_saturation_max"], errors="coerce").fillna(0.0)
+    notes = []
+    for _, r in rows.iterrows():
+        match = pd.Series(True, index=runs.index)
+        for c in [*conds, "signal_policy"]:
+            if c in runs and c in r:
+                match &= runs[c].astype(str) == str(r[c])
+        hit = match & (sat > 0)
+        if hit.any():
+            notes.append(
+                f"{condition_label(r, conds) or 'all'}: {int(hit.sum())} of {int(match.sum())} trials had "
+                f"weight-site parameters beyond the bound (at most {100 * sat[hit].max():.4g} % of them)"
+            )
+    if not notes:
+        return []
+    return [
+        "Equal in every recorded metric is not bit-identical: in "
+        + "; ".join(notes)
+        + ". There the two weight policies computed different gradients for those parameters, so the "
+        "runs agree in what was recorded (6 significant digits) without being shown identical; the study "
+        "predates the checksums that would settle it.",
+        "",
+    ]
 
 
 def control_section(comp: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
@@ -1061,7 +1098,9 @@ def write_report(study_dir: Path) -> Path:
     lines = [f"# {spec.get('name', 'study')}: statistics", ""]
     if spec.get("description"):
         lines += [" ".join(str(spec["description"]).split()), ""]
-    lines += answer_section(comp, spec, hyp) + control_section(comp, spec, hyp) + preset_section(omni, spec)
+    lines += (
+        answer_section(comp, spec, hyp, runs) + control_section(comp, spec, hyp) + preset_section(omni, spec)
+    )
     lines += screen_section(study_dir)
     lines += saturation_section(study_dir, hyp) + effects_section(study_dir, hyp)
     lines += tuned_section(study_dir, spec, hyp)
