@@ -50,8 +50,13 @@ ROUNDINGS = ["reduce", "stochastic"]
 LEAKAGES = [0.2, 0.5]
 OPTIMIZERS = {"adam": 0.0, "sgd": 0.9}  # optimizer -> momentum
 # first registered as Adam 3e-4..1e-2 and SGD 0.01..0.3 (4 points each); 48 of the 72 choices fell on an
-# edge, so both grids were extended by one half-decade at each end before factorial_v2 was written
-LR_GRID = {"adam": [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03], "sgd": [0.003, 0.01, 0.03, 0.1, 0.3, 1.0]}
+# edge, so both grids were extended by one half-decade at each end; then 19 did (17 of them signal-ste
+# arms at the low end: a collapsing arm loses least at the smallest lr), so once more by a half-decade at
+# each end, before factorial_v2 was written
+LR_GRID = {
+    "adam": [0.00003, 0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
+    "sgd": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
+}
 ARMS = [("exact", "exact"), ("ste", "exact"), ("exact", "ste")]  # (weight_policy, signal_policy)
 SELECTION_SEEDS = [900, 901]
 SCREEN_SEEDS = [910, 911]
