@@ -334,7 +334,7 @@ def test_advise_command_says_plainly_it_prints_the_site_only_rule(site_only_rule
     out = capsys.readouterr().out
     assert "weight site: STRAIGHT-THROUGH IS SAFE  (site-only rule: signals exact, weights ste)" in out
     assert "signal site: USE THE TRUE DERIVATIVE  (site-only rule" in out
-    assert "P[exact" not in out and "evidence, no probability" in out and "read-out saturation" in out
+    assert "P[exact" not in out and "evidence (no probability)" in out and "read-out saturation" in out
     assert "did not beat it on 63 held-out" in out and "70% right" in out and "vs 67%" in out
 
 

@@ -56,7 +56,7 @@ def format_advice(advice: list[SiteAdvice], rule: Rule, total_s: float) -> str:
         else:
             lines.append(f"{a.site} site: {a.advice.upper()}  (site-only rule: signals exact, weights ste)")
         lines.append(
-            f"  {'measured' if a.basis == 'rule' else 'evidence, no probability:'} after epoch "
+            f"  {'measured' if a.basis == 'rule' else 'evidence (no probability),'} after epoch "
             f"{rule.probe_epoch}: gradient disagreement {a.disagreement:.3g}; largest saturation at the "
             f"site {100 * a.saturation:.1f}%; read-out saturation {100 * a.readout_saturation:.1f}%; "
             f"probe {a.seconds:.1f} s"
