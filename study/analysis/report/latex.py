@@ -32,6 +32,7 @@ from study.analysis.stats import (
 from study.analysis.stats.duplicates import GROUP_JOIN
 from study.analysis.stats.omnibus import OMNIBUS_COLUMNS
 from study.sweep.hypotheses import Hypotheses
+from study.sweep.screen import ALL_STATS, SCREEN_TABLE
 from study.sweep.spec import StudySpec, cells
 from study.tables import (
     DRAW_METRICS,
@@ -48,6 +49,7 @@ from study.tables import (
     load_runs,
     load_spec_dict,
     other_site_informative,
+    parse_bool,
     read_csv,
     read_jsonl,
     truthy,
@@ -620,6 +622,33 @@ def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
     return out
 
 
+def screen_macros(prefix: str, study_dir: Path) -> list[str]:
+    """The trainability screen: `\\<Study>ScreenConditions`, `...ScreenPassed`, `...ScreenOut`,
+    `...ScreenThreshold`, and the sensitivity analysis's verdict counts per site over every condition,
+    `\\<Study>All<Site><Verdict>` (stats_all/). Nothing for a study without a screen."""
+    path = Path(study_dir) / SCREEN_TABLE
+    if not path.exists():
+        return []
+    screen = read_csv(path, REDO_COLLECT, keep_default_na=False)
+    passed = int(screen["passed"].map(lambda v: parse_bool(v) is True).sum())
+    out = [
+        _macro(prefix, "ScreenConditions", len(screen)),
+        _macro(prefix, "ScreenPassed", passed),
+        _macro(prefix, "ScreenOut", len(screen) - passed),
+        _macro(
+            prefix, "ScreenThreshold", tex_num(float(screen["threshold"].iloc[0]), 0) if len(screen) else "--"
+        ),
+    ]
+    all_comp = Path(study_dir) / ALL_STATS / "comparisons.csv"
+    if all_comp.exists():
+        comp = read_csv(all_comp, REDO_STATS, keep_default_na=False)
+        for site in ("weight", "signal"):
+            rows = distinct(comp[comp["site"] == site]) if len(comp) else comp
+            counts = rows["verdict"].value_counts() if len(rows) else pd.Series(dtype=int)
+            out += [_macro(prefix, f"All{camel(site)}{camel(v)}", int(counts.get(v, 0))) for v in VERDICTS]
+    return out
+
+
 def lr_choice_macros(prefix: str, study_dir: Path) -> list[str]:
     """tune_lr: each cell's chosen learning rate, `\\<Study>TunedLr<cell values>` (e.g. `...TunedLrExact`
     for a cell whose only factor is weight_policy=exact)."""
@@ -784,7 +813,7 @@ def write_latex(study_dir: Path) -> Path:
     sens = read_stats_csv(study_dir, "sensitivity.csv", spec)
     lines += sensitivity_macros(prefix, sens)
     lines += row_macros(prefix, comp, spec) + saturation_macros(prefix, study_dir)
-    lines += effects_macros(prefix, study_dir, hyp)
+    lines += effects_macros(prefix, study_dir, hyp) + screen_macros(prefix, study_dir)
     tuned = Path(study_dir) / TUNED_STATS / "comparisons.csv"
     if tuned.exists():  # the same rows at each policy's own lr: \\<Study>TunedRow...
         lines += row_macros(
