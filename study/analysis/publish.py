@@ -276,12 +276,30 @@ def _advisor_line(study_dirs: list[Path]) -> str | None:
     def pct(x: float) -> str:
         return f"{100 * x:.0f}%"
 
+    if "accuracy_all" not in held or "site_only_accuracy" not in held:  # a version-1 fit
+        return (
+            f'- **advisor** ("can I ignore this gradient?"; fitted on {int(fit["units"])} study conditions x '
+            f"sites, validated on {int(held['units'])} held out, never seen in the fit: {unseen}): decided "
+            f"{int(held['decided'])} of {int(held['units'])}, **{pct(held['accuracy'])} correct [95% CI "
+            f"{pct(held['accuracy_ci_low'])}, {pct(held['accuracy_ci_high'])}]**; always using the true "
+            f"derivative would be right in {pct(held['baseline_accuracy'])} (`results/advisor/report.md`)."
+        )
+    beats = held["accuracy_all_ci_low"] > held["site_only_accuracy"]
     return (
-        f'- **advisor** ("can I ignore this gradient?"; fitted on {int(fit["units"])} study conditions x '
-        f"sites, validated on {int(held['units'])} held out, never seen in the fit: {unseen}): decided "
-        f"{int(held['decided'])} of {int(held['units'])}, **{pct(held['accuracy'])} correct [95% CI "
-        f"{pct(held['accuracy_ci_low'])}, {pct(held['accuracy_ci_high'])}]**; always using the true "
-        f"derivative would be right in {pct(held['baseline_accuracy'])} (`results/advisor/report.md`)."
+        f'- **advisor** ("can I ignore this gradient?"; fitted on {int(fit["units"])} trainable study '
+        f"conditions x sites, validated on {int(held['units'])} held out, never seen in the fit: {unseen}): "
+        f"right on **{pct(held['accuracy_all'])} [95% CI {pct(held['accuracy_all_ci_low'])}, "
+        f"{pct(held['accuracy_all_ci_high'])}]** counting its {int(held['units'] - held['decided'])} "
+        f"abstentions as not right, against {pct(held['site_only_accuracy'])} for the site-only rule "
+        f"(signals exact, weights ste), {pct(held['always_exact_accuracy'])} for always exact and "
+        f"{pct(held['always_ste_accuracy'])} for always ste on the same units: "
+        + (
+            "it beats the site-only rule."
+            if beats
+            else "**it does not beat the site-only rule**, so `advise` prints that rule, with the probe's "
+            "measurements as evidence."
+        )
+        + " (`results/advisor/report.md`)"
     )
 
 
