@@ -177,3 +177,42 @@ def test_report_and_macros_carry_the_effect_model(modelled):
     assert r"\newcommand{\FxEmmSignalArchCnn}" in macros and r"\newcommand{\FxEmmSignalArchMlpHi}" in macros
     assert r"\newcommand{\FxCoefSignalArchMlp}" in macros and r"\newcommand{\FxCoefSignalLTwoP}" in macros
     assert r"\newcommand{\FxEmmSignalAllAll}" in macros
+
+
+def test_partially_pooled_effects_lie_between_the_raw_mean_and_the_fit(modelled):
+    pooled = pd.read_csv(modelled / "stats" / "effects_conditions.csv")
+    assert len(pooled) == 8 and {"diff", "fitted", "eb_diff", "shrinkage", "eb_low", "eb_high"} <= set(pooled)
+    low = np.minimum(pooled["diff"], pooled["fitted"]) - 1e-9
+    high = np.maximum(pooled["diff"], pooled["fitted"]) + 1e-9
+    assert ((pooled["eb_diff"] >= low) & (pooled["eb_diff"] <= high)).all()
+    assert ((pooled["shrinkage"] >= 0) & (pooled["shrinkage"] <= 1)).all()
+    assert (pooled["eb_low"] <= pooled["eb_diff"]).all() and (pooled["eb_diff"] <= pooled["eb_high"]).all()
+    assert "### Per condition, partially pooled" in (modelled / "stats" / "report.md").read_text()
+
+
+def test_logit_scale_models_log_odds_differences(tmp_path):
+    from study.analysis.stats.effects import logit_percent
+
+    sdir = tmp_path / "fx"
+    _study(sdir, _spec({**MODEL, "scale": "logit"}))
+    runs = _runs()
+    exact = runs[runs["signal_policy"] == "exact"].reset_index(drop=True)
+    ste = runs[runs["signal_policy"] == "ste"].reset_index(drop=True)
+    d = (logit_percent(exact["test_acc"]) - logit_percent(ste["test_acc"])).to_numpy()
+    pooled = pd.read_csv(sdir / "stats" / "effects_conditions.csv")
+    assert pooled["diff"].mean() == pytest.approx(d.mean(), rel=1e-3)  # balanced: mean of condition means
+    assert pooled["diff_pp"].mean() == pytest.approx((exact["test_acc"] - ste["test_acc"]).mean(), rel=1e-3)
+    assert "logit" in (sdir / "stats" / "report.md").read_text()
+
+
+def test_logit_scale_needs_an_accuracy_and_keeps_older_hashes():
+    from study.training.config import ConfigError
+
+    spec = _spec({**MODEL, "scale": "logit"})
+    spec["hypotheses"]["metric"] = "test_loss"
+    with pytest.raises(ConfigError, match="effect_model.scale: 'logit' needs an accuracy metric"):
+        parse_spec(spec)
+    bad = _spec({**MODEL, "scale": "logits"})
+    with pytest.raises(ConfigError, match="scale"):
+        parse_spec(bad)
+    assert stored_spec_hash(_spec()) == stored_spec_hash(_spec({**MODEL, "scale": "pp"}))
