@@ -63,7 +63,8 @@ analyze() {  # regenerate everything downstream of the tidy tables, for each stu
 }
 
 paper() {  # study folders
-  say "paper inputs -> paper/generated/, README answer block"
+  say "recommendation table, paper inputs -> paper/generated/, README answer block"
+  python -m study recommend "$@"
   python -m study paper "$@" results/advisor
   python -m study readme "$@"
   build_pdf

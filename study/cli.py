@@ -318,9 +318,24 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         if len(parents) != 1:
             raise ValueError("--advisor: the study folders must share one parent (the results folder)")
         paper_dirs.append(fit_advisor(parents.pop(), ADVISOR_SPEC))
+    from study.analysis.recommend import write_recommendations
+
+    parents = {Path(d).resolve().parent for d in args.dirs}
+    if len(parents) == 1:  # the recommendation table reads every study of the results folder
+        write_recommendations(parents.pop())
     build_paper_inputs(paper_dirs)
     readme_answer(args.dirs)
     summary(args.dirs)
+    return 0
+
+
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from study.analysis.recommend import write_recommendations
+
+    parents = {Path(d).resolve().parent for d in args.dirs}
+    if len(parents) != 1:
+        raise ValueError("recommend: the study folders must share one parent (the results folder)")
+    write_recommendations(parents.pop())
     return 0
 
 
@@ -432,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         ("paper", "copy the studies' LaTeX macros, tables and figures to paper/generated/"),
         ("summary", "print the headline answer of each study"),
         ("readme", "rewrite the README's generated answer block from the studies' statistics"),
+        ("recommend", "write <results>/recommendations.csv (the front door's and Table 1's table)"),
         ("analyze", "stats, figures, report for each study, then paper inputs, README block, summary"),
     ):
         p = sub.add_parser(name, help=helptext)
@@ -455,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         "paper": _cmd_paper,
         "summary": _cmd_summary,
         "readme": _cmd_readme,
+        "recommend": _cmd_recommend,
         "analyze": _cmd_analyze,
         "advisor": _cmd_advisor,
         "advise": _cmd_advise,

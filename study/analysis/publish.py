@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from study.analysis.recommend import TABLE, markdown_table
+from study.analysis.recommend import write_latex as write_recommendation_tex
 from study.analysis.report.common import (
     count_text,
     distinct,
@@ -174,6 +176,9 @@ def build_paper_inputs(study_dirs: list[str | Path], out: Path = PAPER_GENERATED
     write_text_atomic(
         out / "macros.tex", "% written by `python -m study paper`; do not edit\n" + "\n".join(inputs) + "\n"
     )
+    results = dirs[0].resolve().parent if dirs else None
+    if results is not None and (results / TABLE).exists():  # Table 1 of the paper
+        write_recommendation_tex(results, out)
     print(f"paper inputs -> {out}")
     return out
 
@@ -223,6 +228,9 @@ def summary(study_dirs: list[str | Path]) -> str:
 
 README = ROOT / "README.md"
 BEGIN, END = "<!-- ANSWER:BEGIN (written by `python -m study readme`) -->", "<!-- ANSWER:END -->"
+# the recommendation table at the front door, rendered from results/recommendations.csv
+REC_BEGIN = "<!-- RECOMMEND:BEGIN (written by `python -m study readme` from results/recommendations.csv) -->"
+REC_END = "<!-- RECOMMEND:END -->"
 
 
 def _site_line(comp: pd.DataFrame, study: str, site: str, spec: dict) -> str:
@@ -347,6 +355,10 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.replace("<!-- ANSWER -->", block)
+    results = Path(study_dirs[0]).resolve().parent if study_dirs else None
+    if results is not None and (results / TABLE).exists() and REC_BEGIN in text and REC_END in text:
+        table = "\n".join([REC_BEGIN, "", *markdown_table(results), "", REC_END])
+        text = text[: text.index(REC_BEGIN)] + table + text[text.index(REC_END) + len(REC_END) :]
     write_text_atomic(readme, text)
     print(f"README answer block -> {readme}")
     return block
