@@ -5,6 +5,7 @@ Everything here reads only what earlier stages wrote (stats/, figures/, verify.j
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -227,6 +228,7 @@ def summary(study_dirs: list[str | Path]) -> str:
 
 
 README = ROOT / "README.md"
+FINDINGS = ROOT / "docs" / "findings.md"  # the per-study answer block (the README keeps the table)
 BEGIN, END = "<!-- ANSWER:BEGIN (written by `python -m study readme`) -->", "<!-- ANSWER:END -->"
 # the recommendation table at the front door, rendered from results/recommendations.csv
 REC_BEGIN = "<!-- RECOMMEND:BEGIN (written by `python -m study readme` from results/recommendations.csv) -->"
@@ -311,8 +313,11 @@ def _advisor_line(study_dirs: list[Path]) -> str | None:
     )
 
 
-def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
-    """Rewrite the generated answer block of the README from each study's stats/comparisons.csv."""
+def readme_answer(study_dirs: list[str | Path], readme: Path = README, findings: Path = FINDINGS) -> str:
+    """Rewrite the generated per-study answer block (in `findings` when it has the block's markers, else
+    in `readme`) from each study's stats/comparisons.csv, and the README's recommendation table from
+    `<results>/recommendations.csv`."""
+    target = findings if findings.exists() and BEGIN in findings.read_text() else readme
     lines = [BEGIN, ""]
     figure, margin, unit = None, None, ""
     for sdir in (require_study_dir(d) for d in study_dirs):
@@ -346,15 +351,19 @@ def readme_answer(study_dirs: list[str | Path], readme: Path = README) -> str:
         "study's `report.md`.",
     ]
     if figure is not None:
-        rel = figure.relative_to(readme.resolve().parent)
+        rel = Path(os.path.relpath(figure, target.resolve().parent))
         lines += ["", f"![Per-seed paired differences at the signal site]({rel.as_posix()})"]
     lines += ["", END]
     block = "\n".join(lines)
-    text = readme.read_text()
+    text = target.read_text()
     if BEGIN in text and END in text:
         text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
     else:
         text = text.replace("<!-- ANSWER -->", block)
+    if target != readme:
+        write_text_atomic(target, text)
+        print(f"answer block -> {target}")
+        text = readme.read_text()
     results = Path(study_dirs[0]).resolve().parent if study_dirs else None
     if results is not None and (results / TABLE).exists() and REC_BEGIN in text and REC_END in text:
         table = "\n".join([REC_BEGIN, "", *markdown_table(results), "", REC_END])
