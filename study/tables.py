@@ -125,6 +125,11 @@ def truthy(frame: pd.DataFrame, column: str) -> pd.Series:
     return frame[column].map(lambda v: parse_bool(v) is True).astype(bool)
 
 
+def span(low: str, high: str, sep: str = "–") -> str:
+    """`low–high`, or `low` alone when both ends are written the same (no "8–8 seeds")."""
+    return str(low) if str(low) == str(high) else f"{low}{sep}{high}"
+
+
 def is_percent(metric: str) -> bool:
     """Whether a metric is an accuracy in percent (its differences are percentage points)."""
     return metric.endswith("_acc") or "_acc_" in metric

@@ -33,28 +33,11 @@ N_SEEDS, EPOCHS = 5, 3
 
 
 # --- reference computations ------------------------------------------------------------------------
-def bootstrap_means(x: np.ndarray, resamples: int = 50_000) -> np.ndarray:
-    """Means of bootstrap resamples of `x`: all n**n ordered resamples when few, else many random ones."""
+def t_band(x: np.ndarray) -> tuple[tuple[float, float], ...]:
+    """The 95% t interval of the mean of `x` (scipy.stats.t.interval), each end as a zero-width band."""
     x = np.asarray(x, float)
-    n = len(x)
-    if n**n <= resamples:
-        return x[np.array(list(itertools.product(range(n), repeat=n)))].mean(axis=1)
-    rng = np.random.default_rng(12345)
-    return np.concatenate(
-        [x[rng.integers(0, n, (10_000, n))].mean(axis=1) for _ in range(resamples // 10_000)]
-    )
-
-
-def percentile_band(x: np.ndarray, n_boot: int = common.N_BOOT) -> tuple[tuple[float, float], ...]:
-    """Where a 95% percentile-bootstrap CI from `n_boot` resamples may fall: for each end (p = 2.5%,
-    97.5%), the bootstrap distribution's quantiles at p +- 4 sqrt(p (1 - p) / n_boot), the Monte Carlo
-    spread of a sample quantile (distribution-free, via the binomial count of resamples below it)."""
-    means = bootstrap_means(x)
-    band = []
-    for p in (0.025, 0.975):
-        d = 4 * math.sqrt(p * (1 - p) / n_boot)
-        band.append(tuple(float(q) for q in np.quantile(means, [p - d, p + d])))
-    return tuple(band)
+    lo, hi = sst.t.interval(0.95, len(x) - 1, loc=float(np.mean(x)), scale=float(sst.sem(x)))
+    return (float(lo), float(lo)), (float(hi), float(hi))
 
 
 def within(value: float, interval: tuple[float, float], slack: float = 1e-9) -> bool:
@@ -63,11 +46,11 @@ def within(value: float, interval: tuple[float, float], slack: float = 1e-9) -> 
 
 # --- mean_ci ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [5, 12, 200])
-def test_mean_ci_is_a_95_percent_percentile_bootstrap_interval(n: int) -> None:
+def test_mean_ci_is_the_95_percent_t_interval(n: int) -> None:
     x = np.random.default_rng(n).gamma(2.0, 3.0, size=n)
     mean, lo, hi, count = mean_ci(x)
     assert count == n and mean == pytest.approx(float(np.mean(x)), rel=1e-12)
-    band_lo, band_hi = percentile_band(x)
+    band_lo, band_hi = t_band(x)
     assert within(lo, band_lo) and within(hi, band_hi)
     if n == 200:  # large n: the normal-theory interval, mean +- 1.96 sd / sqrt(n)
         half = 1.96 * np.std(x) / math.sqrt(n)
@@ -76,7 +59,9 @@ def test_mean_ci_is_a_95_percent_percentile_bootstrap_interval(n: int) -> None:
 
 def test_mean_ci_drops_non_finite_values_and_handles_tiny_samples() -> None:
     mean, lo, hi, n = mean_ci([1.0, np.nan, 3.0, np.inf, 2.0])
-    assert (mean, n) == (2.0, 3) and 1.0 <= lo < 2.0 < hi <= 3.0
+    assert (mean, n) == (2.0, 3) and (lo, hi) == pytest.approx(
+        (t_band([1.0, 3.0, 2.0])[0][0], t_band([1.0, 3.0, 2.0])[1][0])
+    )
     assert mean_ci([4.0])[0] == 4.0 and math.isnan(mean_ci([4.0])[1])
     assert mean_ci([])[3] == 0 and math.isnan(mean_ci([])[0])
 
@@ -238,7 +223,7 @@ def test_policy_interaction_cells_show_seed_means_and_their_95_percent_ci(ctx, r
             mean_text, lo, hi = re.fullmatch(r"(\S+)\n(\S+)–(\S+)", texts[(r, c)]).groups()
             assert float(mean_text) == pytest.approx(x.mean(), abs=0.005 + 1e-9)
             assert grid[r, c] == pytest.approx(x.mean(), rel=1e-12)
-            band_lo, band_hi = percentile_band(x)
+            band_lo, band_hi = t_band(x)
             assert within(float(lo), band_lo, 0.005) and within(float(hi), band_hi, 0.005)  # 2 decimals
     made.figure.clear()
 
@@ -273,7 +258,7 @@ def _check_learning_curves(made: Made, study: Path, runs: pd.DataFrame) -> None:
             for epoch in range(1, EPOCHS + 1):
                 at = vertices[np.isclose(vertices[:, 0], epoch), 1]
                 x = block[epoch].to_numpy()
-                band_lo, band_hi = percentile_band(x)
+                band_lo, band_hi = t_band(x)
                 assert within(at.min(), band_lo) and within(at.max(), band_hi)
     made.figure.clear()
 

@@ -31,9 +31,6 @@ from study.tables import (
     truthy,
 )
 
-N_BOOT = 2000
-
-
 STATS_HINT = "run `python -m study stats DIR` first"
 
 
@@ -304,8 +301,9 @@ def _select(df: pd.DataFrame, columns: Sequence[str], key: Sequence[str]) -> pd.
     return df[mask]
 
 
-def mean_ci(values: Iterable[float], n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float, float, int]:
-    """Mean, 95% percentile-bootstrap CI of the mean (`scipy.stats.bootstrap`, fixed seed), and n."""
+def mean_ci(values: Iterable[float]) -> tuple[float, float, float, int]:
+    """Mean, 95% t interval of the mean (the interval the statistics tables report; a percentile
+    bootstrap undercovers at the few seeds per point many figures have), and n."""
     x = np.asarray(list(values), dtype=float)
     x = x[np.isfinite(x)]
     n = len(x)
@@ -314,22 +312,14 @@ def mean_ci(values: Iterable[float], n_boot: int = N_BOOT, seed: int = 0) -> tup
     mean = float(x.mean())
     if n < 2:
         return mean, math.nan, math.nan, n
-    if np.all(x == x[0]):  # every resample has this mean (scipy warns and gives NaN)
+    if np.all(x == x[0]):  # no spread: the interval is the value
         return mean, float(x[0]), float(x[0]), n
-    res = sst.bootstrap(
-        (x,),
-        np.mean,
-        n_resamples=n_boot,
-        confidence_level=0.95,
-        method="percentile",
-        vectorized=True,
-        rng=np.random.default_rng(seed),
-    )
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high), n
+    half = float(sst.t.ppf(0.975, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return mean, mean - half, mean + half, n
 
 
 def summarise(df: pd.DataFrame, by: list[str], value: str) -> pd.DataFrame:
-    """Per group of `by`: mean, bootstrap CI (`lo`, `hi`) and n of `value`."""
+    """Per group of `by`: mean, 95% t interval (`lo`, `hi`) and n of `value`."""
     rows = []
     for key, grp in df.groupby(by, dropna=False, sort=False):
         key = key if isinstance(key, tuple) else (key,)
@@ -344,9 +334,9 @@ def seed_means(df: pd.DataFrame, keep: list[str], value: str) -> pd.DataFrame:
 
 
 def _n_text(ns: Iterable[int], unit: str) -> str:
-    ns = [int(n) for n in ns if n == n]
+    ns = [int(n) for n in ns if n == n and n > 0]  # points without data are not drawn
     if not ns:
-        return f"n = 0 {unit}"
+        return f"no {unit}"
     lo, hi = min(ns), max(ns)
     return f"n = {lo} {unit}" if lo == hi else f"n = {lo}–{hi} {unit}"
 

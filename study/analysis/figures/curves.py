@@ -30,7 +30,7 @@ from study.tables import (
 # --- 4. learning curves ----------------------------------------------------------------------------
 @register_figure("learning_curves")
 def fig_learning_curves(ctx: StudyContext) -> Iterator[Output]:
-    """Validation and test accuracy against epoch per policy: mean and 95% bootstrap CI band over seeds."""
+    """Validation and test accuracy against epoch per policy: mean and 95% t interval band over seeds."""
     curves = ctx.curves()
     if curves is None:
         yield Skip("learning_curves", "curves.csv.gz not found: run `python -m study collect DIR` first")
@@ -105,7 +105,7 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
         pooled_text += f" Shown up to epoch {last}, the last one every averaged condition reaches."
     caption = (
         f"Learning curves: {' and '.join(st.metric_name(m) for m in metrics)} against epoch for "
-        f"each policy combination. Line: mean over seeds; band: 95% percentile bootstrap CI of the mean "
+        f"each policy combination. Line: mean over seeds; band: 95% t interval of the mean "
         f"({_n_text(summary['n'], 'seeds per point')}; fewer at late epochs when trials diverged). "
         f"{legend_note}{pooled_text}{note}"
     )
@@ -177,7 +177,7 @@ def _draw_mismatch(
         "similarity between the weight gradient the trial's policies give and the gradient the exact "
         "policies give on a fixed probe batch with identical noise, and the fraction of weights / input / "
         "output signals that the normalization alters (saturation), against epoch. Line: mean over seeds; "
-        f"band: 95% percentile bootstrap CI ({_n_text(summary['n'], 'seeds per point')}); "
+        f"band: 95% t interval ({_n_text(summary['n'], 'seeds per point')}); "
         f"W exact · S exact is 1 by construction. {st.combo_legend_note(weights, signals)}{note}"
     )
     pooled = [c for c in ctx.conditions if c != "dataset" and c in data and data[c].nunique(dropna=False) > 1]

@@ -43,6 +43,7 @@ from study.tables import (
     SITE_COLUMN,
     diff_unit,
     diff_unit_name,
+    span,
 )
 
 MAX_ROWS = 48  # condition rows per panel of the paired-difference plot before it is split
@@ -96,7 +97,7 @@ def _verdict_note(ctx: StudyContext) -> str:
 # --- 1. paired-difference estimation plot ----------------------------------------------------------
 @register_figure("paired_differences")
 def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
-    """Per site: per-seed paired differences, their mean with 95% bootstrap CI, zero line, ±δ band."""
+    """Per site: per-seed paired differences, their mean with its 95% CI, zero line, ±δ band."""
     comps = ctx.table("comparisons")
     for site in SITES:
         base = f"paired_differences_{site}"
@@ -414,7 +415,7 @@ def _draw_heatmap(
 # --- 3. policy-interaction grid --------------------------------------------------------------------
 @register_figure("policy_interaction")
 def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
-    """Weight policy × signal policy grid of mean accuracy with 95% bootstrap CI, per dataset."""
+    """Weight policy × signal policy grid of mean accuracy with 95% t interval, per dataset."""
     name = "policy_interaction"
     runs = ctx.runs
     weights, signals = ctx.levels("weight_policy"), ctx.levels("signal_policy")
@@ -473,7 +474,7 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
     counts = [len(_ordered_keys(ctx, _select(runs, panel_cols, k), pooled)) for k in panels] if pooled else []
     pooled_text = (
         f" Within a panel, each seed's value is first averaged over the panel's conditions, which differ "
-        f"in {', '.join(st.factor_label(c).lower() for c in pooled)} ({min(counts)}–{max(counts)} "
+        f"in {', '.join(st.factor_label(c).lower() for c in pooled)} ({span(min(counts), max(counts))} "
         "conditions per panel)."
         if pooled
         else ""
@@ -484,7 +485,7 @@ def fig_policy_interaction(ctx: StudyContext) -> Iterator[Output]:
         split_text = f" One panel per {names}: normalizations and data sets are never averaged together."
     caption = (
         f"Policy interaction: mean final {st.metric_name(metric)} for every weight-site × "
-        f"signal-site policy combination (first line) and the 95% percentile bootstrap CI of the mean over "
+        f"signal-site policy combination (first line) and the 95% t interval of the mean over "
         f"seeds (second line; {_n_text(summary['n'], 'seeds per cell')}); cell colour: the mean (cividis, "
         f"dark = low, bright = high).{pooled_text}{split_text}"
         + ("" if panel_cols else ctx.fixed_note(runs, ["dataset"]))

@@ -13,7 +13,7 @@ import numpy as np
 
 from study.analysis.figures import style as st
 from study.analysis.figures.common import Made, Output, Skip, StudyContext, register_figure
-from study.tables import diff_unit_name
+from study.tables import diff_unit_name, span
 
 SATURATION_FIGURE = "weight_saturation"
 REGIME_COLORS = (
@@ -107,7 +107,7 @@ def fig_weight_saturation(ctx: StudyContext) -> Iterator[Output]:
         f"Weight site, {comparison}: each point is one seed's paired difference in "
         f"{st.metric_name(ctx.metric)} ({diff_unit_name(ctx.metric)}) against the mean share of the two "
         f"runs' weight-site parameters beyond their range after training (pooled over layers), "
-        f"{int(n.min())}–{int(n.max())} seeds per regime; line: the mixed model's fit (random intercept "
+        f"{span(int(n.min()), int(n.max()))} seeds per regime; line: the mixed model's fit (random intercept "
         f"per regime); grey: ±δ = {ctx.margin:g}.{note} Points of regimes with equal values (e.g. identical "
         "runs with no weight beyond its range) lie on top of each other. Right: that share per epoch, mean "
         "over seeds, per regime (colours as left) and weight policy."

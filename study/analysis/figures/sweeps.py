@@ -126,7 +126,7 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
     caption = (
         f"Final {st.metric_name(metric)} against {axis_text} "
         f"for each policy combination, as in AnalogVNN's figures. Marker: mean over seeds; bar: 95% "
-        f"percentile bootstrap CI of the mean ({_n_text(summary['n'], 'seeds per point')}); markers slightly "
+        f"t interval of the mean ({_n_text(summary['n'], 'seeds per point')}); markers slightly "
         f"offset horizontally so that they do not overlap. {st.combo_legend_note(weights, signals)}"
         f"{pooled_text}{slice_note}"
         + (" One panel per dataset." if len(datasets) > 1 else ctx.fixed_note(runs, ["dataset"]))

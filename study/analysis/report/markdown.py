@@ -69,6 +69,7 @@ from study.tables import (
     parse_bool,
     read_csv,
     read_jsonl,
+    span,
     truthy,
     write_text_atomic,
 )
@@ -448,7 +449,7 @@ def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], 
         lines += [
             f"For the {len(moved)} `different` or `trivial` rows the minimal detectable effect (two-sided "
             f"paired t-test, 80% power, α = {hyp.alpha:g} before adjustment, at the row's n and sd) is "
-            f"{fmt(moved['mde'].min())}–{fmt(moved['mde'].max())}{u}.",
+            f"{span(fmt(moved['mde'].min()), fmt(moved['mde'].max()))}{u}.",
             "",
         ]
     inc = own[own["verdict"] == "inconclusive"]
@@ -468,7 +469,9 @@ def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], 
         f"{len(inc)} distinct row(s) are `inconclusive`. TOST with margin ±{hyp.margin:g}{u} can reject at "
         f"level α = {hyp.alpha:g} only if the sample SD of the differences is small enough "
         f"({'; '.join(limits)}), even when the observed mean difference is exactly 0; the inconclusive rows "
-        f"have SDs of {fmt(sd.min())}–{fmt(sd.max())}{u} (median {fmt(sd.median())}{u}), and **{beyond} of "
+        f"{'has an SD of' if len(sd) == 1 else 'have SDs of'} {span(fmt(sd.min()), fmt(sd.max()))}{u}"
+        + ("" if len(sd) == 1 else f" (median {fmt(sd.median())}{u})")
+        + f", and **{beyond} of "
         f"{len(inc)}** lie above that limit: those could not have been found equivalent at this n whatever "
         "their true difference, so their verdict reflects the design's resolution, not evidence of an "
         "effect. The others missed equivalence after the multiplicity adjustment or by their mean.",
@@ -588,7 +591,7 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "Power).",
         f"- Bayesian view: Bayesian-bootstrap posterior of the mean difference ({POSTERIOR_DRAWS} draws), "
         f"rope ±δ, a region called at ≥ {POSTERIOR_DECISION:g} (section Bayesian view).",
-        f"- n pairs per row: {int(n.min())}–{int(n.max())}.",
+        f"- n pairs per row: {span(int(n.min()), int(n.max()))}.",
         "- Omnibus: Friedman test per condition over all weight/signal policy combinations on the seeds "
         "complete for all of them; Nemenyi post-hoc (scikit-posthocs) and critical difference "
         "q_α(k, ∞)/√2·√(k(k+1)/6n).",
