@@ -37,7 +37,7 @@ def test_params_checksum_sees_a_single_bit():
     assert params_checksum(net) != before
 
 
-def _equal_metric_runs() -> "object":
+def _equal_metric_runs() -> tuple:
     """Weight `ste` runs whose every metric equals the weight `exact` runs of the same cell and seed."""
     runs = make_runs()
     metrics = [c for c in ("test_acc", "test_loss", "val_acc", "val_loss") if c in runs]
@@ -64,7 +64,8 @@ def test_equal_metrics_with_different_checksums_are_tested_not_identical(tmp_pat
 def test_equal_checksums_are_identical_and_say_so(tmp_path: Path):
     runs, ste, key = _equal_metric_runs()
     exact = runs[runs["weight_policy"] == "exact"].set_index(key)["params_sha256"]
-    runs.loc[ste, "params_sha256"] = exact.loc[list(zip(*(runs.loc[ste, k] for k in key), strict=True))].values
+    keys = list(zip(*(runs.loc[ste, k] for k in key), strict=True))
+    runs.loc[ste, "params_sha256"] = exact.loc[keys].to_numpy()
     runs["logits_sha256"] = runs["params_sha256"]
     out = stats_stage(write_study(tmp_path / "core", runs, make_spec()))
     rows = _weight_rows(out)

@@ -19,7 +19,7 @@ _CHECKS: list[tuple[str, re.Pattern[str]]] = [
     ("negative number called larger/smaller", re.compile(r"[−-]\d[\d.]*\s?(?:pp|%)?\s(?:larger|smaller)\b")),
     ("range with equal ends", re.compile(r"(?<![\d.–-])(\d+(?:\.\d+)?)(?:[–]|--?)\1(?![\d.–-])")),
     ("n = 0", re.compile(r"\bn = 0(?![\d.])")),
-    ("doubled word", re.compile(r"\b([A-Za-z]{3,}) \1\b")),
+    ("doubled word", re.compile(r"\b([A-Za-z]{3,})\)? \(?\1\b")),
 ]
 _DIVERGED = re.compile(r"[^.]*\bwhen (?:trials|a trial) diverged[^.]*\.")
 

@@ -103,10 +103,16 @@ def _draw_curves(ctx: StudyContext, data: pd.DataFrame, metrics: list[str], note
     )
     if cut:
         pooled_text += f" Shown up to epoch {last}, the last one every averaged condition reaches."
+    counts = summary["n"].dropna()
+    diverged_note = (
+        "; fewer at late epochs, where trials had diverged"
+        if len(counts) and counts.min() < counts.max()
+        else ""
+    )
     caption = (
         f"Learning curves: {' and '.join(st.metric_name(m) for m in metrics)} against epoch for "
         f"each policy combination. Line: mean over seeds; band: 95% t interval of the mean "
-        f"({_n_text(summary['n'], 'seeds per point')}; fewer at late epochs when trials diverged). "
+        f"({_n_text(summary['n'], 'seeds per point')}{diverged_note}). "
         f"{legend_note}{pooled_text}{note}"
     )
     return fig, caption

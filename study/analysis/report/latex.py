@@ -55,6 +55,7 @@ from study.tables import (
     truthy,
     write_text_atomic,
 )
+from study.tables import span as span_text
 from study.training.config import TrialConfig
 from study.training.data import FEATURES, split_sizes
 
@@ -567,7 +568,7 @@ def saturation_tex(study_dir: Path, unit: str) -> str | None:
     ]
     for _, r in regimes.iterrows():
         diff = f"{tex_num(r['diff_mean'])} [{tex_num(r['ci_low'])}, {tex_num(r['ci_high'])}]"
-        span = f"{_pct(r['saturation_min'])}--{_pct(r['saturation_max'])}"
+        span = span_text(_pct(r["saturation_min"]), _pct(r["saturation_max"]), "--")
         cells = [latex_escape(str(r["regime"])), str(int(r["pairs"])), _pct(r["saturation_mean"]), span]
         lines.append(" & ".join([*cells, diff, str(r["verdict"])]) + r" \\")
     return "\n".join(lines + [r"\bottomrule", r"\end{tabular}"]) + "\n"

@@ -1019,6 +1019,8 @@ def missing_section(
         lines.append(
             f"Diverged trials count as data (their final {hyp.metric}): {n_div} diverged trial(s) in "
             f"the runs; {used} analysed pair(s) contain one."
+            if n_div
+            else "No trial diverged."
         )
     else:
         lines.append(f"Diverged trials are excluded (`hypotheses.diverged: exclude`): {n_div} in the runs.")
