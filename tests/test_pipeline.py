@@ -71,6 +71,7 @@ def test_analyze_regenerates_committed_results_at_their_precision(tmp_path: Path
             shutil.rmtree(repo / "results" / s / sub, ignore_errors=True)
         (repo / "results" / s / "report.md").unlink(missing_ok=True)
     shutil.rmtree(repo / "paper" / "generated", ignore_errors=True)
+    (repo / "results" / "recommendations.csv").unlink(missing_ok=True)
     out = subprocess.run(
         ["bash", "run_all.sh", "--analyze"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=600
     )
@@ -91,6 +92,12 @@ def test_analyze_regenerates_committed_results_at_their_precision(tmp_path: Path
                 (repo / "results" / "advisor" / name).read_text(),
                 name,
             )
+    if "results/recommendations.csv" in tracked.split():  # the front door's table, from the statistics
+        assert_same_numbers(
+            (ROOT / "results" / "recommendations.csv").read_text(),
+            (repo / "results" / "recommendations.csv").read_text(),
+            "recommendations.csv",
+        )
     _assert_same_tree(ROOT / "paper" / "generated", repo / "paper" / "generated")
 
 
