@@ -42,3 +42,12 @@ def test_readme_dataset_example_is_one_call_that_trains() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "DATA blobs True" in out.stdout
+
+
+def test_the_example_user_module_is_the_readme_block() -> None:
+    import re
+
+    text = README.read_text()
+    block = re.search(r"### Your own network.*?```python\n(.*?)```", text, re.S).group(1)
+    module = (README.parent / "examples" / "my_module.py").read_text()
+    assert module.endswith(block), "examples/my_module.py and the README's residual-network block differ"
