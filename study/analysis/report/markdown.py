@@ -846,6 +846,14 @@ def pooled_section(stats: Path, u: str) -> list[str]:
     return lines + [""]
 
 
+def _acc(value: Any) -> str:
+    """An accuracy already in percent (`screen.csv`), one decimal."""
+    try:
+        return f"{float(value):.1f} %"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
 def screen_section(study_dir: Path) -> list[str]:
     """The trainability screen (screen.csv): the criterion, and every screened-out condition with its
     screen accuracy; the sensitivity analysis over all conditions (stats_all/) beside the primary one."""
@@ -875,7 +883,7 @@ def screen_section(study_dir: Path) -> list[str]:
         lines += md_table(
             [*keep, "reference arm", *(["digital twin"] if digital else [])],
             [
-                [*(str(r[c]) for c in keep), _pct(r[metric]), *([_pct(r[digital])] if digital else [])]
+                [*(str(r[c]) for c in keep), _acc(r[metric]), *([_acc(r[digital])] if digital else [])]
                 for _, r in out.iterrows()
             ],
         )
