@@ -295,6 +295,14 @@ def markdown_table(results: Path) -> list[str]:
     return lines
 
 
+def _tex(text: str) -> str:
+    """`latex_escape`, with markdown code spans (`name`) as \\texttt{name}."""
+    parts = str(text).split("`")
+    return "".join(
+        latex_escape(p) if i % 2 == 0 else f"\\texttt{{{latex_escape(p)}}}" for i, p in enumerate(parts)
+    )
+
+
 def latex_table(results: Path) -> str:
     """The paper's Table 1 body (a tabularx environment) from `recommendations.csv`."""
     table = read_csv(Path(results) / TABLE, "run `python -m study analyze` again", keep_default_na=False)
@@ -307,11 +315,11 @@ def latex_table(results: Path) -> str:
     ]
     for _, r in table.iterrows():
         cells = [
-            f"\\textbf{{{r['site']}}}: {latex_escape(r['bound'])}",
-            latex_escape(r["advice"]),
-            latex_escape(r["effect"]),
-            latex_escape(r["evidence"]),
-            latex_escape(r["caveat"]),
+            f"\\textbf{{{r['site']}}}: {_tex(r['bound'])}",
+            _tex(r["advice"]),
+            _tex(r["effect"]),
+            _tex(r["evidence"]),
+            _tex(r["caveat"]),
         ]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabularx}"]
