@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from study.training.config import MAX_SEED
+from study.training.config import check_seed_list
 
 SCREEN_TABLE = "screen.csv"
 ALL_STATS = "stats_all"  # the sensitivity analysis over every condition, screened out or not
@@ -44,12 +44,7 @@ class Screen(BaseModel):
     @field_validator("seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"screen seeds must be distinct; got {v}")
-        bad = [s for s in v if not 0 <= s <= MAX_SEED]
-        if bad:
-            raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
-        return v
+        return check_seed_list(v, "screen seeds")
 
     @field_validator("arm")
     @classmethod

@@ -29,7 +29,13 @@ from analog.policies import PRESETS, available_policies, resolve_preset
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.screen import Screen, check_screen
 from study.tables import STUDY_NAME_PATTERN, read_yaml
-from study.training.config import MAX_SEED, ConfigError, TrialConfig, format_validation_error
+from study.training.config import (
+    MAX_SEED,
+    ConfigError,
+    TrialConfig,
+    check_seed_list,
+    format_validation_error,
+)
 
 ALIASES = ("policies", "norm")
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
@@ -59,12 +65,7 @@ class TuneLR(BaseModel):
     @field_validator("selection_seeds")
     @classmethod
     def _seeds(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"selection seeds must be distinct; got {v}")
-        bad = [s for s in v if not 0 <= s <= MAX_SEED]
-        if bad:
-            raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
-        return v
+        return check_seed_list(v, "selection seeds")
 
 
 class StudySpec(BaseModel):

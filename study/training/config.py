@@ -27,6 +27,19 @@ from study.training.archs import BUILTIN_ARCHS, available_archs
 from study.training.data import available_datasets, dataset_input_shape
 
 MAX_SEED = 2**32 - 1  # numpy's and Lightning's seed range
+
+
+def check_seed_list(seeds: list[int], what: str) -> list[int]:
+    """`seeds` if they are distinct and in [0, MAX_SEED]; else a ValueError naming `what` (a spec's
+    selection or screen seeds)."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{what} must be distinct; got {seeds}")
+    bad = [s for s in seeds if not 0 <= s <= MAX_SEED]
+    if bad:
+        raise ValueError(f"seeds must lie in [0, {MAX_SEED}]; got {bad}")
+    return seeds
+
+
 ARCHS: tuple[str, ...] = BUILTIN_ARCHS  # mlp: build_classifier; cnn: build_cnn; more: register_architecture
 
 
