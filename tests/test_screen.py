@@ -140,3 +140,18 @@ def test_arm_factors_pair_arms_at_their_own_learning_rates(tmp_path: Path) -> No
 def test_bad_arm_factors_are_refused(arm: Any, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle):
         parse_spec(_arm_spec(arm_factors=arm))
+
+
+def test_screened_runs_match_conditions_whose_values_are_none(tmp_path: Path) -> None:
+    """A factor value `None` is written `none` in runs.csv and screen.csv alike (full precision, no noise)."""
+    from study.analysis.stats.compute import screened_runs
+
+    spec = {"factors": {"precision": [16, None], "signal_policy": ["exact", "ste"]}}
+    runs = pd.DataFrame(
+        {"precision": ["16", "16", "none", "none"], "signal_policy": ["exact", "ste"] * 2, "seed": [0] * 4}
+    )
+    pd.DataFrame({"precision": [16, "none"], "passed": [False, True]}).to_csv(
+        tmp_path / "screen.csv", index=False
+    )
+    kept = screened_runs(runs, spec, tmp_path)
+    assert kept["precision"].tolist() == ["none", "none"]

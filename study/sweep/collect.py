@@ -205,7 +205,12 @@ def collect(sdir: str | Path) -> tuple[Path, Path]:
     for path in write_tables(spec, sdir, row_of):
         print(f"  tune_lr -> {path}")
     if spec.screen is not None:
-        screen = pd.DataFrame(screen_table(spec, sdir))
+        screen = pd.DataFrame(
+            [
+                {k: _factor_value(v) if k in spec.factors else v for k, v in r.items()}
+                for r in screen_table(spec, sdir)
+            ]
+        )
         write_table(screen, sdir / SCREEN_TABLE, raw=True)
         passed = screen["passed"]
         print(
