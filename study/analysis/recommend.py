@@ -44,81 +44,82 @@ ROWS: list[dict[str, Any]] = [
         "study": "core",
         "kind": "row",
         "where": {"comparison": "signal: exact vs ste", "weight_policy": "ste"},
-        "caveat": "one setting; the collapse under ste comes mostly from the clamped logits "
-        "(mechanism study)",
+        "caveat": "ste's collapse comes mostly from the clamped logits (mechanism study)",
     },
     {
         "site": "signal",
         "bound": "fixed clamp [-1, 1]",
-        "regime": "MLP and CNN, mnist5k and 8x8 digits, 5 noise kinds, Adam and SGD, own lr per arm",
+        "regime": "factorial: MLP, CNN; mnist5k, digits; 5 noise kinds; Adam, SGD; own lr per arm",
         "study": "factorial_v2",
         "kind": "marginal",
         "comparison": "signal: exact vs ste",
         "factor": "norm",
         "level": "clamp",
-        "caveat": "conditions that pass the trainability screen; MNIST-1D and plain l2norm were dropped "
-        "(nothing trained)",
+        "caveat": "conditions that pass the trainability screen",
     },
     {
         "site": "signal",
         "bound": "L2 norm (l2norm_m)",
-        "regime": "as above",
+        "regime": "factorial, as above",
         "study": "factorial_v2",
         "kind": "marginal",
         "comparison": "signal: exact vs ste",
         "factor": "norm",
         "level": "l2norm_m",
-        "caveat": "AnalogVNN 1.0.8 passes Lp signal gradients straight through",
+        "by": "optimizer",
+        "caveat": "AnalogVNN 1.0.8 uses ste here",
     },
     {
         "site": "signal",
         "bound": "L2 norm (l2norm_wm)",
-        "regime": "as above",
+        "regime": "factorial, as above",
         "study": "factorial_v2",
         "kind": "marginal",
         "comparison": "signal: exact vs ste",
         "factor": "norm",
         "level": "l2norm_wm",
-        "caveat": "AnalogVNN 1.0.8 passes Lp signal gradients straight through",
+        "by": "optimizer",
+        "caveat": "AnalogVNN 1.0.8 uses ste here",
     },
     {
         "site": "signal",
         "bound": "learned range (PACT-style, as aihwkit-lightning)",
         "regime": "-",
         "kind": "untested",
-        "caveat": "not measured yet: the `learned_clamp` normalization exists (issue #30), its study "
-        "does not",
+        "caveat": "`learned_clamp` exists (issue #30); no study yet",
     },
     {
         "site": "weight",
         "bound": "fixed clamp [-1, 1], weights inside it",
-        "regime": "AnalogVNN's protocol, and every factorial condition",
+        "regime": "core protocol; factorial conditions",
         "study": "factorial_v2",
         "kind": "row",
         "where": {"comparison": "weight: exact vs ste", "norm": "clamp"},
-        "caveat": "identical only while no weight reaches the bound (large learning rates do reach it)",
+        "caveat": "identical while no weight reaches the bound; high SGD lrs reach it",
     },
     {
         "site": "weight",
         "bound": "L2 norm (l2norm_m)",
-        "regime": "MLP and CNN, mnist5k and digits, 5 noise kinds, Adam and SGD, own lr per arm",
+        "regime": "factorial, as above",
         "study": "factorial_v2",
         "kind": "marginal",
         "comparison": "weight: exact vs ste",
         "factor": "norm",
         "level": "l2norm_m",
-        "caveat": "the first factorial's +3.2 pp came from SGD at one shared lr",
+        "by": "optimizer",
+        "caveat": "mostly an SGD effect",
     },
     {
         "site": "weight",
         "bound": "L2 norm (l2norm_wm)",
-        "regime": "as above",
+        "regime": "factorial, as above",
         "study": "factorial_v2",
         "kind": "marginal",
         "comparison": "weight: exact vs ste",
         "factor": "norm",
         "level": "l2norm_wm",
-        "caveat": "the first factorial's +3.2 pp came from SGD at one shared lr",
+        "by": "optimizer",
+        "caveat": "mostly an SGD effect",
     },
     {
         "site": "weight",
@@ -127,17 +128,15 @@ ROWS: list[dict[str, Any]] = [
         "study": "weights",
         "kind": "row",
         "where": {"comparison": "weight: exact vs ste", "weight_clamp": "0.05"},
-        "caveat": "a construction no hardware uses: levels stay 1/16 apart (ternary weights), 38% of "
-        "weights start outside the range and never get a gradient under exact; the hardware-faithful "
-        "version (range-scaled levels, weights initialised inside) is not measured yet (issue #29)",
+        "caveat": "a construction no hardware uses (1/16 levels, ternary weights; 38% of weights start "
+        "outside and freeze under exact); the faithful version is not measured yet (issue #29)",
     },
     {
         "site": "weight",
         "bound": "projected clipping after each step (aihwkit, BinaryConnect)",
         "regime": "-",
         "kind": "untested",
-        "caveat": "not measured yet: `weight_bound: project` exists (issue #29), its study does not; "
-        "the gradient policy is moot there (no clamp in the forward pass)",
+        "caveat": "`weight_bound: project` exists (issue #29); no study yet; the policy is moot there",
     },
 ]
 
@@ -231,10 +230,29 @@ def _marginal_evidence(spec: dict[str, Any], results: Path) -> dict[str, str]:
     pp = pd.to_numeric(comp["mean_diff"], errors="coerce").median()
     effect = f"{fmt(r['emm'], signed=True)}{unit} {fmt_ci(low, high)}"
     if logit:
-        effect += f"; median {fmt(pp, signed=True)} pp per condition"
+        effect += f"; median {fmt(pp, signed=True)} pp"
     comp = comp.assign(n_pairs=pd.to_numeric(comp["n_pairs"], errors="coerce"))
     evidence = f"{study}: {len(comp)} conditions, {_seeds(comp)}; {_verdicts(comp)}"
-    return {"advice": advice, "effect": effect, "evidence": evidence, "caveat": spec["caveat"]}
+    if advice != OPEN and (comp["verdict"] == "different").mean() < 0.5:  # the model sees it, rows rarely do
+        advice += " on average; most conditions inconclusive"
+    caveat = spec["caveat"]
+    if spec.get("by"):
+        caveat = f"{_split(stats, spec, unit)}; {caveat}"
+    return {"advice": advice, "effect": effect, "evidence": evidence, "caveat": caveat}
+
+
+def _split(stats: Path, spec: dict[str, Any], unit: str) -> str:
+    """The row's conditions split by another factor: mean partially pooled effect per level (and the
+    mean raw effect in pp), from stats/effects_conditions.csv."""
+    pooled = read_csv(stats / "effects_conditions.csv", "run the study's stats again", keep_default_na=False)
+    rows = pooled[
+        (pooled["comparison"] == spec["comparison"]) & (pooled[spec["factor"]].astype(str) == spec["level"])
+    ]
+    parts = []
+    for level, g in rows.groupby(spec["by"], sort=True):
+        eb, pp = pd.to_numeric(g["eb_diff"]).mean(), pd.to_numeric(g["diff_pp"]).mean()
+        parts.append(f"{level} {fmt(eb, signed=True)}{unit} ({fmt(pp, signed=True)} pp)")
+    return f"pooled effect by {spec['by']}: " + ", ".join(parts)
 
 
 def _scale(study_dir: Path) -> str:
