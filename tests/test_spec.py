@@ -346,11 +346,18 @@ ALTERNATIVES = {
     "probe_size": 32,
     "eval_test": False,
     "test_draws": 3,
+    "weight_levels": "range",
+    "weight_init": "in_range",
+    "weight_bound": "project",
+    "signal_range_init": 2.0,
+    "signal_range_per": "channel",
 }
 REQUIRES = {  # values valid only with another field's non-default
     "momentum": {"optimizer": "sgd"},
     "channels": {"arch": "cnn"},
     "kernel_size": {"arch": "cnn"},
+    "signal_range_init": {"signal_norm": "learned_clamp"},
+    "signal_range_per": {"signal_norm": "learned_clamp"},
 }
 
 

@@ -155,7 +155,10 @@ def test_comparison_rows_every_statistic_by_hand(tables: Path):
         n, mean, sd = len(d), d.mean(), d.std(ddof=1)
         half = sst.t.ppf(0.95, n - 1) * sd / math.sqrt(n)  # TOST: the (1 - 2 alpha) = 90% t interval
         assert row["margin"] == 0.5 and row["metric"] == "test_acc" and n == row["n_pairs"] == 5
-        assert row["ci_method"] in ("bca", "percentile") and row["ci_low"] < row["mean_diff"] < row["ci_high"]
+        half95 = sst.t.ppf(0.975, n - 1) * sd / math.sqrt(n)  # the 95% paired t interval of the mean
+        assert row["ci_method"] == "t"
+        assert row["ci_low"] == pytest.approx(mean - half95, rel=5e-4, abs=1e-5)
+        assert row["ci_high"] == pytest.approx(mean + half95, rel=5e-4, abs=1e-5)
         assert row["tost_ci_low"] == pytest.approx(mean - half, rel=5e-4, abs=1e-5)
         assert row["tost_ci_high"] == pytest.approx(mean + half, rel=5e-4, abs=1e-5)
         assert row["hodges_lehmann"] == pytest.approx(_walsh_median(d), rel=5e-4, abs=1e-5)

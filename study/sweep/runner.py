@@ -43,7 +43,7 @@ from study.sweep.records import (  # noqa: F401 - re-exported: the runner's reco
     write_json_atomic,
 )
 from study.sweep.spec import StudySpec, Trial, check_grid_size, expand, import_plugins, spec_to_yaml
-from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_yaml
+from study.tables import HYPOTHESES_LOG, RESTORE_SPEC, SPEC_LOG, read_jsonl, read_yaml
 
 STALE_AFTER_S = 120.0
 HEARTBEAT_S = 10.0
@@ -490,8 +490,10 @@ def make_units(spec: StudySpec, trials: list[Trial], bundle: int | str) -> list[
 RECORDED = "recorded"  # --bundle recorded: the bundle size the study's committed table was trained with
 
 
-def recorded_bundle(sdir: Path) -> int | None:
-    """The largest `bundle_size` in the study's committed `runs.csv`, or None without one.
+def recorded_bundle(sdir: Path) -> int | str | None:
+    """`auto` when every run of the study was made with `--bundle auto` (its `run_log.jsonl` says so:
+    each condition's size then follows from its network), else the largest `bundle_size` in the
+    study's committed `runs.csv`, or None without one.
 
     A bundle's noise draws depend on its members, so re-running a committed study reproduces its
     numbers only with the bundles it was trained in: `make_units` chunks each condition's seeds in
@@ -503,7 +505,12 @@ def recorded_bundle(sdir: Path) -> int | None:
             sizes = [int(float(r["bundle_size"])) for r in csv.DictReader(f) if r.get("bundle_size")]
     except (OSError, KeyError, ValueError):
         return None
-    return max(sizes) if sizes else None
+    if not sizes:
+        return None
+    runs = read_jsonl(sdir / "run_log.jsonl")
+    if runs and all(str(r.get("bundle")) == AUTO for r in runs):
+        return AUTO
+    return max(sizes)
 
 
 def resolve_bundle(value: int | str, sdir: Path) -> int | str:
@@ -515,7 +522,7 @@ def resolve_bundle(value: int | str, sdir: Path) -> int | str:
     """
     recorded = recorded_bundle(sdir)
     if value == AUTO:
-        if recorded is not None:
+        if recorded is not None and recorded != AUTO:
             _warn_bundle(AUTO, sdir, recorded)
         return AUTO
     if value == RECORDED:
@@ -540,7 +547,7 @@ def resolve_bundle(value: int | str, sdir: Path) -> int | str:
     return bundle
 
 
-def _warn_bundle(value: str, sdir: Path, recorded: int) -> None:
+def _warn_bundle(value: str, sdir: Path, recorded: int | str) -> None:
     import sys
 
     print(

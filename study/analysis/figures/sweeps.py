@@ -60,8 +60,8 @@ def _sweep(ctx: StudyContext, factor: str) -> Output:
             f"{st.factor_label(c).lower()} {st.level_label(c, v)}" for c, v in zip(others, best, strict=True)
         )
         slice_note = (
-            f" Other factors fixed at {fixed}, the setting run at the most {st.factor_label(factor).lower()} "
-            "levels; conditions that differ in anything else are not averaged in."
+            f" Other factors fixed at {fixed}, the setting with the most values of "
+            f"{st.factor_label(factor).lower()}; conditions that differ in anything else are not averaged in."
         )
     metric = ctx.metric
     datasets = ctx.levels("dataset") if "dataset" in ctx.conditions else [None]
