@@ -52,6 +52,6 @@ def test_readme_and_paper_render_the_same_table(tmp_path: Path) -> None:
         assert f"**{advice}**" in "\n".join(md)
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{REC_BEGIN}\nold\n{REC_END}\n\n<!-- ANSWER -->\n")
-    readme_answer([results / "core", results / "weights"], readme)
+    readme_answer([results / "core", results / "weights"], readme, findings=tmp_path / "findings.md")
     text = readme.read_text()
     assert "old" not in text and "\n".join(md) in text and text.count(REC_BEGIN) == 1
