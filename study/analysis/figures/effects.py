@@ -74,6 +74,12 @@ def _term_label(term: str) -> str:
     return " × ".join(parts)
 
 
+def _model_unit(ctx: StudyContext) -> str:
+    """The effect model's unit: logit units on the logit scale, else the metric's difference unit."""
+    model = ctx.hypotheses.effect_model
+    return "logit units" if model is not None and model.scale == "logit" else diff_unit_name(ctx.metric)
+
+
 @register_figure("effects_factors")
 def fig_effects_factors(ctx: StudyContext) -> Iterator[Output]:
     """The model's main-effect coefficients (change of the policy effect against the reference level)
@@ -103,7 +109,7 @@ def fig_effects_factors(ctx: StudyContext) -> Iterator[Output]:
             ax.plot([float(r["coef"])], [y], "o", ms=2.8, color=color)
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_title(label)
-        ax.set_xlabel(f"Change of the effect ({diff_unit_name(ctx.metric)})")
+        ax.set_xlabel(f"Change of the effect ({_model_unit(ctx)})")
     axes[0].set_yticks(range(len(names)), [_term_label(n) for n in names])
     model = ctx.hypotheses.effect_model
     caption = (
