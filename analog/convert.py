@@ -13,7 +13,8 @@ As in :func:`analog.models.build_classifier`, one layer is the read-out (role ``
 last Linear / Conv of the model in module order) and the others are hidden layers numbered in module
 order, so a location spec of the signal policy (:mod:`analog.locations`) applies by location. `readout`
 (one of :data:`analog.models.READOUTS`) says how the read-out layer's output is read: ``analog``
-(normalized like every signal), ``digital`` (not normalized: unbounded logits) or ``scaled`` (the analog
+(normalized like every signal), ``digital`` and ``digital_act`` (not normalized; the same here: the
+activation after the read-out is the model's own) or ``scaled`` (the analog
 read-out times the fixed scale of :func:`analog.models.readout_scale`). Unlike the built-in classifiers,
 the activation after the read-out is the model's own: ``scaled`` assumes none follows (the read-out
 layer's output is the model's output).
@@ -30,7 +31,7 @@ from torch.nn.utils import parametrize
 
 from analog.layers import AnalogConfig, AnalogConv1d, AnalogConv2d, AnalogLayer, AnalogLinear
 from analog.locations import check_hidden_count
-from analog.models import READOUTS, SCALED_READOUT_FLOOR, readout_scale
+from analog.models import READOUTS, SCALED_READOUT_FLOOR, UNNORMALIZED_READOUTS, readout_scale
 
 CONVERTIBLE: dict[type[nn.Module], type[AnalogLayer]] = {
     nn.Linear: AnalogLinear,
@@ -264,7 +265,9 @@ def convert(
         if is_readout and scale is not None:
             cls = _SCALED[cls]
         role, index = ("readout", 0) if is_readout else ("hidden", hidden.index(name))
-        new = _analog_twin(layer, name, cls, config, role, index, not (is_readout and readout == "digital"))
+        new = _analog_twin(
+            layer, name, cls, config, role, index, not (is_readout and readout in UNNORMALIZED_READOUTS)
+        )
         if is_readout and scale is not None:
             new.logit_scale = scale
         done[id(layer)] = new

@@ -16,11 +16,15 @@ from analog.normalize import output_range
 ACTIVATIONS: tuple[str, ...] = ("none", "relu", "leakyrelu", "tanh", "elu", "silu", "gelu", "gelu_analogvnn")
 SAMPLE_HIDDEN: tuple[int, ...] = (256, 128)  # AnalogVNN's sample code: 784-256-128-10
 PAPER_HIDDEN: tuple[int, ...] = (128, 64)  # AnalogVNN paper: 784-128-64-10
-READOUTS: tuple[str, ...] = ("analog", "digital", "scaled")
+READOUTS: tuple[str, ...] = ("analog", "digital", "scaled", "digital_act")
 """How the last layer is read out: ``analog`` (AnalogVNN's sample: its output is normalized like every
 signal, then the activation), ``digital`` (no normalization and no activation after the last layer:
-unbounded logits, as when an ADC feeds a digital softmax) or ``scaled`` (the analog readout times a
-fixed scale chosen by :func:`readout_scale`, which lowers the cross-entropy floor of bounded logits)."""
+unbounded logits, as when an ADC feeds a digital softmax), ``scaled`` (the analog readout times a
+fixed scale chosen by :func:`readout_scale`, which lowers the cross-entropy floor of bounded logits) or
+``digital_act`` (no normalization after the last layer, the activation kept: separates the clamp's
+part of the analog readout from the activation's)."""
+UNNORMALIZED_READOUTS: tuple[str, ...] = ("digital", "digital_act")
+"""Read-outs whose last layer's output is not normalized (no output clamp at the readout)."""
 SCALED_READOUT_FLOOR = 0.01
 """Cross-entropy floor (nats) the ``scaled`` readout's scale brings the bounded logits down to."""
 
@@ -209,7 +213,7 @@ def _dense_layers(
                 config=config,
                 role="readout" if last else "hidden",
                 index=0 if last else first_index + i,
-                normalize_output=not (last and readout == "digital"),
+                normalize_output=not (last and readout in UNNORMALIZED_READOUTS),
             )
         with torch.no_grad():
             init_weight_for(layer.weight, activation)

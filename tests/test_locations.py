@@ -241,6 +241,11 @@ def test_readouts_share_the_network_and_differ_only_after_the_last_layer():
     assert analog.analog_layers(nets["digital"])[-1].normalize_output is False
     s = readout_scale("clamp", "gelu", 3)
     torch.testing.assert_close(out["scaled"], s * out["analog"])
+    # digital_act: the digital readout's unbounded logits through the activation (no clamp before it)
+    assert analog.analog_layers(nets["digital_act"])[-1].normalize_output is False
+    assert isinstance(list(nets["digital_act"])[-1], torch.nn.GELU)
+    torch.testing.assert_close(out["digital_act"], torch.nn.functional.gelu(out["digital"]))
+    assert out["digital_act"].max() > hi  # above the analog readout's bound
 
 
 def test_scaled_readout_scale_reaches_the_floor_it_promises():
@@ -274,6 +279,8 @@ def test_trial_config_readout_keeps_old_run_ids_and_validates():
     for bad, field in (
         ({"readout": "digitl"}, "readout: unknown readout 'digitl'"),
         ({"readout": "digital", "final_activation": True}, "final_activation: readout 'digital'"),
+        ({"readout": "digital_act", "final_activation": False}, "final_activation: readout 'digital_act'"),
+        ({"digital": True, "readout": "digital_act"}, "readout: 'digital_act' needs an analog network"),
         ({"readout": 3}, "readout"),
         ({"digital": True, "readout": "scaled"}, "readout: 'scaled' needs an analog network"),
         ({"digital": True, "signal_policy": "exact,readout=ste"}, "a digital network has no signal"),

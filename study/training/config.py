@@ -133,8 +133,9 @@ class TrialConfig(BaseModel):
     digital: bool = Field(False, description="turn every analog effect off (the digital baseline)")
     readout: str = Field(
         "analog",
-        description="last layer's read-out: analog (clamp + activation), digital (unbounded logits) or "
-        "scaled (analog logits times a fixed scale that removes the cross-entropy floor)",
+        description="last layer's read-out: analog (clamp + activation), digital (unbounded logits), "
+        "scaled (analog logits times a fixed scale that removes the cross-entropy floor) or digital_act "
+        "(no clamp, the activation kept)",
     )
     # analog effects and gradient policies
     weight_norm: str = Field(
@@ -237,6 +238,15 @@ class TrialConfig(BaseModel):
                     "leave final_activation out or set it to false"
                 )
             data = {**data, "final_activation": False}
+        if (
+            isinstance(data, dict)
+            and data.get("readout") == "digital_act"
+            and data.get("final_activation") is False
+        ):
+            raise ValueError(
+                "final_activation: readout 'digital_act' keeps the final activation (without it, use readout "
+                "'digital'); leave final_activation out or set it to true"
+            )
         return data
 
     @field_validator("dataset", "activation", "precision_class", "noise", "readout", "arch")
