@@ -5,7 +5,7 @@ and writes `DIR/figures/NAME.pdf`, `NAME.png` (300 dpi) and `index.md` with one 
 Each figure is one generator function `fig_<name>(ctx)`, registered with
 `study.analysis.figures.common.register_figure`; it yields `Made` figures or `Skip` reasons (e.g. when
 the study lacks the factor the figure needs). The families (`paired`, `curves`, `ranks`, `sweeps`,
-`locations`, `saturation`, `effects`) are imported here in the order their figures appear in `index.md`.
+`locations`, `saturation`, `ranges`, `effects`) are imported here in the order their figures appear in `index.md`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from study.tables import (
 
 # isort: off
 # the figure families register their figures on import, in this order (the order of index.md)
-from study.analysis.figures import paired, curves, ranks, sweeps, locations, saturation, effects  # noqa: F401, E402,E501
+from study.analysis.figures import paired, curves, ranks, sweeps, locations, saturation, ranges, effects  # noqa: F401, E402,E501
 # isort: on
 
 
