@@ -146,13 +146,32 @@ def diff_unit_name(metric: str, other: str = "units") -> str:
 
 
 def other_site_informative(rows: pd.DataFrame, site: str) -> pd.DataFrame:
-    """Rows of `site` without those whose other site's policy is `zero`.
+    """Comparison rows of `site` without those whose other site's policy is `zero`.
 
     With `zero` at either site no gradient reaches any parameter (the network stays at its
-    initialisation), so such rows compare two untrained networks and say nothing about `site`.
+    initialisation), so such rows compare two untrained networks and say nothing about `site`. A row of
+    a `factor` comparison holds both sites' policies (a policy comparison's own policy column is
+    empty): it is left out when either is `zero`.
     """
-    other = SITE_COLUMN[OTHER_SITE[site]]
-    return rows[rows[other].astype(str) != "zero"] if other in rows else rows
+    other, own = SITE_COLUMN[OTHER_SITE[site]], SITE_COLUMN[site]
+    if other not in rows:
+        return rows
+    keep = rows[other].astype(str) != "zero"
+    if own in rows:
+        keep &= rows[own].astype(str) != "zero"
+    return rows[keep]
+
+
+def cell_text(value: Any) -> str:
+    """A factor value as runs.csv spells it, numbers normalised (16, 16.0 and '16' alike)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value)
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError):
+        return str(value).strip()
 
 
 def require_study_dir(path: str | Path, needs: tuple[str, ...] = ("spec.yaml",)) -> Path:

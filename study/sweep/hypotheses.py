@@ -4,39 +4,82 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from analog.locations import canonical_signal_policy, is_uniform
-from study.tables import ALL_METRICS, DRAW_METRICS, is_percent
+from analog.policies import OTHER_SITE
+from study.tables import ALL_METRICS, DRAW_METRICS, POLICY_COLUMNS, SITE_COLUMN, is_percent
 
 SITES = ("weight", "signal")
 
 
 class Comparison(BaseModel):
-    """One pre-registered paired comparison: policy `a` vs policy `b` at one site, within each condition."""
+    """One pre-registered paired comparison at one site: `a` vs `b`, trials paired by seed.
+
+    Without `factor`: policies `a` and `b` of the site's policy column (`weight_policy` or
+    `signal_policy`), paired within each condition (the condition factors) and policy of the other site.
+    With `factor`: values `a` and `b` of that condition factor of the spec (e.g. ``factor: weight_bound``,
+    ``a: project``, ``b: forward``), paired within each combination of the other condition factors and
+    of both sites' policies; `site` still says which site the comparison belongs to (its label, its
+    family, the report's and the figures' per-site sections). `study.sweep.spec` checks that `factor`
+    is a condition factor of the spec and that `a` and `b` are two of its values.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     site: Literal["weight", "signal"]
+    # a condition factor whose values are compared; absent (None): the site's policies are compared
+    factor: str | None = None
     a: str
     b: str
     role: Literal["primary", "positive_control", "secondary"] = "primary"
 
+    @field_validator("factor")
+    @classmethod
+    def _factor(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("a condition factor of the spec (e.g. weight_bound), or leave it out")
+        return v
+
     @field_validator("a", "b")
     @classmethod
-    def _location_spec(cls, v: str) -> str:
+    def _location_spec(cls, v: str, info: ValidationInfo) -> str:
         """A signal policy set by location (:mod:`analog.locations`) is written in its canonical form,
-        the one runs.csv's `signal_policy` column holds, so that the comparison finds its trials."""
-        if is_uniform(v):
+        the one runs.csv's `signal_policy` column holds, so that the comparison finds its trials. The
+        values of a `factor` are not policies: they are checked against the spec's factor values."""
+        if info.data.get("factor") is not None or is_uniform(v):
             return v
         canonical = canonical_signal_policy(v, "")
         if canonical != v:
             raise ValueError(f"write {v!r} as {canonical!r} (the canonical form runs.csv holds)")
         return v
 
+    @field_validator("b")
+    @classmethod
+    def _distinct(cls, v: str, info: ValidationInfo) -> str:
+        if v == info.data.get("a"):
+            raise ValueError(f"must differ from a (both are {v!r}): a comparison of a value with itself")
+        return v
+
+    @property
+    def column(self) -> str:
+        """The column whose values `a` and `b` are: `factor`, else the site's policy column."""
+        return self.factor if self.factor is not None else SITE_COLUMN[self.site]
+
+    def held_columns(self, conditions: list[str]) -> list[str]:
+        """The columns within each combination of which trials of `a` and `b` are paired by seed:
+        `conditions` (the spec's condition columns) and the other site's policy column; for a `factor`
+        comparison the condition columns but `factor`, and both sites' policy columns."""
+        if self.factor is None:
+            return [*conditions, SITE_COLUMN[OTHER_SITE[self.site]]]
+        return [c for c in conditions if c != self.factor] + list(POLICY_COLUMNS)
+
     @property
     def label(self) -> str:
-        return f"{self.site}: {self.a} vs {self.b}"
+        """`weight: exact vs ste`; a factor comparison names its factor: `weight: project vs forward
+        (weight_bound)`."""
+        text = f"{self.site}: {self.a} vs {self.b}"
+        return text if self.factor is None else f"{text} ({self.factor})"
 
 
 def _default_comparisons() -> list[Comparison]:
@@ -100,7 +143,8 @@ class Hypotheses(BaseModel):
     """Pre-registered analysis: comparisons, primary metric, equivalence margin, alpha, correction.
 
     `margin` is in the metric's units (accuracies are percent, so 0.5 = 0.5 percentage points).
-    Comparisons whose policies are absent from a study are skipped by the statistics stage.
+    Comparisons whose policies (or, with `factor`, values) are absent from a study are skipped by the
+    statistics stage.
     The multiple-comparison family is all rows of the comparisons with the same `role`
     (`family: role`), all rows of each comparison separately (`per_comparison`), or every row (`all`).
     """
@@ -135,8 +179,12 @@ class Hypotheses(BaseModel):
         return self
 
     def dump(self) -> dict[str, Any]:
-        """As plain data; `effect_model` only when set (so older specs keep their hashes)."""
+        """As plain data; `effect_model` and a comparison's `factor` only when set (so older specs keep
+        their hashes)."""
         data = self.model_dump(mode="json")
+        for comparison in data.get("comparisons") or []:
+            if comparison.get("factor") is None:
+                comparison.pop("factor", None)
         if data.get("effect_model") is None:
             data.pop("effect_model", None)
         elif data["effect_model"].get("scale") == "pp":  # the default: older specs keep their hashes

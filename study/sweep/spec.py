@@ -28,7 +28,7 @@ from analog.locations import canonical_signal_policy, is_uniform
 from analog.policies import PRESETS, available_policies, resolve_preset
 from study.sweep.hypotheses import Hypotheses
 from study.sweep.screen import Screen, check_screen
-from study.tables import STUDY_NAME_PATTERN, read_yaml
+from study.tables import STUDY_NAME_PATTERN, cell_text, read_yaml
 from study.training.config import (
     MAX_SEED,
     ConfigError,
@@ -282,6 +282,7 @@ def _check(spec_dict: dict[str, Any]) -> list[str]:
     errors += _check_tune_lr(spec_dict, factors)
     errors += check_screen(spec_dict, factors)
     errors += _check_arm_factors(spec_dict, factors)
+    errors += _check_comparison_factors(spec_dict, factors)
     errors += _check_effect_model(spec_dict, factors)
     return errors
 
@@ -335,6 +336,49 @@ def _check_arm_factors(spec_dict: dict[str, Any], factors: dict[str, Any]) -> li
             )
     if len(set(map(str, arm))) != len(arm):
         errors.append(f"arm_factors: listed twice: {sorted({a for a in arm if arm.count(a) > 1})}")
+    return errors
+
+
+def _check_comparison_factors(spec_dict: dict[str, Any], factors: dict[str, Any]) -> list[str]:
+    """A comparison's `factor` names a condition factor of the study (not a policy, not an arm factor),
+    and its `a` and `b` are two different values of that factor (numbers compared as runs.csv spells
+    them: 16, 16.0 and '16' alike)."""
+    hyp = spec_dict.get("hypotheses")
+    comparisons = hyp.get("comparisons") if isinstance(hyp, dict) else None
+    if not isinstance(comparisons, list):
+        return []  # absent (the defaults compare policies), or reported by the StudySpec validation
+    arm = spec_dict.get("arm_factors")
+    arm = {str(a) for a in arm} if isinstance(arm, list) else set()
+    policies = {"weight_policy", "signal_policy", "policies"}
+    allowed = [f for f in factors if f not in policies and f not in arm]
+    shown = ", ".join(allowed) or "(none)"
+    errors = []
+    for i, comp in enumerate(comparisons):
+        if not isinstance(comp, dict) or not isinstance(comp.get("factor"), str):
+            continue  # a policy comparison, or a bad type reported by the StudySpec validation
+        name, where = comp["factor"], f"hypotheses.comparisons.{i}"
+        if name not in allowed:
+            why = (
+                "a policy column (compare policies without `factor`)"
+                if name in policies
+                else "an arm factor (set per policy arm, not a condition)"
+                if name in arm
+                else "not a factor of this study"
+            )
+            errors.append(f"{where}.factor: {name!r} is {why}; allowed: the condition factors {shown}")
+            continue
+        values = factors[name] if isinstance(factors[name], list) else []
+        texts = [cell_text(v) for v in values]
+        listed = ", ".join("none" if v is None else str(v) for v in values)
+        for side in ("a", "b"):
+            value = comp.get(side)
+            if isinstance(value, str) and cell_text(value) not in texts:
+                errors.append(
+                    f"{where}.{side}: {value!r} is not a value of factor {name!r}; allowed: {listed}"
+                )
+        a, b = comp.get("a"), comp.get("b")
+        if isinstance(a, str) and isinstance(b, str) and a != b and cell_text(a) == cell_text(b):
+            errors.append(f"{where}.b: {b!r} is the same value of {name!r} as a ({a!r}); compare two values")
     return errors
 
 

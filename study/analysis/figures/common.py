@@ -116,6 +116,12 @@ class StudyContext:
                 return float(values.iloc[0])
         return float(self.hypotheses.margin)
 
+    def compared_factor(self, comps: pd.DataFrame) -> pd.Series:
+        """Per row of a comparisons table: the condition factor its comparison compares (`factor` in the
+        spec), empty for a comparison of the site's policies."""
+        factors = {c.label: c.factor or "" for c in self.hypotheses.comparisons}
+        return comps["comparison"].astype(str).map(lambda label: factors.get(label, ""))
+
     def table(self, name: str) -> pd.DataFrame | None:
         """`stats/NAME.csv` with factor columns as strings, or None when absent."""
         if name not in self._cache:

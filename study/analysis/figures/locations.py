@@ -55,10 +55,15 @@ def policy_text(policy: str) -> str:
 
 
 def _location_rows(ctx: StudyContext) -> pd.DataFrame | None:
+    """The signal-site rows of comparisons of signal policies (not those of a condition `factor`), when
+    some compared policy is location-wise."""
     comps = ctx.table("comparisons")
     if comps is None or "signal" not in set(comps["site"].astype(str)):
         return None
     sub = comps[comps["site"].astype(str) == "signal"]
+    sub = sub[ctx.compared_factor(sub) == ""]
+    if sub.empty:
+        return None
     located = ~(sub["policy_a"].map(is_uniform) & sub["policy_b"].map(is_uniform))
     return sub if located.any() else None
 

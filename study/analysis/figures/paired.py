@@ -97,7 +97,13 @@ def _verdict_note(ctx: StudyContext) -> str:
 # --- 1. paired-difference estimation plot ----------------------------------------------------------
 @register_figure("paired_differences")
 def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
-    """Per site: per-seed paired differences, their mean with its 95% CI, zero line, ±δ band."""
+    """Per site: per-seed paired differences, their mean with its 95% CI, zero line, ±δ band.
+
+    The comparisons of a condition factor (`factor` in the spec) at a site get their own figure per
+    factor, `paired_differences_<site>_<factor>`, whose rows are the combinations of the other condition
+    factors and both sites' policies (the pairs' conditions); the site's figure shows its policy
+    comparisons.
+    """
     comps = ctx.table("comparisons")
     for site in SITES:
         base = f"paired_differences_{site}"
@@ -108,49 +114,78 @@ def fig_paired_differences(ctx: StudyContext) -> Iterator[Output]:
         if sub.empty:
             yield Skip(base, f"no comparison at the {site} site (its policies are absent from the study)")
             continue
-        if not (sub["policy_a"].map(is_uniform) & sub["policy_b"].map(is_uniform)).all():
-            yield Skip(base, "signal policies set by location: drawn as location_effects")
-            continue
-        diffs = ctx.table("differences")
-        dsub = None if diffs is None else diffs[diffs["site"].astype(str) == site]
+        factor = ctx.compared_factor(sub)
+        factors = list(dict.fromkeys(f for f in factor if f))
+        policy_rows = sub[factor == ""]
         other = SITE_COLUMN[OTHER_SITE[site]]
-        key_cols = [c for c in ctx.conditions if c in sub] + ([other] if other in sub else [])
-        varying = ctx.varying(key_cols, sub)
-        facet = "dataset" if "dataset" in varying else None
-        row_cols = [c for c in varying if c != facet]
-        split_cols: list[str] = []
-        candidates = ([other] if other in row_cols else []) + [c for c in reversed(row_cols) if c != other]
-        while len(_ordered_keys(ctx, sub, row_cols)) > MAX_ROWS and len(row_cols) > 1 and candidates:
-            col = candidates.pop(0)
-            row_cols.remove(col)
-            split_cols.append(col)
-        splits = _ordered_keys(ctx, sub, split_cols)
-        if len(splits) > MAX_SPLIT_FIGURES:
-            yield Skip(
-                base,
-                f"its {len(sub)} rows would need {len(splits)} figures of at most {MAX_ROWS} rows (more than "
-                f"{MAX_SPLIT_FIGURES}); every condition is in stats/comparisons.csv"
-                + (
-                    " and in the forest plot effects_forest"
-                    if ctx.hypotheses.effect_model is not None
-                    else ""
-                ),
+        if policy_rows.empty:
+            shown = ", ".join(f"{base}_{_slug(f)}" for f in factors)
+            yield Skip(base, f"no comparison of the {site}-site policies (the factor comparisons: {shown})")
+        elif not (policy_rows["policy_a"].map(is_uniform) & policy_rows["policy_b"].map(is_uniform)).all():
+            yield Skip(base, "signal policies set by location: drawn as location_effects")
+        else:
+            key_cols = [c for c in ctx.conditions if c in policy_rows] + (
+                [other] if other in policy_rows else []
             )
-            continue
-        for split_key in splits:
-            suffix = "".join(f"_{_slug(c)}-{_slug(v)}" for c, v in zip(split_cols, split_key, strict=True))
-            name = base + suffix
-            part = _select(sub, split_cols, split_key)
-            dpart = None if dsub is None else _select(dsub, split_cols, split_key)
-            shown = ", ".join(
-                f"{st.factor_label(c).lower()} {st.level_label(c, v)}"
-                for c, v in zip(split_cols, split_key, strict=True)
+            yield from _paired_figures(
+                ctx, site, base, policy_rows, key_cols, [other], f"{site.capitalize()} site"
             )
-            title = f"{site.capitalize()} site" + (f" · {shown}" if shown else "")
-            fig, caption = _draw_paired(ctx, site, part, dpart, facet, row_cols, key_cols, title)
-            if split_cols:
-                caption += f" This figure shows the conditions with {shown} (one figure per level)."
-            yield Made(name, fig, caption)
+        for name in factors:
+            rows = sub[factor == name]
+            key_cols = [c for c in ctx.conditions if c in rows and c != name]
+            key_cols += [c for c in POLICY_COLUMNS if c in rows]
+            title = f"{site.capitalize()} site · {st.factor_label(name).lower()}"
+            yield from _paired_figures(
+                ctx, site, f"{base}_{_slug(name)}", rows, key_cols, [other, SITE_COLUMN[site]], title
+            )
+
+
+def _paired_figures(
+    ctx: StudyContext,
+    site: str,
+    base: str,
+    sub: pd.DataFrame,
+    key_cols: list[str],
+    split_first: list[str],
+    heading: str,
+) -> Iterator[Output]:
+    """The paired-difference figure(s) of `sub` (rows of one site), rows keyed by `key_cols`; split into
+    one figure per level of a factor (`split_first` first) when a panel would have too many rows."""
+    diffs = ctx.table("differences")
+    dsub = None if diffs is None else diffs[diffs["comparison"].astype(str).isin(set(sub["comparison"]))]
+    varying = ctx.varying(key_cols, sub)
+    facet = "dataset" if "dataset" in varying else None
+    row_cols = [c for c in varying if c != facet]
+    split_cols: list[str] = []
+    candidates = [c for c in split_first if c in row_cols]
+    candidates += [c for c in reversed(row_cols) if c not in split_first]
+    while len(_ordered_keys(ctx, sub, row_cols)) > MAX_ROWS and len(row_cols) > 1 and candidates:
+        col = candidates.pop(0)
+        row_cols.remove(col)
+        split_cols.append(col)
+    splits = _ordered_keys(ctx, sub, split_cols)
+    if len(splits) > MAX_SPLIT_FIGURES:
+        yield Skip(
+            base,
+            f"its {len(sub)} rows would need {len(splits)} figures of at most {MAX_ROWS} rows (more than "
+            f"{MAX_SPLIT_FIGURES}); every condition is in stats/comparisons.csv"
+            + (" and in the forest plot effects_forest" if ctx.hypotheses.effect_model is not None else ""),
+        )
+        return
+    for split_key in splits:
+        suffix = "".join(f"_{_slug(c)}-{_slug(v)}" for c, v in zip(split_cols, split_key, strict=True))
+        name = base + suffix
+        part = _select(sub, split_cols, split_key)
+        dpart = None if dsub is None else _select(dsub, split_cols, split_key)
+        shown = ", ".join(
+            f"{st.factor_label(c).lower()} {st.level_label(c, v)}"
+            for c, v in zip(split_cols, split_key, strict=True)
+        )
+        title = heading + (f" · {shown}" if shown else "")
+        fig, caption = _draw_paired(ctx, site, part, dpart, facet, row_cols, key_cols, title)
+        if split_cols:
+            caption += f" This figure shows the conditions with {shown} (one figure per level)."
+        yield Made(name, fig, caption)
 
 
 def _draw_paired(
@@ -288,45 +323,80 @@ def _draw_paired(
 # --- 2. effect heatmap -----------------------------------------------------------------------------
 @register_figure("effect_heatmap")
 def fig_effect_heatmap(ctx: StudyContext) -> Iterator[Output]:
-    """Per site: mean difference of the primary comparison over normalization × precision (× leakage)."""
+    """Per site: mean difference of the primary comparison over normalization × precision (× leakage).
+
+    A primary comparison of a condition factor (`factor` in the spec) gets its own heatmap,
+    `effect_heatmap_<site>_<factor>`, faceted by both sites' policies where they vary; it is skipped,
+    with the reason, where its factor is the heatmap's normalization or precision axis (constant in its
+    rows).
+    """
     comps = ctx.table("comparisons")
     for site in SITES:
         base = f"effect_heatmap_{site}"
         if comps is None:
             yield Skip(base, f"stats/comparisons.csv not found: {STATS_HINT}")
             continue
-        sub = comps[(comps["site"].astype(str) == site) & (comps["role"].astype(str) == "primary")]
-        if sub.empty:
+        primary = comps[(comps["site"].astype(str) == site) & (comps["role"].astype(str) == "primary")]
+        if primary.empty:
             yield Skip(base, f"no primary comparison at the {site} site")
             continue
-        norms = ctx.varying([c for c in ctx.conditions if (c.endswith("_norm") or c == "norm")], sub)
-        norm_col = f"{site}_norm" if f"{site}_norm" in norms else (norms[0] if norms else None)
-        if norm_col is None:
-            yield Skip(base, "the study lacks a varying normalization factor (weight_norm / signal_norm)")
-            continue
-        if "precision" not in ctx.varying(["precision"], sub):
-            yield Skip(base, "the study lacks a varying precision factor")
-            continue
-        if ctx.hypotheses.effect_model is not None:
-            yield Skip(
-                base,
-                "a designed study analysed by its effect model: a normalization x precision cell would pool "
-                "the other factors' levels; see effects_factors (the model's marginal means)",
-            )
-            continue
-        order = _comparison_order(sub)
-        for comp, _role, a, b in order:
-            name = base if len(order) == 1 else f"{base}_{_slug(a)}-{_slug(b)}"
-            part = sub[sub["comparison"] == comp]
-            yield Made(name, *_draw_heatmap(ctx, site, part, norm_col, a, b))
+        factor = ctx.compared_factor(primary)
+        groups = [(base, primary[factor == ""], "")]
+        groups += [
+            (f"{base}_{_slug(f)}", primary[factor == f], f) for f in dict.fromkeys(f for f in factor if f)
+        ]
+        for group, sub, compared in groups:
+            if sub.empty:
+                yield Skip(group, f"no primary comparison of the {site}-site policies")
+                continue
+            yield from _heatmaps(ctx, site, group, sub, compared)
+
+
+def _heatmaps(ctx: StudyContext, site: str, base: str, sub: pd.DataFrame, factor: str) -> Iterator[Output]:
+    """The heatmaps of `sub` (primary rows of one site: its policy comparisons, or those of `factor`)."""
+    if factor in ("precision", "norm") or factor.endswith("_norm"):
+        yield Skip(base, f"it compares {factor}, an axis of the normalization x precision heatmap")
+        return
+    norms = ctx.varying([c for c in ctx.conditions if (c.endswith("_norm") or c == "norm")], sub)
+    norm_col = f"{site}_norm" if f"{site}_norm" in norms else (norms[0] if norms else None)
+    if norm_col is None:
+        yield Skip(base, "the study lacks a varying normalization factor (weight_norm / signal_norm)")
+        return
+    if "precision" not in ctx.varying(["precision"], sub):
+        yield Skip(base, "the study lacks a varying precision factor")
+        return
+    if ctx.hypotheses.effect_model is not None:
+        yield Skip(
+            base,
+            "a designed study analysed by its effect model: a normalization x precision cell would pool "
+            "the other factors' levels; see effects_factors (the model's marginal means)",
+        )
+        return
+    key_cols = None
+    if factor:  # the pairs' conditions: the other condition factors and both sites' policies
+        key_cols = [c for c in ctx.conditions if c in sub and c != factor] + [
+            c for c in POLICY_COLUMNS if c in sub
+        ]
+    order = _comparison_order(sub)
+    for comp, _role, a, b in order:
+        name = base if len(order) == 1 else f"{base}_{_slug(a)}-{_slug(b)}"
+        part = sub[sub["comparison"] == comp]
+        yield Made(name, *_draw_heatmap(ctx, site, part, norm_col, a, b, key_cols))
 
 
 def _draw_heatmap(
-    ctx: StudyContext, site: str, comps: pd.DataFrame, norm_col: str, a: str, b: str
+    ctx: StudyContext,
+    site: str,
+    comps: pd.DataFrame,
+    norm_col: str,
+    a: str,
+    b: str,
+    key_cols: list[str] | None = None,
 ) -> tuple[Figure, str]:
     metric = str(comps["metric"].iloc[0]) if "metric" in comps else ctx.metric
     other = SITE_COLUMN[OTHER_SITE[site]]
-    key_cols = [c for c in ctx.conditions if c in comps] + ([other] if other in comps else [])
+    if key_cols is None:  # a policy comparison's conditions: the condition factors and the other site
+        key_cols = [c for c in ctx.conditions if c in comps] + ([other] if other in comps else [])
     facet_col = "leakage" if "leakage" in ctx.varying(["leakage"], comps) else None
     row_facets = [c for c in ctx.varying(key_cols, comps) if c not in (norm_col, "precision", facet_col)]
     norms, precs = ctx.levels(norm_col, comps), ctx.levels("precision", comps)

@@ -15,12 +15,15 @@ from study.analysis.stats import (
     VERDICTS,
     condition_norms,
     key_columns,
+    load_hypotheses,
     norm_family,
 )
 from study.tables import (
+    POLICY_COLUMNS,
     PRESET_FLAG,
     REDO_STATS,
     SITE_COLUMN,
+    cell_text,
     condition_columns,
     other_site_informative,
     read_csv,
@@ -104,9 +107,32 @@ def condition_label(row: pd.Series, columns: list[str]) -> str:
 
 
 def row_columns(frame: pd.DataFrame, spec: dict[str, Any], site: str) -> list[str]:
-    """Condition columns worth printing for a site's rows: varying ones plus the other site's policy."""
-    other = SITE_COLUMN[OTHER_SITE[site]]
-    return [c for c in varying(frame, condition_columns(spec)) if c != other] + [other]
+    """Condition columns worth printing for a site's rows: varying ones plus the other site's policy, and
+    the site's own policy where a row holds one (a `factor` comparison's rows hold both policies; a
+    policy comparison's own policy column is empty)."""
+    other, own = SITE_COLUMN[OTHER_SITE[site]], SITE_COLUMN[site]
+    cols = [c for c in varying(frame, condition_columns(spec)) if c != other] + [other]
+    held = own in frame and (frame[own].fillna("").astype(str) != "").any()
+    return cols + [own] if held else cols
+
+
+def compared_columns(spec: dict[str, Any]) -> dict[str, str]:
+    """The column each pre-registered comparison (by its label) compares: the site's policy column, or
+    the condition factor of a `factor` comparison (whose column is empty in that comparison's rows)."""
+    return {c.label: c.column for c in load_hypotheses(spec).comparisons}
+
+
+def compared_column(columns: dict[str, str], row: pd.Series) -> str:
+    """The column `row`'s comparison compares (`compared_columns`; the site's policy column for a label
+    the spec no longer lists)."""
+    return columns.get(str(row["comparison"]), SITE_COLUMN[str(row["site"])])
+
+
+def side_cells(row: pd.Series, conds: list[str], column: str) -> list[dict[str, str]]:
+    """The trial cells (condition columns and both policies) of side a and side b of a comparison row
+    that compares `column`: the row's values, `column` set to `policy_a` or `policy_b`."""
+    fixed = {c: str(row[c]) for c in [*conds, *POLICY_COLUMNS] if c != column and c in row}
+    return [fixed | {column: str(row[side])} for side in ("policy_a", "policy_b")]
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -176,10 +202,13 @@ def largest_effects(rows: pd.DataFrame, count: int = 3) -> pd.DataFrame:
     return rows.loc[order[:count]]
 
 
-def _cell_seeds(runs: pd.DataFrame, cell: dict[str, str]) -> pd.DataFrame:
+def _cell_seeds(runs: pd.DataFrame, cell: dict[str, str], loose: str | None = None) -> pd.DataFrame:
+    """The trials of `cell`; column `loose` (a compared factor) matched with numbers normalised as the
+    statistics pair them (`cell_text`: 16, 16.0 and '16' alike)."""
     mask = pd.Series(True, index=runs.index)
     for column, value in cell.items():
-        mask &= runs[column].fillna("").astype(str) == value
+        text = runs[column].fillna("").astype(str)
+        mask &= text.map(cell_text) == cell_text(value) if column == loose else text == value
     return runs[mask]
 
 
@@ -190,17 +219,19 @@ def settle_cost(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any]) ->
     rows = distinct(comp)
     rows = rows[(rows["verdict"] == "inconclusive") & rows["seeds_needed_equivalence"].notna()]
     need: dict[tuple, int] = {}
+    loose: dict[tuple, str | None] = {}
     conds = condition_columns(spec)
+    columns = compared_columns(spec)
     for _, r in rows.iterrows():
-        own = SITE_COLUMN[r["site"]]
-        other = SITE_COLUMN[OTHER_SITE[r["site"]]]
-        for policy in (r["policy_a"], r["policy_b"]):
-            cell = tuple(sorted({**{c: str(r[c]) for c in conds + [other]}, own: str(policy)}.items()))
+        column = compared_column(columns, r)
+        for side in side_cells(r, conds, column):
+            cell = tuple(sorted(side.items()))
             need[cell] = max(need.get(cell, 0), int(r["seeds_needed_equivalence"]))
+            loose[cell] = None if column in POLICY_COLUMNS else column
     trials = seconds = 0.0
     timed = "wall_time_s" in runs
     for cell, n in need.items():
-        sel = _cell_seeds(runs, dict(cell))
+        sel = _cell_seeds(runs, dict(cell), loose[cell])
         extra = max(n - sel["seed"].nunique(), 0)
         trials += extra
         if timed:

@@ -345,7 +345,8 @@ def row_macros(prefix: str, comp: pd.DataFrame, spec: dict[str, Any]) -> list[st
         cols = row_columns(rows, spec, site)
         cols = [c for c in cols if c in rows and rows[c].astype(str).nunique() > 1]
         for _, row in rows.iterrows():
-            key = "".join(camel(str(row[c])) for c in cols)
+            # an empty value (the compared factor's column in a `factor` comparison's rows) adds nothing
+            key = "".join(camel(str(row[c])) for c in cols if str(row[c]) != "")
             key += f"{camel(str(row['policy_a']))}Vs{camel(str(row['policy_b']))}"
             if site == "weight":
                 key = "Weight" + key
@@ -584,6 +585,15 @@ def term_key(term: str) -> str:
     return "X".join(parts)
 
 
+def _effect_key(hyp: Hypotheses, label: str) -> str:
+    """A comparison of the effect model in macro names: its site (`Weight`), and for a `factor`
+    comparison the factor too (`WeightWeightBound`), so that it does not clash with the site's policy
+    comparison."""
+    site = label.split(":", 1)[0]
+    factor = next((c.factor for c in hyp.comparisons if c.label == label), None)
+    return camel(site) + (camel(factor) if factor else "")
+
+
 def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
     """The effect model per comparison site: marginal means per factor and level,
     `\\<Study>Emm<Site><Factor><Level>{,Lo,Hi}` (factor and level `all`: over every condition), and every
@@ -595,17 +605,17 @@ def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
     out = []
     model_txt = Path(study_dir) / "stats" / "effects_model.txt"
     if model_txt.exists():  # per site: the residual SD of the condition means (the model's tau, pp)
-        fits = re.findall(
-            r"^comparison: (\w+):.*?residual SD of condition means: ([-\d.e+]+)",
-            model_txt.read_text(),
-            re.M | re.S,
-        )
-        out += [_macro(prefix, f"EffResidualSd{camel(site)}", tex_num(float(sd), 1)) for site, sd in fits]
+        for block in re.split(r"^(?=comparison: )", model_txt.read_text(), flags=re.M):
+            fit = re.match(
+                r"comparison: (.+?): diff ~.*?residual SD of condition means: ([-\d.e+]+)", block, re.S
+            )
+            if fit is not None:
+                site = _effect_key(hyp, fit.group(1))
+                out.append(_macro(prefix, f"EffResidualSd{site}", tex_num(float(fit.group(2)), 1)))
     terms_path = Path(study_dir) / "stats" / "effects_terms.csv"
     if terms_path.exists():
         for _, r in read_csv(terms_path, REDO_STATS).iterrows():
-            site = str(r["comparison"]).split(":", 1)[0]
-            key = f"Coef{camel(site)}{term_key(str(r['term']))}"
+            key = f"Coef{_effect_key(hyp, str(r['comparison']))}{term_key(str(r['term']))}"
             out += [
                 _macro(prefix, key, tex_num(r["coef"])),
                 _macro(prefix, f"{key}Lo", tex_num(r["ci_low"])),
@@ -613,8 +623,8 @@ def effects_macros(prefix: str, study_dir: Path, hyp: Hypotheses) -> list[str]:
                 _macro(prefix, f"{key}P", tex_p(r["p"])),
             ]
     for _, r in marg.iterrows():
-        site = str(r["comparison"]).split(":", 1)[0]
-        key = f"Emm{camel(site)}{camel(str(r['factor']))}{camel(str(r['level']))}"
+        site = _effect_key(hyp, str(r["comparison"]))
+        key = f"Emm{site}{camel(str(r['factor']))}{camel(str(r['level']))}"
         out += [
             _macro(prefix, key, tex_num(r["emm"])),
             _macro(prefix, f"{key}Lo", tex_num(r["ci_low"])),

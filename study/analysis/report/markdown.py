@@ -15,11 +15,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analog.policies import OTHER_SITE
 from study.analysis.report.common import (
     MAX_LISTED,
     _cell_seeds,
     _read_json,
+    compared_column,
+    compared_columns,
     condition_label,
     count_text,
     distinct,
@@ -35,6 +36,7 @@ from study.analysis.report.common import (
     read_stats_csv,
     row_columns,
     settle_cost,
+    side_cells,
     varying,
     verdict_counts,
 )
@@ -59,7 +61,6 @@ from study.tables import (
     PRESET_FLAG,
     REDO_COLLECT,
     REDO_STATS,
-    SITE_COLUMN,
     TUNED_STATS,
     condition_columns,
     diff_unit,
@@ -146,7 +147,10 @@ def identity_caveat(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any]
     if "weight_saturation_max" not in runs or not len(comp):
         return []
     rows = comp[
-        (comp["ci_method"].astype(str) == "identical (recorded metrics)") & (comp["site"] == "weight")
+        (comp["ci_method"].astype(str) == "identical (recorded metrics)")
+        & (comp["site"] == "weight")
+        # weight-policy comparisons only: a `factor` comparison's rows hold the weight policy
+        & (comp.get("weight_policy", pd.Series("", index=comp.index)).astype(str) == "")
     ]
     conds = [c for c in condition_columns(spec) if c in runs]
     sat = pd.to_numeric(runs["weight_saturation_max"], errors="coerce").fillna(0.0)
@@ -488,18 +492,16 @@ def power_section(comp: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], 
         runs.assign(_t=pd.to_numeric(runs["wall_time_s"], errors="coerce")) if "wall_time_s" in runs else None
     )
     conds = condition_columns(spec)
+    columns = compared_columns(spec)
     for _, r in inc.iterrows():
         cols = row_columns(comp[comp["site"] == r["site"]], spec, r["site"])
         needed = r["seeds_needed_equivalence"]
         extra = 2 * max(int(needed) - int(r["n_pairs"]), 0) if math.isfinite(needed) else math.nan
         secs = math.nan
         if times is not None and math.isfinite(extra):
-            own_col, other = SITE_COLUMN[r["site"]], SITE_COLUMN[OTHER_SITE[r["site"]]]
-            base = {c: str(r[c]) for c in conds + [other]}
-            per = [
-                _cell_seeds(times, base | {own_col: str(p)})["_t"].mean()
-                for p in (r["policy_a"], r["policy_b"])
-            ]
+            column = compared_column(columns, r)
+            loose = None if column in POLICY_COLUMNS else column
+            per = [_cell_seeds(times, cell, loose)["_t"].mean() for cell in side_cells(r, conds, column)]
             secs = extra / 2 * sum(per)
         rows.append(
             [
@@ -541,6 +543,20 @@ def _tally(counts: dict[str, int]) -> str:
     return ", ".join(f"{k or 'none (n < 2)'} {v}" for k, v in sorted(counts.items())) or "none"
 
 
+def _factor_pairing(hyp: Hypotheses) -> list[str]:
+    """The methods line on comparisons of a condition factor (`factor` in the spec), if there are any."""
+    factors = list(dict.fromkeys(c.factor for c in hyp.comparisons if c.factor is not None))
+    if not factors:
+        return []
+    names = ", ".join(f"`{f}`" for f in factors)
+    return [
+        f"- Comparisons of a condition factor ({names}): values a and b of the factor are paired by seed "
+        "within every combination of the other condition factors and both sites' policies (the factor's "
+        "column is empty in their rows, both policy columns are filled); a combination where one value "
+        "has no trial is not compared (`skipped.csv`, `absent_policy` = factor=value)."
+    ]
+
+
 def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
     """Test, alpha, margin, correction, family, verdicts, intervals, power and the Bayesian view."""
     u = diff_unit(hyp.metric)
@@ -556,6 +572,7 @@ def methods_section(comp: pd.DataFrame, hyp: Hypotheses) -> list[str]:
         "- Pairing: within each condition (every combination of the condition factors plus the other "
         "site's policy), trials of policy a and b are paired by seed; incomplete pairs are excluded "
         "(Missing data).",
+        *_factor_pairing(hyp),
         f"- `identical`: a row whose every pair of runs is {_identity_text(comp)} is not tested: no "
         "p-value, no TOST, no posterior. Bit-identical means equal sha256 checksums of the final parameters "
         "and of every final test logit (records since issue #28); a study recorded before them can show "
@@ -619,8 +636,12 @@ def design_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> li
             dumped = yaml.safe_dump(spec[key], sort_keys=True, default_flow_style=None).rstrip()
             lines += [f"- `{key}` rules:", "", "```yaml", dumped, "```"]
     skipped = read_stats_csv(study_dir, "skipped.csv", spec)
-    for label in skipped.loc[skipped["scope"] == "comparison", "comparison"]:
-        lines.append(f"- **skipped** `{label}`: policy absent from the runs")
+    columns = compared_columns(spec)
+    for _, r in skipped[skipped["scope"] == "comparison"].iterrows():
+        if compared_column(columns, r) in POLICY_COLUMNS:
+            lines.append(f"- **skipped** `{r['comparison']}`: policy absent from the runs")
+        else:
+            lines.append(f"- **skipped** `{r['comparison']}`: absent from the runs: {r['absent_policy']}")
     cells = skipped[skipped["scope"] == "condition"]
     if len(cells):
         lines.append(
@@ -628,7 +649,8 @@ def design_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> li
             "trial there:"
         )
         for _, r in cells.head(MAX_LISTED).iterrows():
-            cond = condition_label(r, [c for c in key_columns(spec) if c != SITE_COLUMN[r["site"]]])
+            column = compared_column(columns, r)
+            cond = condition_label(r, [c for c in key_columns(spec) if c != column])
             lines.append(f"  - `{r['comparison']}` at {cond} (absent: {r['absent_policy']})")
     return lines + [""]
 

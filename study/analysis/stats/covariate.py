@@ -14,6 +14,11 @@ interval: the covariate values where the fitted line's 95 % confidence band stil
 Its upper end is where the band lies wholly beyond the margin. Written only where it can be fitted:
 runs.csv records `weight_saturation`, the hypotheses compare the weight site, and at least two
 regimes with saturation that varies across pairs.
+
+Only comparisons of the weight policies: a weight-site comparison of a condition `factor`
+(`Comparison.factor`, e.g. weight_bound project vs forward) is skipped. Its pairs hold both sites'
+policies, so a regime (condition and signal policy) would hold several pairs per seed, and the
+covariate's reading (what `exact` blocks and `ste` passes at saturated weights) is about the policies.
 """
 
 from __future__ import annotations
@@ -80,7 +85,8 @@ def saturation_pairs(
     table: pd.DataFrame, runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses
 ) -> pd.DataFrame:
     """One row per weight-site comparison, condition and seed with both trials usable: the difference
-    `diff` (a - b) and `saturation`, the mean final pooled weight saturation of the two trials."""
+    `diff` (a - b) and `saturation`, the mean final pooled weight saturation of the two trials.
+    Comparisons of a `factor` are skipped (module doc)."""
     if COVARIATE not in runs or pd.to_numeric(runs[COVARIATE], errors="coerce").isna().all():
         return pd.DataFrame(columns=PAIR_COLUMNS)
     conds = condition_columns(spec)
@@ -90,8 +96,8 @@ def saturation_pairs(
     frames = []
     comps, _ = applicable_comparisons(hyp, table)
     for index, comp in enumerate(comps):
-        if comp.site != "weight":
-            continue
+        if comp.site != "weight" or comp.factor is not None:
+            continue  # a factor comparison: skipped (module doc)
         diffs, _, _ = pair_trials(table, comp, conds, seeds, index)
         sats, _, _ = pair_trials(covariate, comp, conds, seeds, index)
         if diffs.empty:

@@ -15,11 +15,16 @@ mixed model). Estimated marginal means of d per level of each `marginal` factor 
 over the design's conditions with that factor set to the level, with t intervals from the
 coefficients' covariance.
 
+A `factor` comparison (`Comparison.factor`) is modelled the same way, its conditions being the
+combinations of the other condition factors and both sites' policies; one whose model names the
+compared factor is not fitted (said in the model text).
+
 Writes nothing for studies without `effect_model`.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -28,7 +33,7 @@ from scipy import stats as st
 
 from study.analysis.stats.paired import applicable_comparisons, pair_trials
 from study.analysis.stats.table import expected_seeds
-from study.sweep.hypotheses import EffectModel, Hypotheses
+from study.sweep.hypotheses import Comparison, EffectModel, Hypotheses
 from study.tables import FLOAT_FORMAT, condition_columns, format_number, tidy_floats
 
 TERM_COLUMNS = ["comparison", "term", "coef", "std_err", "ci_low", "ci_high", "p"]
@@ -38,28 +43,51 @@ OVERALL = "all"  # the marginal mean over every condition of the design (factor 
 CI = 0.95
 
 
+def names_compared_factor(model: EffectModel, comp: Comparison) -> str | None:
+    """Where the model names the factor a `factor` comparison compares (`formula`, `derived` or
+    `marginal`), else None: that factor is constant within the comparison's pairs (its column is empty
+    in their rows), so such a model cannot be fitted to it."""
+    if comp.factor is None:
+        return None
+
+    def words(text: str) -> set[str]:
+        return set(re.findall(r"[A-Za-z_]\w*", str(text)))
+
+    if comp.factor in words(model.formula):
+        return "formula"
+    if any(comp.factor in words(expression) for expression in model.derived.values()):
+        return "derived"
+    return "marginal" if comp.factor in model.marginal else None
+
+
 def effect_data(
     table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses, model: EffectModel
 ) -> dict[str, pd.DataFrame]:
     """Per primary comparison: one row per condition and seed with the paired difference `diff`, the
-    condition columns (runs.csv text), the `derived` columns and a `condition` id."""
+    condition columns (runs.csv text), the `derived` columns and a `condition` id.
+
+    A condition is a combination of the columns within which the comparison pairs its trials
+    (`Comparison.held_columns`): the condition factors and the other site's policy; for a `factor`
+    comparison the other condition factors and both sites' policies. A `factor` comparison whose factor
+    the model names (`names_compared_factor`) is left out (`effect_tables` says so in the model text).
+    """
     conds = condition_columns(spec)
     seeds = expected_seeds(spec, table)
     comps, _ = applicable_comparisons(hyp, table)
     out = {}
     for index, comp in enumerate(comps):
-        if comp.role != "primary":
+        if comp.role != "primary" or names_compared_factor(model, comp) is not None:
             continue
         pairs, _, _ = pair_trials(table, comp, conds, seeds, index)
         if pairs.empty:
             continue
-        other = "signal_policy" if comp.site == "weight" else "weight_policy"
-        data = pairs[[*conds, other, "seed", "diff", "value_a", "value_b"]].copy().reset_index(drop=True)
+        held = comp.held_columns(conds)
+        data = pairs[[*held, "seed", "diff", "value_a", "value_b"]].copy().reset_index(drop=True)
         data["diff_pp"] = data["diff"]
         if model.scale == "logit":
             data["diff"] = logit_percent(data["value_a"]) - logit_percent(data["value_b"])
         data = data.drop(columns=["value_a", "value_b"])
-        data[CONDITION] = data[[*conds, other]].astype(str).agg("|".join, axis=1)
+        data[CONDITION] = data[held].astype(str).agg("|".join, axis=1)
         for name, expression in model.derived.items():
             try:
                 data[name] = data.eval(expression, engine="python").astype(float)
@@ -194,6 +222,7 @@ def effect_tables(
         return None
     terms, marginals, shrunk, text = [], [], [], []
     unit = "logit(a) - logit(b)" if model.scale == "logit" else "a - b"
+    held = {c.label: c.held_columns(condition_columns(spec)) for c in hyp.comparisons}
     for comparison, data in effect_data(table, spec, hyp, model).items():
         head = (
             f"comparison: {comparison}: diff ~ {model.formula} + (1 | condition) + (1 | seed), "
@@ -226,9 +255,7 @@ def effect_tables(
             marginals.append(
                 marginal_means(result, means, factor, model.formula).assign(comparison=comparison)
             )
-        other = "signal_policy" if comparison.startswith("weight") else "weight_policy"
-        conds = [*condition_columns(spec), other]
-        shrunk.append(shrunken_effects(result, means, conds).assign(comparison=comparison))
+        shrunk.append(shrunken_effects(result, means, held[comparison]).assign(comparison=comparison))
         fit = {
             "pairs": len(data),
             "conditions": len(means),
@@ -244,6 +271,13 @@ def effect_tables(
             + "\n"
             + "\n".join(f"  {k}: {format_number(v) if isinstance(v, float) else v}" for k, v in fit.items())
         )
+    for comp in hyp.comparisons:
+        where = names_compared_factor(model, comp) if comp.role == "primary" else None
+        if where is not None:
+            text.append(
+                f"comparison: {comp.label}: not fitted: the model's `{where}` names {comp.factor}, the "
+                "factor this comparison compares (constant within its pairs)"
+            )
     term_frame = pd.concat(terms, ignore_index=True) if terms else pd.DataFrame(columns=TERM_COLUMNS)
     marg = (
         pd.concat(marginals, ignore_index=True)[MARGINAL_COLUMNS]

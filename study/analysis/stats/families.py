@@ -225,7 +225,13 @@ def decide(frame: pd.DataFrame, hyp: Hypotheses, planning: bool = True) -> pd.Da
 
 
 def preset_side(spec: dict[str, Any], row: pd.Series) -> str:
-    """`a`/`b` when that side of the row is the `analogvnn` preset cell of its condition, else empty."""
+    """`a`/`b` when that side of the row is the `analogvnn` preset cell of its condition, else empty.
+
+    Always empty for a row of a `factor` comparison (its own policy column is set): both sides run the
+    same policies, so no side is the preset's choice of policy.
+    """
+    if str(row.get(SITE_COLUMN[row["site"]], "")) != "":
+        return ""
     cell = analogvnn_cell(spec, row)
     other = SITE_COLUMN[OTHER_SITE[row["site"]]]
     if str(row[other]) != cell[other]:

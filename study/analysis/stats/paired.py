@@ -17,10 +17,10 @@ from scipy import stats as sst
 from statsmodels.stats.power import TTestPower
 from statsmodels.stats.weightstats import ttost_paired
 
-from analog.policies import OTHER_SITE
 from study.analysis.stats.bayes import posterior_probs
 from study.analysis.stats.table import (
     ROW_KEYS,
+    cell_text,
     expected_seeds,
     higher_is_better,
     key_columns,
@@ -30,7 +30,6 @@ from study.analysis.stats.table import (
 from study.sweep.hypotheses import Comparison, Hypotheses
 from study.tables import (
     PRESET_FLAG,
-    SITE_COLUMN,
     condition_columns,
 )
 
@@ -79,12 +78,31 @@ STAT_COLUMNS = [
 ]
 
 
+def side_mask(table: pd.DataFrame, comp: Comparison, value: str) -> pd.Series:
+    """The trials of `value` (`comp.a` or `comp.b`) in the compared column: the site's policy column, or
+    the comparison's `factor`, whose numbers are compared as runs.csv spells them (16, 16.0, '16')."""
+    if comp.factor is None:
+        return table[comp.column] == value
+    return table[comp.column].map(cell_text) == cell_text(value)
+
+
 def _comparison_frame(
     table: pd.DataFrame, comp: Comparison, conds: list[str]
 ) -> tuple[pd.DataFrame, str, list[str]]:
-    """(trials of policies a and b, the site's policy column, the condition columns incl. the other site)."""
-    own = SITE_COLUMN[comp.site]
-    return table[table[own].isin([comp.a, comp.b])].copy(), own, conds + [SITE_COLUMN[OTHER_SITE[comp.site]]]
+    """(trials of a and b, the compared column, the columns held fixed within a pair).
+
+    A policy comparison compares the site's policy column within each condition and policy of the other
+    site; a `factor` comparison compares that condition column within each combination of the other
+    condition columns and both sites' policies (its trials named by `a` and `b` as the spec writes them).
+    """
+    own = comp.column
+    if comp.factor is None:
+        frame = table[table[own].isin([comp.a, comp.b])].copy()
+    else:
+        is_a, is_b = side_mask(table, comp, comp.a), side_mask(table, comp, comp.b)
+        frame = table[is_a | is_b].copy()
+        frame[own] = np.where(is_a[frame.index], comp.a, comp.b)
+    return frame, own, comp.held_columns(conds)
 
 
 def _label(comp: Comparison, index: int) -> dict[str, Any]:
@@ -98,13 +116,23 @@ def _label(comp: Comparison, index: int) -> dict[str, Any]:
     }
 
 
+def _absent_text(comp: Comparison, absent: list[str]) -> str:
+    """`absent_policy` of skipped.csv: the absent policies (`exact/ste`); for a `factor` comparison the
+    absent values with their factor (`weight_bound=project`)."""
+    if comp.factor is None:
+        return "/".join(absent)
+    return "/".join(f"{comp.factor}={v}" for v in absent)
+
+
 def pair_trials(
     table: pd.DataFrame, comp: Comparison, conds: list[str], seeds: list[int], index: int = 0
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Pair the trials of `comp` by seed within each condition.
+    """Pair the trials of `comp` by seed within each condition (`Comparison.held_columns`).
 
     Returns (differences, missing, skipped): the complete pairs; every expected seed whose pair is
-    incomplete with both statuses; and the conditions where one policy has no trial at all.
+    incomplete with both statuses; and the conditions where one side has no trial at all. The compared
+    column is empty in every row (a policy comparison's own policy column, a `factor` comparison's
+    factor column; its rows keep both policy columns).
     """
     frame, own, group_keys = _comparison_frame(table, comp, conds)
     pairs, missing, skipped = [], [], []
@@ -113,7 +141,7 @@ def pair_trials(
         sides = {p: group[group[own] == p].set_index("seed") for p in (comp.a, comp.b)}
         if any(side.empty for side in sides.values()):
             absent = [p for p, side in sides.items() if side.empty]
-            skipped.append(_label(comp, index) | cond | {"absent_policy": "/".join(absent)})
+            skipped.append(_label(comp, index) | cond | {"absent_policy": _absent_text(comp, absent)})
             continue
         for seed in seeds:
             status = [sides[p]["status"].get(seed, "absent") for p in (comp.a, comp.b)]
@@ -136,12 +164,20 @@ def pair_trials(
     return pd.DataFrame(pairs), pd.DataFrame(missing), pd.DataFrame(skipped)
 
 
+def absent_sides(comp: Comparison, table: pd.DataFrame) -> list[str]:
+    """`a` and/or `b` of `comp` where no trial of the table has them (every side, for a `factor` that is
+    not a column of the trial table: not a condition factor of the study)."""
+    if comp.column not in table:
+        return [comp.a, comp.b]
+    return [p for p in (comp.a, comp.b) if not side_mask(table, comp, p).any()]
+
+
 def applicable_comparisons(hyp: Hypotheses, table: pd.DataFrame) -> tuple[list[Comparison], list[Comparison]]:
-    """(comparisons whose two policies occur in the runs, comparisons skipped because one does not)."""
+    """(comparisons whose two policies (or factor values) occur in the runs, comparisons skipped because
+    one does not)."""
     kept, skipped = [], []
     for comp in hyp.comparisons:
-        present = set(table[SITE_COLUMN[comp.site]])
-        (kept if {comp.a, comp.b} <= present else skipped).append(comp)
+        (skipped if absent_sides(comp, table) else kept).append(comp)
     return kept, skipped
 
 
@@ -151,13 +187,14 @@ SKIPPED_COLUMNS = ["scope", "absent_policy"]
 def skipped_table(table: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd.DataFrame:
     """What was not compared and why (`stats/skipped.csv`): one row per comparison whose policy is absent
     from every run (`scope` = `comparison`, key columns empty) and one per comparison × condition where
-    one policy has no trial (`scope` = `condition`); `absent_policy` names the absent policies."""
+    one policy has no trial (`scope` = `condition`); `absent_policy` names the absent policies, for a
+    `factor` comparison the absent factor values (`weight_bound=project`: e.g. a fractional design that
+    runs `project` only with some policies leaves the other policies' `forward` trials unpaired)."""
     kept, skipped = applicable_comparisons(hyp, table)
     keys = key_columns(spec)
     rows = []
     for comp in skipped:
-        present = set(table[SITE_COLUMN[comp.site]])
-        absent = "/".join(p for p in (comp.a, comp.b) if p not in present)
+        absent = _absent_text(comp, absent_sides(comp, table))
         index = hyp.comparisons.index(comp)
         rows.append(
             _label(comp, index) | dict.fromkeys(keys, "") | {"scope": "comparison", "absent_policy": absent}

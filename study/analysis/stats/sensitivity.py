@@ -10,7 +10,9 @@ count is the false-positive rate of the rule on these data, and `equivalent` row
 equivalence is established when the true difference is zero.
 
 Rows that are `identical` (no spread: there is nothing to test) and rows whose other site is `zero`
-(two untrained networks) are left out; rows repeating another row's paired runs count once.
+(two untrained networks) are left out; rows repeating another row's paired runs count once. A `factor`
+comparison is checked the same way: value a's trials are moved within each of its rows (a combination
+of the other condition factors and both sites' policies), rows with `zero` at either site left out.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analog.policies import OTHER_SITE
 from study.analysis.stats.families import compare
+from study.analysis.stats.paired import side_mask
 from study.analysis.stats.table import higher_is_better
-from study.sweep.hypotheses import Hypotheses
-from study.tables import SITE_COLUMN, condition_columns
+from study.sweep.hypotheses import Comparison, Hypotheses
+from study.tables import SITE_COLUMN, condition_columns, other_site_informative
 
 # planted shifts, in units of the margin delta (0: the null, for the false-positive rate)
 PLANTED_MULTIPLES = (-2, -1, 0, 1, 2)
@@ -46,22 +48,29 @@ SENSITIVITY_COLUMNS = [
 
 
 def _tested_rows(comp: pd.DataFrame, label: str, site: str) -> pd.DataFrame:
-    """Rows of one comparison that carry a test: not identical, other site not `zero`."""
-    other = SITE_COLUMN[OTHER_SITE[site]]
+    """Rows of one comparison that carry a test: not identical, no site's policy `zero`
+    (`other_site_informative`: the other site's; a `factor` comparison's rows hold both)."""
     rows = comp[(comp["comparison"] == label) & (comp["verdict"] != "identical")]
-    return rows[rows[other].astype(str) != "zero"]
+    return other_site_informative(rows, site)
 
 
 def plant(
-    table: pd.DataFrame, rows: pd.DataFrame, spec: dict[str, Any], site: str, a: str, shift: float
+    table: pd.DataFrame,
+    rows: pd.DataFrame,
+    spec: dict[str, Any],
+    site: str,
+    a: str,
+    shift: float,
+    factor: str | None = None,
 ) -> pd.DataFrame:
     """A copy of the trial table in which each of `rows`' conditions has policy `a`'s values moved by
-    `shift - mean_diff` (the row's observed mean paired difference): its new mean difference is `shift`."""
+    `shift - mean_diff` (the row's observed mean paired difference): its new mean difference is `shift`.
+    With `factor`, `a` is that factor's value and a row's condition includes both sites' policies."""
     out = table.copy()
-    keys = condition_columns(spec) + [SITE_COLUMN[OTHER_SITE[site]]]
-    own = SITE_COLUMN[site]
+    comp = Comparison.model_construct(site=site, factor=factor, a=a, b="")  # a's side only
+    keys = comp.held_columns(condition_columns(spec))
     for _, row in rows.iterrows():
-        mask = out[own] == a
+        mask = side_mask(out, comp, a)
         for key in keys:
             mask &= out[key] == str(row[key])
         out.loc[mask, "value"] = out.loc[mask, "value"] + (shift - float(row["mean_diff"]))
@@ -77,7 +86,7 @@ def sensitivity_table(
     for comp in hyp.comparisons:
         if comp.role != "primary":
             continue
-        label = f"{comp.site}: {comp.a} vs {comp.b}"
+        label = comp.label
         rows = _tested_rows(comparisons, label, comp.site) if len(comparisons) else comparisons
         counted = rows[rows["same_data_as"].astype(str) == ""] if len(rows) else rows
         for multiple in PLANTED_MULTIPLES:
@@ -95,7 +104,7 @@ def sensitivity_table(
                 out.append(record | dict.fromkeys(SENSITIVITY_COLUMNS[7:], np.nan) | {"detected": 0})
                 continue
             planted, _, _ = compare(
-                plant(table, rows, spec, comp.site, comp.a, shift), spec, hyp, planning=False
+                plant(table, rows, spec, comp.site, comp.a, shift, comp.factor), spec, hyp, planning=False
             )
             got = planted.merge(counted[["comparison", *condition_columns(spec), *SITE_COLUMN.values()]])
             got = got[got["same_data_as"].astype(str) == ""]

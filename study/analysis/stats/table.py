@@ -21,6 +21,7 @@ from study.tables import (
     CHECKSUM_COLUMNS,
     POLICY_COLUMNS,
     REDO_COLLECT,
+    cell_text,
     condition_columns,
     truthy,
 )
@@ -151,18 +152,6 @@ def trial_table(runs: pd.DataFrame, spec: dict[str, Any], hyp: Hypotheses) -> pd
     out = table.drop(columns=["_order", "_bad"]).reset_index(drop=True)
     out.attrs["checksums"] = has_checksums(runs)  # what `identical` rests on (stats.families.compare)
     return out
-
-
-def cell_text(value: Any) -> str:
-    """A factor value as runs.csv spells it, numbers normalised (16, 16.0 and '16' alike)."""
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return str(value)
-    try:
-        return f"{float(value):.6g}"
-    except (TypeError, ValueError):
-        return str(value).strip()
 
 
 def check_coverage(runs: pd.DataFrame, spec: dict[str, Any], study_dir: Path | str = "runs.csv") -> None:
