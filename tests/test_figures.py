@@ -22,6 +22,7 @@ from study.analysis.figures.common import REGISTRY, FigureResult, Made, StudyCon
 from study.analysis.figures.effects import EFFECT_FIGURES
 from study.analysis.figures.locations import LOCATION_FIGURES
 from study.analysis.figures.registry import make_figures
+from study.analysis.figures.ranges import RANGE_FIGURE
 from study.analysis.figures.saturation import SATURATION_FIGURE
 from study.analysis.publish import stats_stage
 from study.sweep.spec import stored_spec_hash
@@ -152,14 +153,15 @@ def test_every_figure_is_made(grid_study: tuple[Path, list[FigureResult], dict[s
     made = {r.name for r in results if r.status == "made"}
     # the location figures need location-wise signal policies (tests/test_location_figures.py), the
     # saturation and effect-model figures their analyses (tests/test_saturation_covariate.py,
-    # tests/test_effect_model.py)
-    elsewhere = {*LOCATION_FIGURES, SATURATION_FIGURE, *EFFECT_FIGURES}
+    # tests/test_effect_model.py), the dose-response figure a weight_clamp factor (test below)
+    elsewhere = {*LOCATION_FIGURES, SATURATION_FIGURE, *EFFECT_FIGURES, RANGE_FIGURE}
     bases = {base for base, _ in REGISTRY} - elsewhere
     assert {next(b for b in bases if name.startswith(b)) for name in made} == bases, results
     skipped = [r for r in results if r.status == "skipped"]
     assert {r.name for r in skipped} == elsewhere
     reasons = {r.name: r.reason for r in skipped}
     assert all("location-wise" in reasons[n] for n in LOCATION_FIGURES)
+    assert "weight range" in reasons[RANGE_FIGURE]
     assert "covariate" in reasons[SATURATION_FIGURE] and all(
         "effect_model" in reasons[n] for n in EFFECT_FIGURES
     )
@@ -313,3 +315,19 @@ def test_learning_curves_stop_where_the_shortest_averaged_condition_ends(tmp_pat
     assert "Shown up to epoch 2, the last one every averaged condition reaches." in made.caption
     xs = [x for ax in made.figure.axes for line in ax.get_lines() for x in line.get_xdata()]
     assert xs and max(xs) == 2
+
+
+def test_weight_range_dose_figure_is_drawn_where_the_range_varies(tmp_path: Path) -> None:
+    factors = {"dataset": ["mnist"], "weight_clamp": [0.05, 0.1, 0.5, 1.0], "optimizer": ["adam", "sgd"]}
+    root = write_study(
+        tmp_path / "ranges", factors, weights=("exact", "ste"), signals=("exact",), curves=False
+    )
+    runs = pd.read_csv(root / "runs.csv")
+    runs["weight_saturation"] = 0.3 / runs["weight_clamp"] * (runs["weight_policy"] == "exact")
+    runs.to_csv(root / "runs.csv", index=False)
+    results = _by_name(make_figures(root, verbose=False))
+    made = results[RANGE_FIGURE]
+    assert made.status == "made" and "n = 4 seeds" in made.caption
+    assert (root / "figures" / f"{RANGE_FIGURE}.pdf").stat().st_size > 2000
+    two = write_study(tmp_path / "two", {"weight_clamp": [0.05, 1.0]}, weights=("exact", "ste"), curves=False)
+    assert "fewer than three" in _by_name(make_figures(two, verbose=False))[RANGE_FIGURE].reason

@@ -128,10 +128,16 @@ def fig_weight_range_dose(ctx: StudyContext) -> Iterator[Output]:
         ax.set_xlabel("exact arm's final weights beyond c (%)")
         ax.set_title(f"{labels[0]} vs saturation", fontsize=st.FONT_MEDIUM)
     axes[0].legend(fontsize=st.FONT_SMALL - 1, frameon=False, loc="best")
-    fig.tight_layout()
+    seeds = pd.to_numeric(comps["n_pairs"], errors="coerce")
+    n_text = (
+        f"n = {int(seeds.min())} seeds"
+        if seeds.min() == seeds.max()
+        else (f"n = {int(seeds.min())}-{int(seeds.max())} seeds")
+    )
     caption = (
         "Dose-response of the weight site: each weight-site comparison's mean paired difference "
-        f"({unit}; bars: 95 % t interval over seeds; grey band: ±{ctx.margin:g} equivalence margin) "
+        f"({unit}; bars: 95 % t interval over seeds, {n_text} per point; grey band: ±{ctx.margin:g} "
+        "equivalence margin) "
         "against the weight range c (log axis), one line per architecture, optimizer and initialisation "
         "(solid: default, dashed: in_range); the last panel plots the first comparison against the exact "
         "arm's final share of weights beyond c (mean over seeds; open markers: in_range)."

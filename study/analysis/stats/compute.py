@@ -4,7 +4,8 @@
 (`comparisons.csv`, `differences.csv`, `missing.csv`, `skipped.csv`, `bayes.csv`, `omnibus.csv`,
 `posthoc.csv`, `model.csv`, `model.txt`, `duplicates.csv`, `sensitivity.csv`, and the `saturation_*`
 tables where weight saturation can be a covariate (`covariate`), the `effects_*` tables of a
-pre-registered across-condition model (`effects`); the report stage adds
+pre-registered across-condition model (`effects`), `interaction.csv` where the signal policy ran as a
+2 x 2 over the readout and the other locations (`interaction`); the report stage adds
 `report.md` and `latex/` from them).
 Every output is a deterministic function of the two inputs: rows are sorted by stable keys, floats
 follow the number policy of `study.tables` (the same digits on every machine)
@@ -24,6 +25,7 @@ from study.analysis.stats.covariate import fittable, regime_table, saturation_mo
 from study.analysis.stats.duplicates import DUPLICATE_COLUMNS, combo_groups, duplicate_table
 from study.analysis.stats.effects import effect_tables
 from study.analysis.stats.families import compare
+from study.analysis.stats.interaction import interaction_table
 from study.analysis.stats.mixed_model import fit_mixed_model
 from study.analysis.stats.omnibus import omnibus
 from study.analysis.stats.paired import STAT_COLUMNS, skipped_table
@@ -150,6 +152,10 @@ def compute_stats(
         write_csv(marginal, out / "effects_marginal.csv")
         write_csv(pooled, out / "effects_conditions.csv")
         write_text_atomic(out / "effects_model.txt", text)
+
+    interaction = interaction_table(table, spec)
+    if interaction is not None:  # the signal policy's location non-additivity (interaction.py)
+        write_csv(interaction, out / "interaction.csv")
 
     write_csv(skipped_table(table, spec, hyp), out / "skipped.csv")
     write_csv(sensitivity_table(table, comparisons, spec, hyp), out / "sensitivity.csv")
