@@ -360,6 +360,34 @@ def row_macros(prefix: str, comp: pd.DataFrame, spec: dict[str, Any]) -> list[st
     return out
 
 
+INTERACTION_FIELDS = {
+    "": "interaction",
+    "Lo": "ci_low",
+    "Hi": "ci_high",
+    "Additive": "additive_prediction",
+    "AllSte": "all_ste_loss",
+    "CostRestExact": "readout_cost_rest_exact",
+    "CostRestSte": "readout_cost_rest_ste",
+}
+
+
+def interaction_macros(prefix: str, study_dir: Path) -> list[str]:
+    """`\\<Study>Interaction<Conditions><Field>` per row of stats/interaction.csv (the signal policy's
+    readout x rest interaction contrast, `study.analysis.stats.interaction`), conditions in CamelCase."""
+    path = Path(study_dir) / "stats" / "interaction.csv"
+    if not path.exists():
+        return []
+    table = read_csv(path, REDO_STATS, dtype=str, keep_default_na=False)
+    fields = set(INTERACTION_FIELDS.values()) | {"n_seeds", "p_ttest"}
+    cols = [c for c in table.columns if c not in fields and table[c].nunique() > 1]
+    out = []
+    for _, row in table.iterrows():
+        key = "".join(camel(str(row[c])) for c in cols)
+        for field, column in INTERACTION_FIELDS.items():
+            out.append(_macro(prefix, f"Interaction{key}{field}", tex_num(row[column])))
+    return out
+
+
 def _thousands(n: Any) -> str:
     return f"{int(n):,}" if n is not None and math.isfinite(float(n)) else "--"
 
@@ -825,6 +853,7 @@ def write_latex(study_dir: Path) -> Path:
     lines += sensitivity_macros(prefix, sens)
     lines += row_macros(prefix, comp, spec) + saturation_macros(prefix, study_dir)
     lines += effects_macros(prefix, study_dir, hyp) + screen_macros(prefix, study_dir)
+    lines += interaction_macros(prefix, study_dir)
     tuned = Path(study_dir) / TUNED_STATS / "comparisons.csv"
     if tuned.exists():  # the same rows at each policy's own lr: \\<Study>TunedRow...
         lines += row_macros(

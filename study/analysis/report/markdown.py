@@ -923,6 +923,52 @@ def screen_section(study_dir: Path) -> list[str]:
     return lines
 
 
+def interaction_section(study_dir: Path, hyp: Hypotheses) -> list[str]:
+    """The signal policy's readout x rest interaction (stats/interaction.csv; not pre-registered for the
+    studies that predate it): do the two locations' costs of ste add up?"""
+    path = Path(study_dir) / "stats" / "interaction.csv"
+    if not path.exists():
+        return []
+    table = read_csv(path, REDO_STATS, keep_default_na=False)
+    u = diff_unit(hyp.metric)
+    fields = {"n_seeds", "readout_cost_rest_exact", "readout_cost_rest_ste", "all_ste_loss"}
+    fields |= {"additive_prediction", "interaction", "ci_low", "ci_high", "p_ttest"}
+    keep = [c for c in table.columns if c not in fields and table[c].astype(str).nunique() > 1]
+    lines = [
+        "## Location interaction",
+        "",
+        "The signal policy as a 2 × 2 over two locations: the readout's output clamp and every other "
+        "signal position (rest). Per seed, I = (EE − ES) − (SE − SS) (first letter: rest, second: readout; "
+        "E exact, S ste): what ste at the readout costs with the rest exact minus what it costs with the "
+        "rest ste; equivalently the additive prediction of the all-ste loss, (EE − ES) + (EE − SE), minus "
+        "the observed one. I = 0: the costs add; I > 0: all-ste loses less than the sum; I < 0: more. 95 % "
+        "paired t interval over the seeds. (An analysis added after the fact, not pre-registered.)",
+        "",
+    ]
+    lines += md_table(
+        [
+            *keep,
+            "n",
+            "readout cost, rest exact",
+            "readout cost, rest ste",
+            "all-ste loss",
+            "additive",
+            "I [95% CI]",
+        ],
+        [
+            [
+                *(str(r[c]) for c in keep),
+                str(r["n_seeds"]),
+                *(f"{float(r[c]):+.2f}{u}" for c in ("readout_cost_rest_exact", "readout_cost_rest_ste")),
+                *(f"{float(r[c]):+.2f}{u}" for c in ("all_ste_loss", "additive_prediction")),
+                f"{float(r['interaction']):+.2f} [{float(r['ci_low']):+.2f}, {float(r['ci_high']):+.2f}]",
+            ]
+            for _, r in table.iterrows()
+        ],
+    )
+    return lines + [""]
+
+
 def tuned_section(study_dir: Path, spec: dict[str, Any], hyp: Hypotheses) -> list[str]:
     """The comparisons at each policy's own learning rate (tune_lr: stats_tuned/, lr_choice.csv)."""
     path = Path(study_dir) / TUNED_STATS / "comparisons.csv"
@@ -1138,6 +1184,7 @@ def write_report(study_dir: Path) -> Path:
     )
     lines += screen_section(study_dir)
     lines += saturation_section(study_dir, hyp) + effects_section(study_dir, hyp)
+    lines += interaction_section(study_dir, hyp)
     lines += tuned_section(study_dir, spec, hyp)
     lines += evaluation_section(runs, spec, hyp)
     lines += sensitivity_section(study_dir, spec, hyp) + duplicates_section(study_dir, spec)
