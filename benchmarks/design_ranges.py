@@ -35,7 +35,6 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "study" / "specs"
-HALF_DECADE = math.sqrt(10.0)
 
 
 def _factors(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -43,8 +42,10 @@ def _factors(cells: list[dict[str, Any]]) -> dict[str, list[Any]]:
     return {name: list(dict.fromkeys(c[name] for c in cells)) for name in names}
 
 
-def _round_lr(x: float) -> float:
-    return float(f"{x:.1g}")
+def _half_decade(lr: float, step: int) -> float:
+    """The lr `step` half-decades from `lr` on the 1, 3, 10, 30 ... ladder (3e-4 -> 1e-3 -> 3e-3)."""
+    e = round(2 * math.log10(lr)) + step
+    return float(f"{10 ** (e / 2):.1g}")
 
 
 # -- weight_range ---------------------------------------------------------------------------------------
@@ -236,9 +237,9 @@ def unit_grids(
             if row["chosen_lr"] is None or pd.isna(row["chosen_lr"]):
                 raise SystemExit(f"{row['_key']}: no finished selection trial; finish the selection study")
             if row["low_edge"]:
-                lrs.insert(0, _round_lr(min(lrs) / HALF_DECADE))
+                lrs.insert(0, _half_decade(min(lrs), -1))
             elif row["high_edge"]:
-                lrs.append(_round_lr(max(lrs) * HALF_DECADE))
+                lrs.append(_half_decade(max(lrs), 1))
     return grids
 
 
