@@ -16,6 +16,7 @@ from study.analysis.figures.common import Made, Output, Skip, StudyContext, regi
 from study.tables import diff_unit_name, span
 
 SATURATION_FIGURE = "weight_saturation"
+MAX_KEYED_REGIMES = 8  # one colour each (REGIME_COLORS); more regimes are drawn without a key
 REGIME_COLORS = (
     st.OKABE_ITO["blue"],
     st.OKABE_ITO["vermillion"],
@@ -93,15 +94,22 @@ def fig_weight_saturation(ctx: StudyContext) -> Iterator[Output]:
         right.set_axis_off()
     handles, names = left.get_legend_handles_labels()
     host = right if right.axison else left  # the right panel's middle is empty: the regimes' key goes there
-    host.legend(
-        handles,
-        names,
-        loc="lower right",
-        bbox_to_anchor=(1.0, 0.16),
-        fontsize=st.FONT_SMALL,
-        frameon=False,
-        title="regime",
-    )
+    keyed = len(order) <= MAX_KEYED_REGIMES  # a key of dozens of regimes would crowd out the panels
+    if keyed:
+        host.legend(
+            handles,
+            names,
+            loc="lower right",
+            bbox_to_anchor=(1.0, 0.16),
+            fontsize=st.FONT_SMALL,
+            frameon=False,
+            title="regime",
+        )
+    else:
+        note += (
+            f" {len(order)} regimes, too many to key: colours repeat; each regime's numbers are in "
+            "stats/saturation_regimes.csv."
+        )
     n = pairs.groupby("regime").size()
     caption = (
         f"Weight site, {comparison}: each point is one seed's paired difference in "
