@@ -9,10 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned factorial factorial_v2)
-# trained before the studies that use them, never analysed as a study: factorial_v2_lr selects each
-# factorial_v2 arm's learning rate (benchmarks/design_factorial_v2.py --spec writes factorial_v2.yaml from it)
-SELECTION_STUDIES=(factorial_v2_lr)
+STUDIES=(core generality mechanism analogvnn_gelu weights weights_tuned factorial factorial_v2 weight_range signal_range)
+# trained before the studies that use them, never analysed as a study: each selects its study's learning
+# rate per arm (benchmarks/design_factorial_v2.py --spec and benchmarks/design_ranges.py weight|signal
+# --spec write factorial_v2.yaml, weight_range.yaml and signal_range.yaml from them)
+SELECTION_STUDIES=(factorial_v2_lr weight_range_lr signal_range_lr)
 WORKERS=${WORKERS:-$(nproc 2>/dev/null || echo 2)}
 BUNDLE=${BUNDLE:-auto}  # for a study without a committed runs.csv; committed ones use their recorded size
 VERIFY_SAMPLE=${VERIFY_SAMPLE:-3}
@@ -122,7 +123,10 @@ case "${1:-}" in
       run_study "$s" --out results --workers "$WORKERS" --bundle "$bundle"
       python -m study collect "results/$s"
     done
-    python benchmarks/design_factorial_v2.py --check  # factorial_v2.yaml follows from the selection
+    # the studies' specs follow from their selection studies
+    python benchmarks/design_factorial_v2.py --check
+    python benchmarks/design_ranges.py weight --check
+    python benchmarks/design_ranges.py signal --check
     for s in "${STUDIES[@]}"; do
       say "training study '$s' (resumable: run again to continue after an interruption)"
       # a committed study is re-run in the bundles it was trained in (its noise draws depend on them)

@@ -175,7 +175,11 @@ def test_include_exclude_and_types_choose_the_layers():
         (_resnet(), {"exclude": ["layer1.0.bn1"]}, "exclude: 'layer1.0.bn1' names no convertible layer"),
         (_resnet(), {"exclude": [""]}, "include/exclude: leave no layer to convert"),
         (_resnet(), {"types": [nn.BatchNorm2d]}, "types: cannot convert BatchNorm2d; allowed: Linear"),
-        (_resnet(), {"readout": "soft"}, "readout: unknown 'soft'; allowed: analog, digital, scaled, digital_act"),
+        (
+            _resnet(),
+            {"readout": "soft"},
+            "readout: unknown 'soft'; allowed: analog, digital, scaled, digital_act",
+        ),
         (_resnet(), {"readout": "digital", "exclude": ["head"]}, "readout: 'digital' needs the read-out"),
         (_resnet(), {"readout_layer": "stem.1"}, "readout_layer: 'stem.1' is not a Linear / Conv"),
         (nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), {}, "model: layer '0' .*groups=2.*exclude=\\['0'\\]"),

@@ -21,8 +21,8 @@ from study.analysis.figures import style as st
 from study.analysis.figures.common import REGISTRY, FigureResult, Made, StudyContext, mean_ci
 from study.analysis.figures.effects import EFFECT_FIGURES
 from study.analysis.figures.locations import LOCATION_FIGURES
-from study.analysis.figures.registry import make_figures
 from study.analysis.figures.ranges import RANGE_FIGURE
+from study.analysis.figures.registry import make_figures
 from study.analysis.figures.saturation import SATURATION_FIGURE
 from study.analysis.publish import stats_stage
 from study.sweep.spec import stored_spec_hash

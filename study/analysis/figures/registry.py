@@ -5,7 +5,8 @@ and writes `DIR/figures/NAME.pdf`, `NAME.png` (300 dpi) and `index.md` with one 
 Each figure is one generator function `fig_<name>(ctx)`, registered with
 `study.analysis.figures.common.register_figure`; it yields `Made` figures or `Skip` reasons (e.g. when
 the study lacks the factor the figure needs). The families (`paired`, `curves`, `ranks`, `sweeps`,
-`locations`, `saturation`, `ranges`, `effects`) are imported here in the order their figures appear in `index.md`.
+`locations`, `saturation`, `ranges`, `effects`) are imported here in the order their figures appear in
+`index.md`.
 """
 
 from __future__ import annotations

@@ -333,7 +333,8 @@ def row_macros(prefix: str, comp: pd.DataFrame, spec: dict[str, Any]) -> list[st
     """One set of macros per comparison row, so prose can cite any row's numbers:
     `\\<Study>Row<Conditions><A>Vs<B><Field>` with the varying condition values and the two policies in
     CamelCase (``exact,readout_output=ste`` -> ``ExactReadoutOutputSte``) and Field one of Diff, Lo, Hi
-    (the 95% CI), Sd, Pairs and Verdict; e.g. `\\MechanismRowMnistFiveKAnalogExactVsSteDiff`."""
+    (the 95% CI), Sd, Pairs, Abs (|Diff|, for prose that names the winner) and Verdict; e.g.
+    `\\MechanismRowMnistFiveKAnalogExactVsSteDiff`."""
     if comp is None or comp.empty:
         return []
     out: list[str] = []
@@ -356,6 +357,7 @@ def row_macros(prefix: str, comp: pd.DataFrame, spec: dict[str, Any]) -> list[st
             for field, column in ROW_FIELDS.items():
                 digits = 0 if field == "Pairs" else 2
                 out.append(_macro(prefix, f"Row{key}{field}", tex_num(row[column], digits)))
+            out.append(_macro(prefix, f"Row{key}Abs", tex_num(abs(float(row["mean_diff"])))))  # "by X pp"
             out.append(_macro(prefix, f"Row{key}Verdict", str(row["verdict"])))
     return out
 
