@@ -166,7 +166,7 @@ ROWS: list[dict[str, Any]] = [
         "kind": "row",
         "where": {"comparison": "weight: project vs forward (weight_bound)"},
         "labels": ["projected clipping", "forward clamp with ste"],
-        "effect_label": "project − clamp",
+        "effect_label": "project - clamp",
         "caveat": "no clamp in the forward pass, so the gradient policy is moot; each arm at its own lr",
     },
 ]
