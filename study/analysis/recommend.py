@@ -145,9 +145,9 @@ ROWS: list[dict[str, Any]] = [
         "study": "weight_range",
         "kind": "row",
         "where": {"comparison": "weight: exact vs ste", "weight_clamp": "0.05"},
-        "caveat": "levels span the range; most of the gap comes from weights that start outside the "
-        "range (default init) - initialised inside it, the MLP's gap is near the 0.5 pp margin; 2 epochs, "
-        "4 seeds; replaces the weights study's +-0.05 row (1/16 absolute levels: ternary weights)",
+        "caveat": "most of the gap comes from weights that start outside the range: initialised inside "
+        "it, the MLP's gap is near the 0.5 pp margin; 2 epochs; replaces the weights study's +-0.05 row "
+        "(1/16 absolute levels)",
     },
     {
         "site": "weight",
@@ -361,7 +361,7 @@ def latex_table(results: Path) -> str:
     table = read_csv(Path(results) / TABLE, "run `python -m study analyze` again", keep_default_na=False)
     out = [
         "% written by `python -m study paper` from results/recommendations.csv; do not edit",
-        r"\begin{tabularx}{\textwidth}{@{}p{0.2\textwidth}p{0.13\textwidth}XXp{0.19\textwidth}@{}}",
+        r"\begin{tabularx}{\textwidth}{@{}p{0.16\textwidth}p{0.12\textwidth}p{0.17\textwidth}p{0.18\textwidth}X@{}}",
         r"\toprule",
         r"Site / bound & Advice & Effect (exact $-$ ste) & Evidence & Caveat \\",
         r"\midrule",
