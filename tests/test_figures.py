@@ -18,7 +18,7 @@ import yaml
 
 from study.analysis.figures import paired, ranks, registry
 from study.analysis.figures import style as st
-from study.analysis.figures.common import REGISTRY, FigureResult, Made, StudyContext, mean_ci
+from study.analysis.figures.common import REGISTRY, FigureResult, Made, Skip, StudyContext, mean_ci
 from study.analysis.figures.effects import EFFECT_FIGURES
 from study.analysis.figures.locations import LOCATION_FIGURES
 from study.analysis.figures.ranges import RANGE_FIGURE
@@ -297,6 +297,9 @@ def test_many_conditions_split_the_estimation_plot_and_become_a_rank_heatmap(
     assert isinstance(cd, Made) and cd.caption.startswith("Mean rank")
     for o in [*outs, cd]:
         o.figure.clear()
+    monkeypatch.setattr(ranks, "MAX_RANK_ROWS", 3)  # too many rows to read: no figure, and why
+    (skip,) = ranks.fig_critical_difference(ctx)
+    assert isinstance(skip, Skip) and "too many rows to read" in skip.reason
 
 
 def test_learning_curves_stop_where_the_shortest_averaged_condition_ends(tmp_path: Path) -> None:

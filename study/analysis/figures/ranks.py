@@ -41,6 +41,7 @@ from study.tables import (
 )
 
 MAX_CD_DIAGRAMS = 12  # conditions drawn as critical-difference diagrams; more become a rank heatmap
+MAX_RANK_ROWS = 48  # above this many conditions a rank heatmap's rows cannot be read: no figure
 
 
 # --- 6. critical-difference diagram ----------------------------------------------------------------
@@ -60,6 +61,12 @@ def fig_critical_difference(ctx: StudyContext) -> Iterator[Output]:
     conds = _ordered_keys(ctx, omni, cond_cols)
     if len(conds) <= MAX_CD_DIAGRAMS:
         yield Made(name, *_draw_cd_stack(ctx, omni, cond_cols, conds))
+    elif len(conds) > MAX_RANK_ROWS:
+        yield Skip(
+            name,
+            f"{len(conds)} conditions, too many rows to read (more than {MAX_RANK_ROWS}); the mean ranks are "
+            "in stats/omnibus.csv",
+        )
     else:
         yield Made(name, *_draw_rank_heatmap(ctx, omni, cond_cols))
 
