@@ -349,13 +349,18 @@ def weight_description(choice: pd.DataFrame, rounds: int) -> str:
     )
 
 
-WEIGHT_HYPOTHESES = {
+# the analysis both studies pre-register; each adds its comparisons
+ANALYSIS = {
     "metric": "test_acc_mean",
     "margin": 0.5,
     "alpha": 0.05,
     "correction": "holm",
     "family": "role",
     "diverged": "include",
+}
+
+WEIGHT_HYPOTHESES = {
+    **ANALYSIS,
     "comparisons": [
         {"site": "weight", "a": "exact", "b": "ste", "role": "primary"},
         {"site": "weight", "factor": "weight_bound", "a": "project", "b": "forward", "role": "secondary"},
@@ -396,12 +401,7 @@ def signal_description(choice: pd.DataFrame, rounds: int) -> str:
 
 
 SIGNAL_HYPOTHESES = {
-    "metric": "test_acc_mean",
-    "margin": 0.5,
-    "alpha": 0.05,
-    "correction": "holm",
-    "family": "role",
-    "diverged": "include",
+    **ANALYSIS,
     "comparisons": [
         {"site": "signal", "a": "exact", "b": "ste", "role": "primary"},
         {"site": "signal", "factor": "signal_norm", "a": "learned_clamp", "b": "clamp", "role": "secondary"},
